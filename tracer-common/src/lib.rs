@@ -1,0 +1,230 @@
+//! Types shared by the eBPF programs (`tracer-ebpf`) and the loader (`tracer`).
+//!
+//! Every struct here crosses the kernel/user boundary by value, so each is `#[repr(C)]`, `Copy`,
+//! free of `bool` and of implicit padding. The `user` feature adds `aya::Pod` for the loader.
+#![no_std]
+
+/// The region classes memory is sorted into, decided in the kernel from the VMA's flags.
+///
+/// The discriminant indexes [`ProcessFlows::classes`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionClass {
+    /// The brk heap.
+    Heap = 0,
+    /// Private anonymous memory that is accessible (committed).
+    Anon = 1,
+    /// PROT_NONE, or private anonymous MAP_NORESERVE: address space held, not memory.
+    Reserved = 2,
+    /// Shared anonymous, shm, memfd: anything backed by tmpfs/shmem or hugetlbfs.
+    Shared = 3,
+    /// Mappings of ordinary files.
+    File = 4,
+    /// Executable mappings: code and JIT.
+    Exec = 5,
+    /// Stacks that grow down.
+    Stack = 6,
+}
+
+pub const CLASS_COUNT: usize = 7;
+
+impl RegionClass {
+    pub const ALL: [RegionClass; CLASS_COUNT] = [
+        RegionClass::Heap,
+        RegionClass::Anon,
+        RegionClass::Reserved,
+        RegionClass::Shared,
+        RegionClass::File,
+        RegionClass::Exec,
+        RegionClass::Stack,
+    ];
+
+    /// The name used in reports and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RegionClass::Heap => "heap",
+            RegionClass::Anon => "anon",
+            RegionClass::Reserved => "reserved",
+            RegionClass::Shared => "shared",
+            RegionClass::File => "file",
+            RegionClass::Exec => "exec",
+            RegionClass::Stack => "stack",
+        }
+    }
+}
+
+/// Address-space flows of one region class in one process, in bytes (page-aligned lengths).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct ClassFlow {
+    /// Newly mapped into this class: mmap, mremap growth, brk growth.
+    pub mapped: u64,
+    /// Removed from this class: munmap, mremap shrink, brk shrink, MAP_FIXED replacement.
+    pub unmapped: u64,
+    /// Moved into this class by mprotect (PROT_NONE -> read/write moves reserved into anon).
+    pub committed: u64,
+    /// Moved out of this class by mprotect.
+    pub uncommitted: u64,
+    /// Handed back with madvise(DONTNEED / FREE / REMOVE).
+    pub released: u64,
+    /// Successful calls that touched this class.
+    pub calls: u64,
+}
+
+impl ClassFlow {
+    /// Net change of this class's address space: what came in minus what went out.
+    pub fn net(&self) -> i64 {
+        (self.mapped + self.committed) as i64 - (self.unmapped + self.uncommitted) as i64
+    }
+
+    pub fn add(&mut self, other: &ClassFlow) {
+        self.mapped += other.mapped;
+        self.unmapped += other.unmapped;
+        self.committed += other.committed;
+        self.uncommitted += other.uncommitted;
+        self.released += other.released;
+        self.calls += other.calls;
+    }
+}
+
+/// All flows of one process (keyed by tgid in the kernel's per-CPU hash map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessFlows {
+    pub classes: [ClassFlow; CLASS_COUNT],
+    /// Signed sum of (new break - old break) over brk calls, unaligned.
+    pub brk_growth: i64,
+}
+
+/// Kinds of [`LifecycleEvent`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifecycleKind {
+    Fork = 1,
+    Exec = 2,
+    Exit = 3,
+}
+
+/// A low-rate process event, the only thing that goes through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LifecycleEvent {
+    /// A [`LifecycleKind`] discriminant.
+    pub kind: u32,
+    /// The process the event is about (the child for `Fork`).
+    pub tgid: u32,
+    /// The forking process for `Fork`; 0 otherwise.
+    pub parent_tgid: u32,
+    /// The exit code (`task->exit_code`, wait(2) encoding) for `Exit`; 0 otherwise.
+    pub exit_code: u32,
+    /// bpf_ktime_get_boot_ns() at the event.
+    pub time_ns: u64,
+    /// comm of the process after the event (the parent's for `Fork`).
+    pub comm: [u8; 16],
+}
+
+/// Why an event or a figure was lost in the kernel; indexes the `LOST` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostReason {
+    /// The ring buffer was full: a fork/exec/exit event was dropped.
+    RingBufferFull = 0,
+    /// The tracked set was full: a child could not be followed.
+    TrackedSetFull = 1,
+    /// The per-process flow map was full: a process's flows were dropped.
+    FlowMapFull = 2,
+    /// The per-thread syscall stash was full: one call's flows were dropped.
+    StashFull = 3,
+    /// A range spanned more VMAs than one walk visits: the rest went unattributed.
+    VmaWalkTruncated = 4,
+    /// munmap or MAP_FIXED removed more than the walk attributed (a hole it could not step over,
+    /// or another thread changing the address space at the same time).
+    VmaUnattributed = 5,
+    /// bpf_find_vma found the address-space lock taken and gave up on a range.
+    VmaLockBusy = 6,
+    /// A kernel read (bpf_probe_read_kernel) failed.
+    KernelReadFailed = 7,
+}
+
+pub const LOST_REASON_COUNT: usize = 8;
+
+impl LostReason {
+    pub const ALL: [LostReason; LOST_REASON_COUNT] = [
+        LostReason::RingBufferFull,
+        LostReason::TrackedSetFull,
+        LostReason::FlowMapFull,
+        LostReason::StashFull,
+        LostReason::VmaWalkTruncated,
+        LostReason::VmaUnattributed,
+        LostReason::VmaLockBusy,
+        LostReason::KernelReadFailed,
+    ];
+
+    /// The key used in reports and JSON `events_lost`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LostReason::RingBufferFull => "ring_buffer_full",
+            LostReason::TrackedSetFull => "tracked_set_full",
+            LostReason::FlowMapFull => "flow_map_full",
+            LostReason::StashFull => "stash_full",
+            LostReason::VmaWalkTruncated => "vma_walk_truncated",
+            LostReason::VmaUnattributed => "vma_unattributed",
+            LostReason::VmaLockBusy => "vma_lock_busy",
+            LostReason::KernelReadFailed => "kernel_read_failed",
+        }
+    }
+}
+
+/// Kernel struct field offsets, read by the loader from the kernel's BTF, and the tracer's own
+/// tgid. Set as the read-only global `CONFIG` before load, so the verifier sees constants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelConfig {
+    /// The loader's tgid: never tracked, never counted.
+    pub own_tgid: u32,
+    pub task_mm: u32,
+    pub mm_start_brk: u32,
+    pub mm_brk: u32,
+    pub vma_start: u32,
+    pub vma_end: u32,
+    pub vma_flags: u32,
+    pub vma_file: u32,
+    pub file_inode: u32,
+    pub inode_sb: u32,
+    pub sb_magic: u32,
+    pub mm_total_vm: u32,
+    /// task_struct.exit_code, for the exit event.
+    pub task_exit_code: u32,
+    /// pt_regs offsets of the six syscall arguments (di, si, dx, r10, r8, r9 on x86_64).
+    pub regs_args: [u32; 6],
+    /// pt_regs.orig_ax: the syscall number, still there at sys_exit.
+    pub regs_syscall_nr: u32,
+    /// Offsets of `pid`, `clone_flags` in the `task:task_newtask` tracepoint record (from tracefs).
+    pub newtask_pid: u32,
+    pub newtask_clone_flags: u32,
+    /// Offset of `group_dead` in the `sched:sched_process_exit` record (from tracefs).
+    pub exit_group_dead: u32,
+}
+
+/// Syscall numbers of the x86_64 ABI (the loader checks them against libc's at start).
+pub mod syscall_nr {
+    pub const MMAP: u64 = 9;
+    pub const MPROTECT: u64 = 10;
+    pub const MUNMAP: u64 = 11;
+    pub const BRK: u64 = 12;
+    pub const MREMAP: u64 = 25;
+    pub const MADVISE: u64 = 28;
+}
+
+/// Marks a tracked tgid in the `TRACKED` map; the value is reserved for flags.
+pub const TRACKED: u32 = 1;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] plain integers and arrays of them, without padding.
+    unsafe impl aya::Pod for super::ClassFlow {}
+    unsafe impl aya::Pod for super::ProcessFlows {}
+    unsafe impl aya::Pod for super::LifecycleEvent {}
+    unsafe impl aya::Pod for super::KernelConfig {}
+}

@@ -1,0 +1,24 @@
+//! leaktrace's kernel side: follow a process tree and count how its address space moves.
+//!
+//! `lifecycle` keeps the tracked set (children join at fork, in the kernel) and reports fork,
+//! exec and exit through the ring buffer; `syscalls` pairs each memory syscall's entry with its
+//! return and adds the flows to per-process, per-class counters; `vma` classifies the memory a
+//! range touches; `maps` holds the maps and the loader-provided configuration.
+#![no_std]
+#![no_main]
+
+mod lifecycle;
+mod maps;
+mod syscalls;
+mod vma;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// BTF-typed helpers (bpf_get_current_task_btf, bpf_find_vma) need a GPL-compatible licence.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

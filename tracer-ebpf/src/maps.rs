@@ -1,0 +1,124 @@
+//! Maps shared with the loader, the loader-provided configuration, and small accessors.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use tracer_common::{KernelConfig, LOST_REASON_COUNT, LostReason, ProcessFlows};
+
+use crate::{syscalls::Pending, vma::Walk};
+
+/// Processes (tgids) and threads followed at once.
+const MAX_PROCESSES: u32 = 65_536;
+const MAX_THREADS: u32 = 65_536;
+
+/// Set by the loader before load (`.rodata`), so the verifier treats every field as a constant.
+#[unsafe(no_mangle)]
+static CONFIG: KernelConfig = KernelConfig {
+    own_tgid: 0,
+    task_mm: 0,
+    mm_start_brk: 0,
+    mm_brk: 0,
+    vma_start: 0,
+    vma_end: 0,
+    vma_flags: 0,
+    vma_file: 0,
+    file_inode: 0,
+    inode_sb: 0,
+    sb_magic: 0,
+    mm_total_vm: 0,
+    task_exit_code: 0,
+    regs_args: [0; 6],
+    regs_syscall_nr: 0,
+    newtask_pid: 0,
+    newtask_clone_flags: 0,
+    exit_group_dead: 0,
+};
+
+/// Reads one configuration field; volatile so the compiler cannot fold the zero initialiser.
+macro_rules! config {
+    ($($field:tt)+) => {
+        $crate::maps::read_config(&$crate::maps::config_ref().$($field)+)
+    };
+}
+pub(crate) use config;
+
+pub fn config_ref() -> &'static KernelConfig {
+    &CONFIG
+}
+
+#[inline(always)]
+pub fn read_config(field: &u32) -> u32 {
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// The tracked set: tgid -> `tracer_common::TRACKED`.
+#[map]
+pub static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROCESSES, 0);
+
+/// Per-process flows, per CPU so that updates need no atomics.
+#[map]
+pub static FLOWS: PerCpuHashMap<u32, ProcessFlows> =
+    PerCpuHashMap::with_max_entries(MAX_PROCESSES, 0);
+
+/// A zeroed `ProcessFlows` to insert from: the value is too large for the 512-byte stack.
+#[map]
+static ZERO_FLOWS: PerCpuArray<ProcessFlows> = PerCpuArray::with_max_entries(1, 0);
+
+/// What a thread's memory syscall looked like at entry, until its return: pid_tgid -> Pending.
+#[map]
+pub static STASH: HashMap<u64, Pending> = HashMap::with_max_entries(MAX_THREADS, 0);
+
+/// Scratch space for one VMA walk per CPU: a walk is too large for the 512-byte stack.
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+pub fn scratch_walk() -> Option<&'static mut Walk> {
+    WALK.get_ptr_mut(0).map(|walk| unsafe { &mut *walk })
+}
+
+/// Fork, exec and exit events: the only per-event traffic to userspace.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Lost-event counters, indexed by `LostReason`.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASON_COUNT as u32, 0);
+
+pub fn count_lost(reason: LostReason) {
+    if let Some(counter) = LOST.get_ptr_mut(reason as u32) {
+        unsafe { *counter += 1 };
+    }
+}
+
+pub fn is_tracked(tgid: u32) -> bool {
+    tgid != config!(own_tgid) && unsafe { TRACKED.get(&tgid) }.is_some()
+}
+
+/// The calling CPU's flows of `tgid`, created on first use.
+pub fn flows_of(tgid: u32) -> Option<&'static mut ProcessFlows> {
+    if let Some(flows) = FLOWS.get_ptr_mut(&tgid) {
+        return Some(unsafe { &mut *flows });
+    }
+    let zero = unsafe { &*ZERO_FLOWS.get_ptr(0)? };
+    // BPF_NOEXIST: another CPU may have created it meanwhile; that is fine, values are per CPU.
+    let _ = FLOWS.insert(&tgid, zero, 1);
+    match FLOWS.get_ptr_mut(&tgid) {
+        Some(flows) => Some(unsafe { &mut *flows }),
+        None => {
+            count_lost(LostReason::FlowMapFull);
+            None
+        }
+    }
+}
+
+/// Reads a kernel value at `base + offset`, counting a failure as lost.
+pub fn read_kernel<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    match unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + offset as u64) as *const T) } {
+        Ok(value) => Some(value),
+        Err(_) => {
+            count_lost(LostReason::KernelReadFailed);
+            None
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The command line: parse, run the library, print, and map errors to exit codes.
+//!
+//! Exit codes: 0 ok, 1 error, 2 usage error (from clap), 3 budget exceeded (later).
+
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{doctor, report, session, trace::Trace};
+
+const ABOUT: &str = "Which process, and which kind of memory in it, keeps growing.";
+const LONG_ABOUT: &str = "\
+leaktrace follows a process tree in the kernel (eBPF) and counts how each process's address \
+space moves: mmap, munmap, brk, mremap, mprotect and madvise, per region class (heap, anon, \
+reserved, shared, file, exec, stack), to the byte. Needs root for eBPF; `leaktrace doctor` \
+says what this machine supports.";
+
+#[derive(Debug, Parser)]
+#[command(name = "leaktrace", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Launch a command and trace it and every process it starts.
+    ///
+    /// The command is held before exec until every probe is attached, so nothing it does is
+    /// missed. Under sudo it runs as the invoking user (SUDO_UID/SUDO_GID and that user's
+    /// groups). Its stdout and stderr pass through unchanged; the report goes to stderr.
+    #[command(arg_required_else_help = true)]
+    Run {
+        #[command(flatten)]
+        trace: TraceArgs,
+        /// Run the command as root even when leaktrace was started with sudo.
+        #[arg(long)]
+        as_root: bool,
+        /// The command and its arguments (put them after `--`).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<String>,
+    },
+    /// Attach to a running process and trace it and its descendants.
+    ///
+    /// Ends on --duration, Ctrl-C/SIGTERM, or when the process exits.
+    Attach {
+        /// The process to trace (its live descendants are traced too).
+        #[arg(long, value_name = "PID")]
+        pid: u32,
+        #[command(flatten)]
+        trace: TraceArgs,
+    },
+    /// Print the report of a saved trace (a JSON file written with -o).
+    Report {
+        /// The trace file.
+        #[arg(value_name = "TRACE.json")]
+        trace: PathBuf,
+    },
+    /// Say what this machine supports and what is missing, with fixes. Exit 1 if something is.
+    Doctor,
+}
+
+#[derive(Debug, Args)]
+struct TraceArgs {
+    /// Write the trace as JSON (schema leaktrace/1) to FILE. Never follows a symlink.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Stop after this long (e.g. 30s, 5m, 2h; a bare number is seconds).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Do not load eBPF programs: follow the process tree through /proc only.
+    #[arg(long)]
+    no_ebpf: bool,
+    /// Say more about what leaktrace is doing, on stderr.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Print no report (errors still go to stderr).
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (try 30s, 5m or 2h)"))
+}
+
+/// Writes to stderr or stdout; a closed pipe is not an error.
+fn print(to_stderr: bool, text: &str) -> Result<()> {
+    let result = if to_stderr {
+        std::io::stderr().lock().write_all(text.as_bytes())
+    } else {
+        std::io::stdout().lock().write_all(text.as_bytes())
+    };
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot print the report"),
+    }
+}
+
+fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result<()> {
+    let options = session::Options {
+        duration: args.duration,
+        ebpf: !args.no_ebpf,
+        as_root,
+    };
+    if args.verbose {
+        eprintln!("leaktrace: tracing {target:?} with {options:?}");
+    }
+    let trace = session::trace(target, options)?;
+    if let Some(path) = &args.output {
+        trace.write(path)?;
+        if args.verbose {
+            eprintln!("leaktrace: wrote {}", path.display());
+        }
+    }
+    if !args.quiet {
+        print(true, &report::render(&trace))?;
+    }
+    Ok(())
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            trace,
+            as_root,
+            command,
+        } => {
+            run_trace(session::Target::Run(command), &trace, as_root)?;
+        }
+        Command::Attach { pid, trace } => run_trace(session::Target::Attach(pid), &trace, false)?,
+        Command::Report { trace } => print(false, &report::render(&Trace::read(&trace)?))?,
+        Command::Doctor => {
+            let checks = doctor::diagnose();
+            print(false, &doctor::render(&checks))?;
+            if checks.iter().any(|c| !c.ok) {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The whole program: parse (usage errors exit 2), run, and map errors to exit 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("leaktrace: error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn run_takes_the_command_after_double_dash() {
+        let cli =
+            Cli::try_parse_from(["leaktrace", "run", "-o", "t.json", "--", "ls", "-l"]).unwrap();
+        let Command::Run { command, trace, .. } = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(command, ["ls", "-l"]);
+        assert_eq!(trace.output, Some(PathBuf::from("t.json")));
+    }
+}

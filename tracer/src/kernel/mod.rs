@@ -1,0 +1,302 @@
+//! The kernel side, seen from userspace: load the eBPF programs with the offsets this kernel
+//! needs, attach them, seed the tracked set, and drain what they collect.
+//!
+//! Hooks (see `tracer-ebpf`): raw tracepoints `sys_enter`/`sys_exit` for the memory syscalls,
+//! classic tracepoints `task:task_newtask`, `sched:sched_process_exec`, `sched:sched_process_exit`
+//! for the process tree. Links detach when [`Kernel`] is dropped.
+
+pub mod btf;
+pub mod tracefs;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{ProgramError, RawTracePoint, TracePoint},
+};
+use thiserror::Error;
+use tracer_common::{KernelConfig, LOST_REASON_COUNT, LifecycleEvent, ProcessFlows, TRACKED};
+
+use self::{
+    btf::{Btf, BtfError},
+    tracefs::TracefsError,
+};
+
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!(
+    "leaktrace reads x86_64 syscall registers; other architectures are not supported yet"
+);
+
+/// The eBPF object built by build.rs from `tracer-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error(
+        "eBPF needs root (CAP_BPF and CAP_PERFMON): run leaktrace with sudo, or pass --no-ebpf"
+    )]
+    NotPrivileged,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("cannot load the eBPF object")]
+    Load(#[source] aya::EbpfError),
+    #[error("cannot attach {} ({})", .hook.program, .hook.description)]
+    Attach {
+        hook: &'static Hook,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("eBPF map {name} is missing or of the wrong type")]
+    MissingMap {
+        name: &'static str,
+        #[source]
+        source: Option<MapError>,
+    },
+    #[error("eBPF map {name}: {action} failed")]
+    MapOperation {
+        name: &'static str,
+        action: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Where a program attaches.
+#[derive(Debug)]
+pub enum AttachPoint {
+    Raw(&'static str),
+    Tracepoint(&'static str, &'static str),
+}
+
+/// One program and where it goes; `leaktrace doctor` lists these.
+#[derive(Debug)]
+pub struct Hook {
+    pub program: &'static str,
+    pub attach: AttachPoint,
+    pub description: &'static str,
+}
+
+pub static HOOKS: [Hook; 5] = [
+    Hook {
+        program: "sys_enter",
+        attach: AttachPoint::Raw("sys_enter"),
+        description: "raw tracepoint sys_enter: mmap, munmap, brk, mremap, mprotect, madvise entry",
+    },
+    Hook {
+        program: "sys_exit",
+        attach: AttachPoint::Raw("sys_exit"),
+        description: "raw tracepoint sys_exit: their return values",
+    },
+    Hook {
+        program: "task_newtask",
+        attach: AttachPoint::Tracepoint("task", "task_newtask"),
+        description: "tracepoint task:task_newtask: forked children join the tracked set",
+    },
+    Hook {
+        program: "sched_process_exec",
+        attach: AttachPoint::Tracepoint("sched", "sched_process_exec"),
+        description: "tracepoint sched:sched_process_exec",
+    },
+    Hook {
+        program: "sched_process_exit",
+        attach: AttachPoint::Tracepoint("sched", "sched_process_exit"),
+        description: "tracepoint sched:sched_process_exit",
+    },
+];
+
+/// Loaded and attached programs with their maps.
+pub struct Kernel {
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+}
+
+/// The offsets the programs need, from BTF and tracefs.
+pub fn kernel_config(own_tgid: u32) -> Result<KernelConfig, KernelError> {
+    let btf = Btf::from_sys_fs()?;
+    let tracefs = tracefs::mount_point()?;
+    let field = |strukt: &str, field: &str| btf.field_offset(strukt, field);
+    let record = |category: &str, event: &str, name: &str| {
+        tracefs::field_offset(&tracefs, category, event, name)
+    };
+    Ok(KernelConfig {
+        own_tgid,
+        task_mm: field("task_struct", "mm")?,
+        task_exit_code: field("task_struct", "exit_code")?,
+        mm_start_brk: field("mm_struct", "start_brk")?,
+        mm_brk: field("mm_struct", "brk")?,
+        mm_total_vm: field("mm_struct", "total_vm")?,
+        vma_start: field("vm_area_struct", "vm_start")?,
+        vma_end: field("vm_area_struct", "vm_end")?,
+        vma_flags: field("vm_area_struct", "vm_flags")?,
+        vma_file: field("vm_area_struct", "vm_file")?,
+        file_inode: field("file", "f_inode")?,
+        inode_sb: field("inode", "i_sb")?,
+        sb_magic: field("super_block", "s_magic")?,
+        regs_args: [
+            field("pt_regs", "di")?,
+            field("pt_regs", "si")?,
+            field("pt_regs", "dx")?,
+            field("pt_regs", "r10")?,
+            field("pt_regs", "r8")?,
+            field("pt_regs", "r9")?,
+        ],
+        regs_syscall_nr: field("pt_regs", "orig_ax")?,
+        newtask_pid: record("task", "task_newtask", "pid")?,
+        newtask_clone_flags: record("task", "task_newtask", "clone_flags")?,
+        exit_group_dead: record("sched", "sched_process_exit", "group_dead")?,
+    })
+}
+
+pub fn is_privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Kernel {
+    /// Loads the programs and attaches every hook; `leaktrace`'s own tgid is never tracked.
+    pub fn load() -> Result<Kernel, KernelError> {
+        if !is_privileged() {
+            return Err(KernelError::NotPrivileged);
+        }
+        let config = kernel_config(std::process::id())?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .load(EBPF_OBJECT)
+            .map_err(KernelError::Load)?;
+        for hook in &HOOKS {
+            attach(&mut ebpf, hook).map_err(|source| KernelError::Attach { hook, source })?;
+        }
+        let events = ebpf
+            .take_map("EVENTS")
+            .ok_or(KernelError::MissingMap {
+                name: "EVENTS",
+                source: None,
+            })
+            .and_then(|map| {
+                RingBuf::try_from(map).map_err(|source| KernelError::MissingMap {
+                    name: "EVENTS",
+                    source: Some(source),
+                })
+            })?;
+        Ok(Kernel { ebpf, events })
+    }
+
+    /// Adds a process to the tracked set; its future children join it in the kernel.
+    pub fn track(&mut self, tgid: u32) -> Result<(), KernelError> {
+        let mut tracked: HashMap<_, u32, u32> = self.map_mut("TRACKED")?;
+        tracked
+            .insert(tgid, TRACKED, 0)
+            .map_err(|source| KernelError::MapOperation {
+                name: "TRACKED",
+                action: "insert",
+                source,
+            })
+    }
+
+    /// Hands every fork/exec/exit event waiting in the ring buffer to `on_event`.
+    pub fn drain_events(&mut self, mut on_event: impl FnMut(LifecycleEvent)) {
+        while let Some(item) = self.events.next() {
+            if item.len() >= size_of::<LifecycleEvent>() {
+                // SAFETY: the kernel wrote a LifecycleEvent (repr(C), Pod); read_unaligned
+                // because the ring buffer only guarantees 8-byte alignment of records.
+                let event = unsafe { (item.as_ptr() as *const LifecycleEvent).read_unaligned() };
+                on_event(event);
+            }
+        }
+    }
+
+    /// The flows of `tgid` summed over CPUs, removed from the map (the process has exited, and
+    /// its pid may be reused).
+    pub fn take_flows(&mut self, tgid: u32) -> Option<ProcessFlows> {
+        let mut flows: PerCpuHashMap<_, u32, ProcessFlows> = self.map_mut("FLOWS").ok()?;
+        let per_cpu = flows.get(&tgid, 0).ok()?;
+        let total = sum_flows(per_cpu.iter());
+        let _ = flows.remove(&tgid);
+        Some(total)
+    }
+
+    /// The flows of every process still in the map, summed over CPUs.
+    pub fn all_flows(&mut self) -> Vec<(u32, ProcessFlows)> {
+        let Ok(flows) = self.map_mut::<PerCpuHashMap<_, u32, ProcessFlows>>("FLOWS") else {
+            return Vec::new();
+        };
+        flows
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(tgid, per_cpu)| (tgid, sum_flows(per_cpu.iter())))
+            .collect()
+    }
+
+    /// Lost-event counters, indexed by `LostReason`, summed over CPUs.
+    pub fn lost(&mut self) -> [u64; LOST_REASON_COUNT] {
+        let mut totals = [0; LOST_REASON_COUNT];
+        if let Ok(lost) = self.map_mut::<PerCpuArray<_, u64>>("LOST") {
+            for (index, total) in totals.iter_mut().enumerate() {
+                if let Ok(values) = lost.get(&(index as u32), 0) {
+                    *total = values.iter().sum();
+                }
+            }
+        }
+        totals
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, KernelError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(KernelError::MissingMap { name, source: None })?;
+        T::try_from(map).map_err(|source| KernelError::MissingMap {
+            name,
+            source: Some(source),
+        })
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), ProgramError> {
+    let program = ebpf
+        .program_mut(hook.program)
+        .ok_or(ProgramError::NotLoaded)?;
+    match hook.attach {
+        AttachPoint::Raw(name) => {
+            let program: &mut RawTracePoint = program.try_into()?;
+            program.load()?;
+            program.attach(name)?;
+        }
+        AttachPoint::Tracepoint(category, name) => {
+            let program: &mut TracePoint = program.try_into()?;
+            program.load()?;
+            program.attach(category, name)?;
+        }
+    }
+    Ok(())
+}
+
+fn sum_flows<'a>(per_cpu: impl Iterator<Item = &'a ProcessFlows>) -> ProcessFlows {
+    let mut total = ProcessFlows::default();
+    for flows in per_cpu {
+        for (sum, class) in total.classes.iter_mut().zip(&flows.classes) {
+            sum.add(class);
+        }
+        total.brk_growth += flows.brk_growth;
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::syscall_nr;
+
+    #[test]
+    fn syscall_numbers_match_the_c_library() {
+        assert_eq!(syscall_nr::MMAP, libc::SYS_mmap as u64);
+        assert_eq!(syscall_nr::MPROTECT, libc::SYS_mprotect as u64);
+        assert_eq!(syscall_nr::MUNMAP, libc::SYS_munmap as u64);
+        assert_eq!(syscall_nr::BRK, libc::SYS_brk as u64);
+        assert_eq!(syscall_nr::MREMAP, libc::SYS_mremap as u64);
+        assert_eq!(syscall_nr::MADVISE, libc::SYS_madvise as u64);
+    }
+}

@@ -1,0 +1,291 @@
+//! The trace document (schema `leaktrace/1`): what a session saw, as written with `-o` and read
+//! back by `leaktrace report`. Its keys are a contract others script against: add, never rename.
+
+use std::{
+    collections::BTreeMap,
+    fs::OpenOptions,
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, fchown},
+    path::Path,
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+pub use tracer_common::ClassFlow;
+use tracer_common::{ProcessFlows, RegionClass};
+
+pub const SCHEMA: &str = "leaktrace/1";
+
+#[derive(Debug, Error)]
+pub enum TraceFileError {
+    #[error("refusing to write {0}: it is a symbolic link")]
+    Symlink(String),
+    #[error("cannot write {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a leaktrace trace")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path} has schema {found:?}; this leaktrace reads {SCHEMA:?}")]
+    Schema { path: String, found: String },
+}
+
+/// Why a trace ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The launched command exited.
+    CommandExited,
+    /// The attached process exited.
+    TargetExited,
+    /// `--duration` elapsed.
+    Duration,
+    /// SIGINT (Ctrl-C).
+    Interrupted,
+    /// SIGTERM.
+    Terminated,
+}
+
+impl EndReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            EndReason::CommandExited => "the command exited",
+            EndReason::TargetExited => "the traced process exited",
+            EndReason::Duration => "--duration elapsed",
+            EndReason::Interrupted => "interrupted (SIGINT)",
+            EndReason::Terminated => "terminated (SIGTERM)",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    pub schema: String,
+    /// The launched command, or the attached process's command line.
+    pub command: Vec<String>,
+    /// "run" or "attach".
+    pub mode: String,
+    pub root_pid: u32,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub duration_s: f64,
+    pub ebpf: bool,
+    pub ended_by: EndReason,
+    /// The launched command's exit status (128 + signal when killed), when it was seen.
+    pub exit_code: Option<i32>,
+    /// Every way the kernel side can lose an event, with its count (zero included).
+    pub events_lost: BTreeMap<String, u64>,
+    pub processes: Vec<Process>,
+    /// The sum over all processes.
+    pub totals: Totals,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Seconds since boot; with `pid`, the identity of a process (pids are reused).
+    pub start_time: f64,
+    pub comm: String,
+    pub exited: bool,
+    pub exit_code: Option<i32>,
+    /// Per region class: mapped, unmapped, committed, uncommitted, released, calls.
+    pub address_space: BTreeMap<String, ClassFlow>,
+    /// Signed sum of break movements, in bytes.
+    pub brk_growth: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub address_space: BTreeMap<String, ClassFlow>,
+    pub brk_growth: i64,
+}
+
+impl Process {
+    pub fn set_flows(&mut self, flows: &ProcessFlows) {
+        self.address_space = address_space(flows);
+        self.brk_growth = flows.brk_growth;
+    }
+
+    pub fn class(&self, class: RegionClass) -> ClassFlow {
+        self.address_space
+            .get(class.name())
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// The per-class map of a process's flows, with every class present.
+pub fn address_space(flows: &ProcessFlows) -> BTreeMap<String, ClassFlow> {
+    RegionClass::ALL
+        .iter()
+        .map(|class| (class.name().to_string(), flows.classes[*class as usize]))
+        .collect()
+}
+
+pub fn totals(processes: &[Process]) -> Totals {
+    let mut totals = Totals {
+        address_space: address_space(&ProcessFlows::default()),
+        brk_growth: 0,
+    };
+    for process in processes {
+        for (class, flow) in &process.address_space {
+            totals
+                .address_space
+                .entry(class.clone())
+                .or_default()
+                .add(flow);
+        }
+        totals.brk_growth += process.brk_growth;
+    }
+    totals
+}
+
+impl Trace {
+    /// Writes the trace as JSON, never through a symlink; under sudo the file belongs to the
+    /// invoking user.
+    pub fn write(&self, path: &Path) -> Result<(), TraceFileError> {
+        let shown = path.display().to_string();
+        let write_error = |source| TraceFileError::Write {
+            path: shown.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path);
+        let mut file = match file {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(TraceFileError::Symlink(shown));
+            }
+            other => other.map_err(write_error)?,
+        };
+        if let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID"))
+            && let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse())
+        {
+            fchown(&file, Some(uid), Some(gid)).map_err(write_error)?;
+        }
+        let mut json = serde_json::to_vec_pretty(self).expect("a trace always serialises");
+        json.push(b'\n');
+        file.write_all(&json).map_err(write_error)
+    }
+
+    pub fn read(path: &Path) -> Result<Trace, TraceFileError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TraceFileError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| TraceFileError::Parse {
+                path: shown.clone(),
+                source,
+            })?;
+        let found = value
+            .get("schema")
+            .and_then(|s| s.as_str())
+            .unwrap_or("none")
+            .to_string();
+        if found != SCHEMA {
+            return Err(TraceFileError::Schema { path: shown, found });
+        }
+        serde_json::from_value(value).map_err(|source| TraceFileError::Parse {
+            path: shown,
+            source,
+        })
+    }
+}
+
+/// Formats a Unix time as RFC 3339 UTC (e.g. 2026-11-29T23:20:24Z).
+pub fn rfc3339(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let secs = unix_seconds % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_unix_times_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_994_424), "2026-11-29T23:20:24Z");
+    }
+
+    #[test]
+    fn net_counts_commits_as_growth_and_unmaps_as_shrinkage() {
+        let flow = ClassFlow {
+            mapped: 10,
+            unmapped: 3,
+            committed: 5,
+            uncommitted: 4,
+            released: 7,
+            calls: 1,
+        };
+        assert_eq!(flow.net(), 8);
+    }
+
+    #[test]
+    fn refuses_to_write_through_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("leaktrace-symlink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("target");
+        let link = dir.join("link.json");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let trace = Trace {
+            schema: SCHEMA.into(),
+            command: vec!["true".into()],
+            mode: "run".into(),
+            root_pid: 1,
+            started_at: rfc3339(0),
+            duration_s: 0.0,
+            ebpf: false,
+            ended_by: EndReason::CommandExited,
+            exit_code: Some(0),
+            events_lost: BTreeMap::new(),
+            processes: vec![],
+            totals: Totals::default(),
+        };
+        assert!(matches!(
+            trace.write(&link),
+            Err(TraceFileError::Symlink(_))
+        ));
+        assert!(!target.exists(), "nothing may be written through the link");
+        trace.write(&dir.join("plain.json")).unwrap();
+        assert_eq!(Trace::read(&dir.join("plain.json")).unwrap(), trace);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
