@@ -4,38 +4,11 @@
 //! mirror of that format, so both sides live in one crate and cannot drift apart.
 
 use std::collections::BTreeMap;
-use std::ops::AddAssign;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// What one process did to one region class, in bytes (page-aligned) and successful calls.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ClassFlow {
-    pub mapped: u64,
-    pub unmapped: u64,
-    pub committed: u64,
-    pub uncommitted: u64,
-    pub released: u64,
-    pub calls: u64,
-}
-
-impl ClassFlow {
-    pub fn is_zero(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-impl AddAssign for ClassFlow {
-    fn add_assign(&mut self, other: Self) {
-        self.mapped += other.mapped;
-        self.unmapped += other.unmapped;
-        self.committed += other.committed;
-        self.uncommitted += other.uncommitted;
-        self.released += other.released;
-        self.calls += other.calls;
-    }
-}
+pub use tracer_common::ClassFlow;
 
 /// One line of the ledger: one process at one stage (`root`, `child`, `exec`, `grandchild`).
 ///
@@ -50,7 +23,7 @@ pub struct LedgerLine {
     pub groups: Vec<u32>,
     /// Signed sum of (new break - old break), unaligned, over the stage's brk calls.
     pub brk_growth: i64,
-    /// Every class, always present; keyed by the class names in [`crate::Class::ALL`].
+    /// Every class, always present; keyed by the class names in [`crate::Class::ALL`] (`tracer_common::RegionClass`).
     pub flows: BTreeMap<String, ClassFlow>,
 }
 
@@ -62,7 +35,11 @@ impl LedgerLine {
 
     /// True for a baseline line: nothing mapped, moved or released, no brk growth.
     pub fn is_zero(&self) -> bool {
-        self.brk_growth == 0 && self.flows.values().all(ClassFlow::is_zero)
+        self.brk_growth == 0
+            && self
+                .flows
+                .values()
+                .all(|flow| *flow == ClassFlow::default())
     }
 }
 

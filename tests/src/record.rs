@@ -12,42 +12,8 @@ use libc::c_int;
 use crate::model::ClassFlow;
 use crate::sys;
 
-/// The tracer's region classes, in the order the ledger writes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    Heap,
-    Anon,
-    Reserved,
-    Shared,
-    File,
-    Exec,
-    Stack,
-}
-
-impl Class {
-    pub const ALL: [Class; 7] = [
-        Class::Heap,
-        Class::Anon,
-        Class::Reserved,
-        Class::Shared,
-        Class::File,
-        Class::Exec,
-        Class::Stack,
-    ];
-
-    /// The class's key in the ledger's `flows` object (and in the tracer's output).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Class::Heap => "heap",
-            Class::Anon => "anon",
-            Class::Reserved => "reserved",
-            Class::Shared => "shared",
-            Class::File => "file",
-            Class::Exec => "exec",
-            Class::Stack => "stack",
-        }
-    }
-}
+/// The tracer's own region classes: the ledger names them exactly as the tracer does.
+pub use tracer_common::RegionClass as Class;
 
 /// Everything one process did in one stage, counted the way the tracer counts it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

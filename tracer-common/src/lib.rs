@@ -56,7 +56,7 @@ impl RegionClass {
 /// Address-space flows of one region class in one process, in bytes (page-aligned lengths).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClassFlow {
     /// Newly mapped into this class: mmap, mremap growth, brk growth.
     pub mapped: u64,

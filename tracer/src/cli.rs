@@ -106,10 +106,15 @@ fn print(to_stderr: bool, text: &str) -> Result<()> {
 }
 
 fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result<()> {
+    let announce = match target {
+        session::Target::Run(_) => args.verbose,
+        session::Target::Attach(_) => !args.quiet,
+    };
     let options = session::Options {
         duration: args.duration,
         ebpf: !args.no_ebpf,
         as_root,
+        announce,
     };
     if args.verbose {
         eprintln!("leaktrace: tracing {target:?} with {options:?}");

@@ -55,6 +55,8 @@ pub struct Options {
     pub ebpf: bool,
     /// Run the command as root even under sudo.
     pub as_root: bool,
+    /// Say on stderr when tracing has started (attach mode: the moment it is safe to go).
+    pub announce: bool,
 }
 
 /// The processes seen so far, in the order they appeared.
@@ -195,6 +197,13 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             ("attach", attached_command(*pid), *pid, None)
         }
     };
+
+    if options.announce {
+        let others = table.processes.len().saturating_sub(1);
+        eprintln!(
+            "leaktrace: tracing pid {root_pid} and {others} other processes (Ctrl-C to stop)"
+        );
+    }
 
     // The command's wait() runs on a blocking thread; its status arrives here.
     let (status_tx, mut status_rx) = tokio::sync::oneshot::channel();

@@ -1,1 +1,226 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | test | demo | bench`.
+//!
+//! `setup` installs what the eBPF build needs on a fresh Debian machine (see
+//! ../shared/ebpf-toolchain.md): Debian's rustc-web with the prebuilt BPF `core`, the LLVM that
+//! rustc was built with, and bpf-linker linked against that same LLVM. It is idempotent and
+//! returns at once when everything is present. Every other task runs it first.
+
+mod bench;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "leaktrace's project tasks")]
+struct Xtask {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain (apt packages, bpf-linker) if anything is missing.
+    Setup,
+    /// Build leaktrace (release) with its eBPF programs.
+    Build,
+    /// Run every test: unit tests, and the root integration tests against the real kernel.
+    Test,
+    /// Trace the built-in fixture program and print its report.
+    Demo,
+    /// Time a memory-syscall storm untraced, under leaktrace and under bpftrace, side by side.
+    Bench {
+        /// Rounds of the three variants (order alternated each round).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+}
+
+/// Debian packages the build needs; `{llvm}` is the LLVM major of Debian's rustc.
+const PACKAGES: [&str; 5] = [
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-{llvm}-dev",
+    "libpolly-{llvm}-dev",
+];
+/// Also installed: bpftrace, the benchmark's yardstick.
+const TOOLS: [&str; 1] = ["bpftrace"];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+}
+
+/// The LLVM major of Debian's rustc, once rustc-web is installed.
+fn debian_llvm_major() -> Option<String> {
+    let out = Command::new("/usr/bin/rustc").arg("-vV").output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))?;
+    Some(version.split('.').next()?.to_string())
+}
+
+fn apt_install(packages: &[String]) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "setup must install {} and needs root: run `sudo cargo xtask setup`",
+            packages.join(" ")
+        );
+    }
+    println!("setup: installing {}", packages.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn setup() -> Result<()> {
+    // rustc-web first: the LLVM packages follow its LLVM major.
+    let base: Vec<String> = ["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"]
+        .into_iter()
+        .chain(TOOLS)
+        .filter(|p| !installed(p))
+        .map(String::from)
+        .collect();
+    apt_install(&base)?;
+    let llvm = debian_llvm_major()
+        .context("Debian's rustc (/usr/bin/rustc) does not report its LLVM version")?;
+    let llvm_packages: Vec<String> = PACKAGES
+        .iter()
+        .map(|p| p.replace("{llvm}", &llvm))
+        .filter(|p| !installed(p))
+        .collect();
+    apt_install(&llvm_packages)?;
+
+    // bpf-linker must link the same LLVM major; a marker records which one it was built with.
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        });
+    let marker = cargo_home.join("bpf-linker.llvm");
+    let linker = cargo_home.join("bin/bpf-linker");
+    if linker.is_file() && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == llvm) {
+        return Ok(());
+    }
+    if linker.is_file() && !marker.exists() {
+        // Installed by hand before this marker existed: trust it once, record it.
+        std::fs::write(&marker, &llvm)?;
+        return Ok(());
+    }
+    println!("setup: building bpf-linker against LLVM {llvm}");
+    let path = format!(
+        "/usr/lib/llvm-{llvm}/bin:{}",
+        env::var("PATH").unwrap_or_default()
+    );
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "--force",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{llvm}"))
+        .env("PATH", path))?;
+    std::fs::write(&marker, &llvm)?;
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(args)
+            .current_dir(workspace()),
+    )
+}
+
+fn main() -> Result<()> {
+    let xtask = Xtask::parse();
+    setup()?;
+    match xtask.task {
+        Task::Setup => println!("setup: the eBPF toolchain is ready"),
+        Task::Build => cargo(&["build", "--release", "--package", "tracer"])?,
+        Task::Test => {
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // The integration tests run the leaktrace binary: build it first.
+            cargo(&["build", "--package", "tracer", "--bins"])?;
+            if !is_root() {
+                println!(
+                    "test: not root: the eBPF integration tests will skip (in CI, as root, they run)"
+                );
+            }
+            cargo(&["test", "--workspace"])?;
+        }
+        Task::Demo => {
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "tracer",
+                "--package",
+                "leaktrace-tests",
+            ])?;
+            let bin = workspace().join("target/release");
+            let ledger =
+                env::temp_dir().join(format!("leaktrace-demo-{}.jsonl", std::process::id()));
+            let mut leaktrace = Command::new(bin.join("leaktrace"));
+            if !is_root() {
+                leaktrace = Command::new("sudo");
+                leaktrace.arg(bin.join("leaktrace"));
+            }
+            let result = run(leaktrace
+                .args(["run", "--"])
+                .arg(bin.join("ledger"))
+                .arg("--ledger")
+                .arg(&ledger));
+            let _ = std::fs::remove_file(&ledger);
+            result?;
+        }
+        Task::Bench { rounds } => bench::run(&workspace(), rounds)?,
+    }
+    Ok(())
+}

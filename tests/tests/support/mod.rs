@@ -1,0 +1,143 @@
+//! What every integration test needs: root (or a loud skip outside CI), the binaries, a scratch
+//! directory, and child processes that are killed when the test ends, however it ends.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, ChildStderr, Command, Output, Stdio},
+};
+
+use leaktrace::trace::Trace;
+
+/// True when the test may run. Outside CI a non-root run skips with a message; in CI
+/// (`CI=true`, as root) a skip is a failure.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: needs root, and in CI it must not skip");
+    }
+    eprintln!("SKIPPED {test}: needs root (run `sudo cargo xtask test`)");
+    false
+}
+
+/// A fixture binary of this package.
+pub fn fixture(name: &str) -> PathBuf {
+    let ledger = PathBuf::from(env!("CARGO_BIN_EXE_ledger"));
+    ledger.with_file_name(name)
+}
+
+/// The leaktrace binary, built into the same target directory (`cargo xtask test` builds it).
+pub fn leaktrace() -> PathBuf {
+    let path = fixture("leaktrace");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p tracer` first",
+        path.display()
+    );
+    path
+}
+
+/// A scratch directory, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("leaktrace-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Guard(Option<Child>);
+
+impl Guard {
+    pub fn pid(&self) -> u32 {
+        self.child_ref().id()
+    }
+
+    fn child_ref(&self) -> &Child {
+        self.0.as_ref().expect("child already taken")
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child already taken")
+    }
+
+    /// Waits for the child to end by itself and collects its output.
+    pub fn wait_output(mut self) -> Output {
+        self.0
+            .take()
+            .expect("child already taken")
+            .wait_with_output()
+            .expect("wait for child")
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs leaktrace to completion and reads the trace it wrote to `json`.
+pub fn leaktrace_run(args: &[&str], json: &Path) -> (Output, Trace) {
+    let output = Command::new(leaktrace())
+        .args(args)
+        .output()
+        .expect("run leaktrace");
+    assert!(
+        output.status.success(),
+        "leaktrace {args:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let trace = Trace::read(json).unwrap_or_else(|e| panic!("reading {}: {e:#}", json.display()));
+    (output, trace)
+}
+
+/// Reads stderr lines until one contains `needle`, returning the reader for the rest.
+pub fn wait_for_line(stderr: ChildStderr, needle: &str) -> BufReader<ChildStderr> {
+    let mut reader = BufReader::new(stderr);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "stderr closed before a line containing {needle:?}");
+        if line.contains(needle) {
+            return reader;
+        }
+    }
+}
+
+/// Spawns with piped stdio under a kill-on-drop guard.
+pub fn spawn(command: &mut Command) -> Guard {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    Guard(Some(child.expect("spawn")))
+}

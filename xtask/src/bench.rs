@@ -1,0 +1,350 @@
+//! `cargo xtask bench`: what leaktrace costs the process it traces, next to bpftrace.
+//!
+//! The workload is the `storm` fixture, a single-threaded loop of nothing but the memory syscalls
+//! leaktrace counts (mmap, munmap, brk, mremap, mprotect, madvise), so every call pays the
+//! tracer's per-syscall cost and nothing dilutes it. It runs three ways:
+//!
+//! - untraced, the baseline;
+//! - under `leaktrace run -q`;
+//! - under bpftrace with a script that only counts the same syscalls per pid, at entry and exit,
+//!   the cheapest useful tracer one could write by hand: the yardstick.
+//!
+//! Each run is timed by the seconds storm reports for its own loop, which leaves out the
+//! tracers' start-up (loading and attaching eBPF) and teardown (reading maps, the report): what
+//! is compared is the slowdown of the traced program while it is traced. The wall time of the
+//! whole command is shown as well, for information.
+//!
+//! Machines drift (CPU frequency, caches, noisy neighbours on a VM), so the variants are
+//! interleaved rather than run in blocks, and the order within a round changes every round: each
+//! variant runs first, second and third equally often, so a slow minute lands on all of them
+//! instead of making one look worse. The ratio is median over median, which one outlier cannot
+//! move. Speed is measured here and never asserted in tests.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// The issue's goal for leaktrace, as a slowdown of the traced program.
+const TARGET_RATIO: f64 = 1.05;
+
+/// The memory syscalls storm makes; bpftrace counts exactly these.
+const SYSCALLS: [&str; 6] = ["mmap", "munmap", "brk", "mprotect", "madvise", "mremap"];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Untraced,
+    Leaktrace,
+    Bpftrace,
+}
+
+const VARIANTS: [Variant; 3] = [Variant::Untraced, Variant::Leaktrace, Variant::Bpftrace];
+
+/// Every order of the three variants; round `r` uses `ORDERS[r % 6]`. The first three are the
+/// rotations, so three rounds already put each variant in each position once; the last three
+/// also swap who runs right after whom (a tracer's teardown can slow the next run).
+const ORDERS: [[usize; 3]; 6] = [
+    [0, 1, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [0, 2, 1],
+    [2, 1, 0],
+    [1, 0, 2],
+];
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Untraced => "untraced",
+            Variant::Leaktrace => "leaktrace",
+            Variant::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+/// One run of storm: its own loop time, the command's wall time, and what storm said it did.
+struct Sample {
+    secs: f64,
+    wall: f64,
+    calls: u64,
+    /// bpftrace only: the calls it counted at entry for storm's pid.
+    counted: Option<u64>,
+}
+
+struct Bins {
+    storm: PathBuf,
+    leaktrace: PathBuf,
+}
+
+pub fn run(workspace: &Path, rounds: usize) -> Result<()> {
+    ensure!(rounds > 0, "bench needs at least one round");
+    // Checked before the build so a missing prerequisite fails in a second, not after minutes.
+    ensure!(
+        is_root(),
+        "bench loads eBPF programs (leaktrace and bpftrace) and must run as root: \
+         run `sudo cargo xtask bench`"
+    );
+    check_bpftrace()?;
+
+    let bins = build(workspace)?;
+    let script = bpftrace_script();
+
+    // A warm-up round, not counted: it faults in the binaries and the kernel's BPF paths, and
+    // fails fast if a variant does not work at all.
+    eprintln!("bench: warm-up round (not counted)");
+    for variant in VARIANTS {
+        measure(variant, &bins, &script)?;
+    }
+
+    let mut samples: [Vec<Sample>; 3] = Default::default();
+    for round in 0..rounds {
+        let mut line = format!("bench: round {}/{rounds}:", round + 1);
+        for index in ORDERS[round % ORDERS.len()] {
+            let variant = VARIANTS[index];
+            let sample = measure(variant, &bins, &script)?;
+            line += &format!(" {} {:.3} s", variant.name(), sample.secs);
+            samples[index].push(sample);
+        }
+        eprintln!("{line}");
+    }
+
+    print_table(&samples, rounds);
+    Ok(())
+}
+
+/// Effective uid 0, read from /proc so xtask needs no libc.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            // Real, effective, saved, filesystem: the effective uid decides what we may load.
+            .and_then(|uids| uids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+fn check_bpftrace() -> Result<()> {
+    match Command::new("bpftrace").arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => bail!(
+            "`bpftrace --version` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "bpftrace is not installed; the benchmark compares against it. \
+             `cargo xtask setup` installs it (apt package bpftrace)"
+        ),
+        Err(e) => Err(e).context("cannot run bpftrace"),
+    }
+}
+
+fn build(workspace: &Path) -> Result<Bins> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tracer",
+            "-p",
+            "leaktrace-tests",
+        ])
+        .current_dir(workspace);
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    ensure!(status.success(), "{command:?} failed ({status})");
+
+    // Cargo honours CARGO_TARGET_DIR, relative to where it runs: so do we.
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| workspace.join(dir))
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("release");
+    let bins = Bins {
+        storm: target.join("storm"),
+        leaktrace: target.join("leaktrace"),
+    };
+    for bin in [&bins.storm, &bins.leaktrace] {
+        ensure!(bin.is_file(), "the build did not produce {}", bin.display());
+    }
+    Ok(bins)
+}
+
+/// Counts the storm's memory syscalls at entry and at exit, per pid, filtered to the child
+/// bpftrace starts (`cpid`): roughly the work a syscall-counting tracer must do, done the
+/// simplest way.
+fn bpftrace_script() -> String {
+    let probes = |phase: &str| {
+        SYSCALLS
+            .iter()
+            .map(|name| format!("tracepoint:syscalls:sys_{phase}_{name}"))
+            .collect::<Vec<_>>()
+            .join(",\n")
+    };
+    format!(
+        "{}\n/pid == cpid/ {{ @calls[pid] = count(); }}\n\
+         {}\n/pid == cpid/ {{ @returns[pid] = count(); }}\n",
+        probes("enter"),
+        probes("exit")
+    )
+}
+
+fn measure(variant: Variant, bins: &Bins, script: &str) -> Result<Sample> {
+    let mut command = match variant {
+        Variant::Untraced => Command::new(&bins.storm),
+        Variant::Leaktrace => {
+            let mut command = Command::new(&bins.leaktrace);
+            command.args(["run", "-q", "--"]).arg(&bins.storm);
+            command
+        }
+        Variant::Bpftrace => {
+            // bpftrace splits -c on whitespace, so the path must not contain any.
+            let storm = bins.storm.to_str().context("storm's path is not UTF-8")?;
+            ensure!(
+                !storm.contains(char::is_whitespace),
+                "bpftrace -c cannot run a path with spaces: {storm}"
+            );
+            let mut command = Command::new("bpftrace");
+            command.args(["-e", script, "-c", storm]);
+            command
+        }
+    };
+    let start = Instant::now();
+    let out = command
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    let wall = start.elapsed().as_secs_f64();
+    check_output(variant, &command, &out)?;
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (calls, secs) = parse_storm(&stdout).with_context(|| {
+        format!(
+            "{} run: no storm line in its output:\n{stdout}",
+            variant.name()
+        )
+    })?;
+    let counted = if variant == Variant::Bpftrace {
+        let counted = map_total(&stdout, "@calls[");
+        // Without this the yardstick might have traced nothing and look free.
+        ensure!(
+            counted > 0,
+            "bpftrace counted no memory syscalls for storm's pid: the comparison would be \
+             meaningless. Its output:\n{stdout}"
+        );
+        Some(counted)
+    } else {
+        None
+    };
+    Ok(Sample {
+        secs,
+        wall,
+        calls,
+        counted,
+    })
+}
+
+fn check_output(variant: Variant, command: &Command, out: &Output) -> Result<()> {
+    ensure!(
+        out.status.success(),
+        "{} run {command:?} failed ({}):\n{}{}",
+        variant.name(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// `storm: <calls> syscalls in <secs> s` → (calls, secs).
+fn parse_storm(stdout: &str) -> Option<(u64, f64)> {
+    let line = stdout.lines().find_map(|l| l.strip_prefix("storm: "))?;
+    let (calls, rest) = line.split_once(" syscalls in ")?;
+    let secs = rest.strip_suffix(" s")?;
+    Some((calls.parse().ok()?, secs.parse().ok()?))
+}
+
+/// The sum of a bpftrace map's values, from its exit dump (`@calls[1234]: 675012`).
+fn map_total(stdout: &str, prefix: &str) -> u64 {
+    stdout
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
+        .sum()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn print_table(samples: &[Vec<Sample>; 3], rounds: usize) {
+    let calls = samples[0][0].calls;
+    println!(
+        "storm: {} memory syscalls per run, {rounds} rounds, order alternated",
+        thousands(calls)
+    );
+    println!("variant        median s   min s   ratio   wall s (median, for information)");
+    let mut baseline = f64::NAN;
+    let mut leaktrace_ratio = f64::NAN;
+    for (variant, runs) in VARIANTS.iter().zip(samples) {
+        let mut secs: Vec<f64> = runs.iter().map(|s| s.secs).collect();
+        let mut wall: Vec<f64> = runs.iter().map(|s| s.wall).collect();
+        let min = secs.iter().copied().fold(f64::INFINITY, f64::min);
+        let med = median(&mut secs);
+        if *variant == Variant::Untraced {
+            baseline = med;
+        }
+        let ratio = med / baseline;
+        if *variant == Variant::Leaktrace {
+            leaktrace_ratio = ratio;
+        }
+        println!(
+            "{:<12} {med:>10.3} {min:>7.3} {ratio:>6.2}x {:>8.3}",
+            variant.name(),
+            median(&mut wall)
+        );
+    }
+    // Every bpftrace run was checked non-zero; show one so the reader can see it traced storm
+    // (it also counts the runtime's own start-up mmaps, hence a little more than storm's loop).
+    if let Some(counted) = samples[2].last().and_then(|s| s.counted) {
+        println!(
+            "bpftrace counted {} {} calls from storm's pid in its last run (storm's loop made {})",
+            thousands(counted),
+            SYSCALLS.join("/"),
+            thousands(calls)
+        );
+    }
+    let verdict = if leaktrace_ratio <= TARGET_RATIO {
+        "met"
+    } else {
+        "NOT met"
+    };
+    println!(
+        "Target: leaktrace <= {TARGET_RATIO:.2}x untraced; measured {leaktrace_ratio:.2}x \
+         ({verdict})."
+    );
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
