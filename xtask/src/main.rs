@@ -177,6 +177,39 @@ fn cargo(args: &[&str]) -> Result<()> {
     )
 }
 
+/// `cargo test`, passing its output through, then one closing line that counts every test of
+/// every binary: cargo's own last line only speaks for the last (often empty) doc-test run.
+fn test_with_summary() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .arg("test")
+        .current_dir(workspace())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(counts) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                counts
+                    .split(['.', ';'])
+                    .find_map(|part| part.trim().strip_suffix(word)?.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("\ntests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let xtask = Xtask::parse();
     setup()?;
@@ -193,7 +226,7 @@ fn main() -> Result<()> {
                     "test: not root: the eBPF integration tests will skip (in CI, as root, they run)"
                 );
             }
-            cargo(&["test", "--workspace"])?;
+            test_with_summary()?;
         }
         Task::Demo => {
             cargo(&[
