@@ -11,7 +11,8 @@
 //!
 //! The loop never allocates: the heap is not part of what is measured, and an allocator taking
 //! the break would race our brk calls. The syscalls go through `libc::syscall` rather than the
-//! libc wrappers so every call reaches the kernel (glibc's brk/sbrk cache the break).
+//! libc wrappers so each step is exactly one syscall, whatever libc does (glibc's sbrk, for one,
+//! keeps its own copy of the break).
 
 use std::time::Instant;
 
