@@ -205,6 +205,8 @@ pub struct KernelConfig {
     pub newtask_clone_flags: u32,
     /// Offset of `group_dead` in the `sched:sched_process_exit` record (from tracefs).
     pub exit_group_dead: u32,
+    /// 1 when MAP_NORESERVE makes a VM_NORESERVE mapping (vm.overcommit_memory is not 2).
+    pub noreserve_honoured: u32,
 }
 
 /// Syscall numbers of the x86_64 ABI (the loader checks them against libc's at start).

@@ -33,6 +33,7 @@ static CONFIG: KernelConfig = KernelConfig {
     newtask_pid: 0,
     newtask_clone_flags: 0,
     exit_group_dead: 0,
+    noreserve_honoured: 0,
 };
 
 /// Reads one configuration field; volatile so the compiler cannot fold the zero initialiser.

@@ -7,19 +7,29 @@
 //! the tracked set, and only then read arguments. Argument registers are found in `pt_regs` at
 //! offsets the loader read from the kernel's BTF.
 //!
-//! At entry the range a call will change is classified (`vma::walk`) and stashed per thread; at
-//! return, only a successful call's flows are added, using the real return value (the address
-//! mmap chose, the break brk set).
+//! Calls that change existing memory (munmap, mprotect, madvise, brk, MAP_FIXED mmap) have the
+//! range they touch classified at entry (`vma::walk`) and stashed per thread; at return, only a
+//! successful call's flows are added, using the real return value (the address mmap chose, the
+//! break brk set). mmap and mremap need nothing from entry: their arguments are still in
+//! `pt_regs` at return, and the new mapping is classified from them (private anonymous) or from
+//! its VMA, so the most frequent calls skip the stash.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use tracer_common::{CLASS_COUNT, LostReason, ProcessFlows, RegionClass, syscall_nr};
 
 use crate::maps::{STASH, config, count_lost, flows_of, is_tracked, read_kernel, scratch_walk};
 use crate::vma::{self, PAGE_SIZE, Walk, bounded, page_align};
 
+const MAP_TYPE: u64 = 0x03;
+const MAP_PRIVATE: u64 = 0x02;
 const MAP_FIXED: u64 = 0x10;
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_GROWSDOWN: u64 = 0x0100;
+const MAP_NORESERVE: u64 = 0x4000;
+const PROT_EXEC: u64 = 0x4;
+const PROT_ACCESS: u64 = 0x7;
 const MADV_DONTNEED: u64 = 4;
 const MADV_FREE: u64 = 8;
 const MADV_REMOVE: u64 = 9;
@@ -31,12 +41,8 @@ pub struct Pending {
     addr: u64,
     /// Page-aligned length (the old length for mremap).
     len: u64,
-    /// mremap's page-aligned new length; MAP_FIXED's flag for mmap.
-    arg: u64,
     /// The break before brk; total_vm (pages) before munmap and MAP_FIXED mmap.
     before: u64,
-    /// mremap: the class of the remapped memory.
-    class: u64,
     out_mask: u64,
     into_mask: u64,
     /// Bytes per class the call removes (munmap, MAP_FIXED), releases (madvise), or moves out (mprotect).
@@ -79,10 +85,22 @@ fn is_memory_syscall(nr: u64) -> bool {
     )
 }
 
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+/// The calls that must be seen at entry, before they change the memory they touch.
+fn needs_entry(nr: u64) -> bool {
+    matches!(
+        nr,
+        syscall_nr::MMAP
+            | syscall_nr::MUNMAP
+            | syscall_nr::BRK
+            | syscall_nr::MPROTECT
+            | syscall_nr::MADVISE
+    )
+}
+
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);
-    if !is_memory_syscall(nr) {
+    if !needs_entry(nr) {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -105,9 +123,16 @@ fn syscall_arg(regs: u64, index: usize) -> Option<u64> {
         0 => config!(regs_args[0]),
         1 => config!(regs_args[1]),
         2 => config!(regs_args[2]),
-        _ => config!(regs_args[3]),
+        3 => config!(regs_args[3]),
+        _ => config!(regs_args[4]),
     };
-    read_kernel::<u64>(regs, offset)
+    Some(regs_field(regs, offset))
+}
+
+/// A `pt_regs` field: tp_btf types `regs`, and the offsets are read-only constants, so the
+/// verifier lets this be a direct load instead of a bpf_probe_read_kernel call.
+fn regs_field(regs: u64, offset: u32) -> u64 {
+    unsafe { core::ptr::read_volatile((regs as *const u8).add(offset as usize) as *const u64) }
 }
 
 fn total_vm() -> Option<u64> {
@@ -120,14 +145,15 @@ fn on_enter(nr: u64, regs: u64, walk: &mut Walk) -> Option<()> {
     walk.pending.addr = addr;
     match nr {
         syscall_nr::MMAP => {
+            if syscall_arg(regs, 3)? & MAP_FIXED == 0 {
+                // Nothing to see before the call: sys_exit handles it alone.
+                return None;
+            }
+            // MAP_FIXED unmaps whatever it lands on.
             let len = page_align(syscall_arg(regs, 1)?);
             walk.pending.len = len;
-            if syscall_arg(regs, 3)? & MAP_FIXED != 0 {
-                // MAP_FIXED unmaps whatever it lands on.
-                walk.pending.arg = MAP_FIXED;
-                walk.pending.before = total_vm()?;
-                walk.run(addr, addr + len, None);
-            }
+            walk.pending.before = total_vm()?;
+            walk.run(addr, addr + len, None);
         }
         syscall_nr::MUNMAP => {
             let len = page_align(syscall_arg(regs, 1)?);
@@ -148,11 +174,6 @@ fn on_enter(nr: u64, regs: u64, walk: &mut Walk) -> Option<()> {
             let len = page_align(syscall_arg(regs, 1)?);
             walk.run(addr, addr + len, None);
         }
-        syscall_nr::MREMAP => {
-            walk.pending.len = page_align(syscall_arg(regs, 1)?);
-            walk.pending.arg = page_align(syscall_arg(regs, 2)?);
-            walk.pending.class = vma::class_at(addr)? as u64;
-        }
         _ => {
             // brk: the break before the call, from the mm itself (the process may predate us).
             walk.pending.before = read_kernel::<u64>(vma::current_mm()?, config!(mm_brk))?;
@@ -161,42 +182,108 @@ fn on_enter(nr: u64, regs: u64, walk: &mut Walk) -> Option<()> {
     Some(())
 }
 
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let regs: u64 = ctx.arg(0);
-    let Some(nr) = read_kernel::<u64>(regs, config!(regs_syscall_nr)) else {
-        return 0;
-    };
+    let nr = regs_field(regs, config!(regs_syscall_nr));
     if !is_memory_syscall(nr) {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(pending) = STASH.get_ptr(&pid_tgid) else {
-        return 0;
-    };
+    let tgid = (pid_tgid >> 32) as u32;
     let ret: i64 = ctx.arg(1);
     // -4095..-1 are errors; brk reports failure by returning the old break, which counts nothing.
-    if !(-4095..0).contains(&ret) {
-        if let Some(flows) = flows_of((pid_tgid >> 32) as u32) {
-            on_return(nr, ret as u64, unsafe { &*pending }, flows);
+    let succeeded = !(-4095..0).contains(&ret);
+    match STASH.get_ptr(&pid_tgid) {
+        Some(pending) => {
+            if succeeded && let Some(flows) = flows_of(tgid) {
+                on_return(nr, ret as u64, regs, unsafe { &*pending }, flows);
+            }
+            let _ = STASH.remove(&pid_tgid);
+        }
+        None => {
+            // mmap without MAP_FIXED and mremap are not stashed at entry.
+            let stashless = nr == syscall_nr::MMAP || nr == syscall_nr::MREMAP;
+            if succeeded
+                && stashless
+                && is_tracked(tgid)
+                && let Some(flows) = flows_of(tgid)
+            {
+                on_new_mapping(nr, ret as u64, regs, flows);
+            }
         }
     }
-    let _ = STASH.remove(&pid_tgid);
     0
 }
 
-fn on_return(nr: u64, ret: u64, pending: &Pending, flows: &mut ProcessFlows) {
+/// mmap (the mapping part) and mremap, from their arguments, still in `pt_regs`.
+fn on_new_mapping(nr: u64, addr: u64, regs: u64, flows: &mut ProcessFlows) {
+    if nr == syscall_nr::MREMAP {
+        let (Some(old), Some(new)) = (syscall_arg(regs, 1), syscall_arg(regs, 2)) else {
+            return;
+        };
+        let (old, new) = (page_align(old), page_align(new));
+        let Some(class) = vma::class_at(addr) else {
+            return;
+        };
+        let flow = &mut flows.classes[bounded(class)];
+        if old == 0 {
+            // old_size 0 duplicates a shared mapping.
+            flow.mapped += new;
+        } else if new > old {
+            flow.mapped += new - old;
+        } else if new < old {
+            flow.unmapped += old - new;
+        }
+        if old != new || old == 0 {
+            flow.calls += 1;
+        }
+        return;
+    }
+    let (Some(len), Some(prot), Some(map_flags)) = (
+        syscall_arg(regs, 1),
+        syscall_arg(regs, 2),
+        syscall_arg(regs, 3),
+    ) else {
+        return;
+    };
+    let class = if map_flags & MAP_ANONYMOUS != 0 && map_flags & MAP_TYPE == MAP_PRIVATE {
+        anonymous_class(prot, map_flags)
+    } else {
+        // File-backed or shared: the VMA says whether it lives on shmem.
+        match vma::class_at(addr) {
+            Some(class) => class,
+            None => return,
+        }
+    };
+    let flow = &mut flows.classes[bounded(class)];
+    flow.mapped += page_align(len);
+    flow.calls += 1;
+}
+
+/// The class a new private anonymous mapping gets: `vma::classify` for the VMA mmap makes from
+/// these protection bits and flags (it cannot land in the brk heap).
+fn anonymous_class(prot: u64, map_flags: u64) -> usize {
+    let class = if prot & PROT_ACCESS == 0 {
+        RegionClass::Reserved
+    } else if prot & PROT_EXEC != 0 {
+        RegionClass::Exec
+    } else if map_flags & MAP_NORESERVE != 0 && config!(noreserve_honoured) != 0 {
+        RegionClass::Reserved
+    } else if map_flags & MAP_GROWSDOWN != 0 {
+        RegionClass::Stack
+    } else {
+        RegionClass::Anon
+    };
+    class as usize
+}
+
+fn on_return(nr: u64, ret: u64, regs: u64, pending: &Pending, flows: &mut ProcessFlows) {
     match nr {
         syscall_nr::MMAP => {
-            if pending.arg == MAP_FIXED {
-                apply_out(pending, flows, Flow::Unmapped);
-                check_attributed(pending, pending.len);
-            }
-            if let Some(class) = vma::class_at(ret) {
-                let flow = &mut flows.classes[bounded(class)];
-                flow.mapped += pending.len;
-                flow.calls += 1;
-            }
+            apply_out(pending, flows, Flow::Unmapped);
+            check_attributed(pending, pending.len);
+            on_new_mapping(nr, ret, regs, flows);
         }
         syscall_nr::MUNMAP => {
             apply_out(pending, flows, Flow::Unmapped);
@@ -213,21 +300,6 @@ fn on_return(nr: u64, ret: u64, pending: &Pending, flows: &mut ProcessFlows) {
             }
         }
         syscall_nr::MADVISE => apply_out(pending, flows, Flow::Released),
-        syscall_nr::MREMAP => {
-            let flow = &mut flows.classes[bounded(pending.class as usize)];
-            let (old, new) = (pending.len, pending.arg);
-            if old == 0 {
-                // old_size 0 duplicates a shared mapping.
-                flow.mapped += new;
-            } else if new > old {
-                flow.mapped += new - old;
-            } else if new < old {
-                flow.unmapped += old - new;
-            }
-            if old != new || old == 0 {
-                flow.calls += 1;
-            }
-        }
         _ => {
             let (old, new) = (pending.before, ret);
             if new == old {

@@ -102,11 +102,15 @@ fn classify(flags: u64, file_kind: u64, start: u64, end: u64, heap: &Heap) -> us
 #[inline(never)]
 unsafe extern "C" fn on_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
     let out = unsafe { &mut *(ctx as *mut Vma) };
-    let vma = vma as u64;
-    out.start = read_kernel::<u64>(vma, config!(vma_start)).unwrap_or(0);
-    out.end = read_kernel::<u64>(vma, config!(vma_end)).unwrap_or(0);
-    out.flags = read_kernel::<u64>(vma, config!(vma_flags)).unwrap_or(0);
-    let file = read_kernel::<u64>(vma, config!(vma_file)).unwrap_or(0);
+    let vma = vma as *const u8;
+    // The verifier knows `vma` as a BTF-typed pointer and the offsets as constants (read-only
+    // CONFIG), so these are direct loads, not bpf_probe_read_kernel calls.
+    let field =
+        |offset: u32| unsafe { core::ptr::read_volatile(vma.add(offset as usize) as *const u64) };
+    out.start = field(config!(vma_start));
+    out.end = field(config!(vma_end));
+    out.flags = field(config!(vma_flags));
+    let file = field(config!(vma_file));
     out.file_kind = if file == 0 {
         NO_FILE
     } else {

@@ -113,7 +113,7 @@ pub fn diagnose() -> Vec<Check> {
         // Without root we can still say whether the tracepoints exist.
         for hook in &HOOKS {
             let (category, event) = match hook.attach {
-                AttachPoint::Raw(name) => ("raw_syscalls", name),
+                AttachPoint::Btf(name) => ("raw_syscalls", name),
                 AttachPoint::Tracepoint(category, event) => (category, event),
             };
             checks.push(check(
@@ -137,7 +137,7 @@ pub fn diagnose() -> Vec<Check> {
 
 fn hook_name(hook: &kernel::Hook) -> String {
     match hook.attach {
-        AttachPoint::Raw(name) => format!("raw_tp/{name}"),
+        AttachPoint::Btf(name) => format!("tp_btf/{name}"),
         AttachPoint::Tracepoint(category, event) => format!("{category}:{event}"),
     }
 }

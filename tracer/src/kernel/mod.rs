@@ -11,7 +11,7 @@ pub mod tracefs;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use thiserror::Error;
 use tracer_common::{KernelConfig, LOST_REASON_COUNT, LifecycleEvent, ProcessFlows, TRACKED};
@@ -65,7 +65,8 @@ pub enum KernelError {
 /// Where a program attaches.
 #[derive(Debug)]
 pub enum AttachPoint {
-    Raw(&'static str),
+    /// A BTF-typed raw tracepoint (tp_btf): its pointer arguments can be read directly.
+    Btf(&'static str),
     Tracepoint(&'static str, &'static str),
 }
 
@@ -80,13 +81,13 @@ pub struct Hook {
 pub static HOOKS: [Hook; 5] = [
     Hook {
         program: "sys_enter",
-        attach: AttachPoint::Raw("sys_enter"),
-        description: "raw tracepoint sys_enter: mmap, munmap, brk, mremap, mprotect, madvise entry",
+        attach: AttachPoint::Btf("sys_enter"),
+        description: "tp_btf sys_enter: mmap, munmap, brk, mremap, mprotect, madvise entry",
     },
     Hook {
         program: "sys_exit",
-        attach: AttachPoint::Raw("sys_exit"),
-        description: "raw tracepoint sys_exit: their return values",
+        attach: AttachPoint::Btf("sys_exit"),
+        description: "tp_btf sys_exit: their return values",
     },
     Hook {
         program: "task_newtask",
@@ -145,6 +146,11 @@ pub fn kernel_config(own_tgid: u32) -> Result<KernelConfig, KernelError> {
         newtask_pid: record("task", "task_newtask", "pid")?,
         newtask_clone_flags: record("task", "task_newtask", "clone_flags")?,
         exit_group_dead: record("sched", "sched_process_exit", "group_dead")?,
+        // With vm.overcommit_memory=2 the kernel ignores MAP_NORESERVE.
+        noreserve_honoured: u32::from(
+            std::fs::read_to_string("/proc/sys/vm/overcommit_memory")
+                .map_or(true, |v| v.trim() != "2"),
+        ),
     })
 }
 
@@ -164,8 +170,9 @@ impl Kernel {
             .override_global("CONFIG", &config, true)
             .load(EBPF_OBJECT)
             .map_err(KernelError::Load)?;
+        let btf = aya::Btf::from_sys_fs().map_err(|e| KernelError::Load(e.into()))?;
         for hook in &HOOKS {
-            attach(&mut ebpf, hook).map_err(|source| KernelError::Attach { hook, source })?;
+            attach(&mut ebpf, hook, &btf).map_err(|source| KernelError::Attach { hook, source })?;
         }
         let events = ebpf
             .take_map("EVENTS")
@@ -256,15 +263,15 @@ impl Kernel {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), ProgramError> {
+fn attach(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf) -> Result<(), ProgramError> {
     let program = ebpf
         .program_mut(hook.program)
         .ok_or(ProgramError::NotLoaded)?;
     match hook.attach {
-        AttachPoint::Raw(name) => {
-            let program: &mut RawTracePoint = program.try_into()?;
-            program.load()?;
-            program.attach(name)?;
+        AttachPoint::Btf(name) => {
+            let program: &mut BtfTracePoint = program.try_into()?;
+            program.load(name, btf)?;
+            program.attach()?;
         }
         AttachPoint::Tracepoint(category, name) => {
             let program: &mut TracePoint = program.try_into()?;
