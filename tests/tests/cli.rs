@@ -199,8 +199,8 @@ fn doctor_passes_here_and_names_every_hook() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "doctor failed:\n{text}");
     for hook in [
-        "raw_tp/sys_enter",
-        "raw_tp/sys_exit",
+        "tp_btf/sys_enter",
+        "tp_btf/sys_exit",
         "task:task_newtask",
         "sched:sched_process_exec",
         "sched:sched_process_exit",
