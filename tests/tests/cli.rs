@@ -201,7 +201,8 @@ fn doctor_passes_here_and_names_every_hook() {
     for hook in [
         "tp_btf/sys_enter",
         "tp_btf/sys_exit",
-        "task:task_newtask",
+        "tp_btf/task_newtask",
+        "tp_btf/rss_stat",
         "sched:sched_process_exec",
         "sched:sched_process_exit",
     ] {
@@ -264,21 +265,42 @@ fn usage_errors_exit_2_and_other_errors_exit_1_with_a_message() {
 }
 
 #[test]
-fn without_root_ebpf_tracing_fails_with_advice() {
+fn without_root_the_trace_runs_on_proc_alone_and_says_so() {
     // Runs as nobody whoever runs the test suite, so only root can set it up.
-    if !require_root("without_root_ebpf_tracing_fails_with_advice") {
+    if !require_root("without_root_the_trace_runs_on_proc_alone_and_says_so") {
         return;
     }
+    let scratch = Scratch::new("unprivileged");
+    std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let json = scratch.path("t.json");
     let output = Command::new(leaktrace())
-        .args(["run", "--", "true"])
+        .args(["run", "--interval", "50ms", "-o"])
+        .arg(&json)
+        .args(["--", "sleep", "0.5"])
         .uid(NOBODY)
         .gid(NOBODY)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("run leaktrace with sudo, or pass --no-ebpf"),
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("leaktrace: warning: eBPF is off (leaktrace is not root)")
+            .count(),
+        1,
         "{stderr}"
     );
+    let trace = Trace::read(&json).unwrap();
+    assert!(!trace.ebpf);
+    assert_eq!(trace.resident_source, "proc");
+    let sleep = trace
+        .processes
+        .iter()
+        .find(|p| p.pid == trace.root_pid)
+        .unwrap();
+    assert!(
+        sleep.pss > 0 && sleep.resident.anon > 0,
+        "sampled from /proc: {sleep:?}"
+    );
+    assert_eq!(sleep.role, "worker");
 }

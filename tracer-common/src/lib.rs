@@ -97,6 +97,19 @@ pub struct ProcessFlows {
     pub brk_growth: i64,
 }
 
+/// The kernel's per-mm resident counters (`enum { MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS,
+/// MM_SHMEMPAGES }`); the loader maps names to indices from BTF.
+pub const RSS_COUNTERS: usize = 4;
+
+/// A process's resident counters as the kernel keeps them (`mm->rss_stat`), in pages, indexed by
+/// the kernel's counter number: the last value seen and the highest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resident {
+    pub last: [u64; RSS_COUNTERS],
+    pub peak: [u64; RSS_COUNTERS],
+}
+
 /// Kinds of [`LifecycleEvent`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,9 +213,12 @@ pub struct KernelConfig {
     pub regs_args: [u32; 6],
     /// pt_regs.orig_ax: the syscall number, still there at sys_exit.
     pub regs_syscall_nr: u32,
-    /// Offsets of `pid`, `clone_flags` in the `task:task_newtask` tracepoint record (from tracefs).
-    pub newtask_pid: u32,
-    pub newtask_clone_flags: u32,
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    /// mm_struct.owner (CONFIG_MEMCG): the task whose process an mm belongs to.
+    pub mm_owner: u32,
+    /// Offsets of `mm->rss_stat[i].count` for each of the kernel's NR_MM_COUNTERS counters.
+    pub rss_count: [u32; RSS_COUNTERS],
     /// Offset of `group_dead` in the `sched:sched_process_exit` record (from tracefs).
     pub exit_group_dead: u32,
     /// 1 when MAP_NORESERVE makes a VM_NORESERVE mapping (vm.overcommit_memory is not 2).
@@ -229,4 +245,5 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessFlows {}
     unsafe impl aya::Pod for super::LifecycleEvent {}
     unsafe impl aya::Pod for super::KernelConfig {}
+    unsafe impl aya::Pod for super::Resident {}
 }

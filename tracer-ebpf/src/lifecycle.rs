@@ -1,52 +1,52 @@
 //! Fork, exec and exit: the tracked set grows at fork in the kernel, so a short-lived child is
 //! never missed, and userspace hears of every process through the ring buffer.
 //!
-//! These fire a few times per process, so classic tracepoints are cheap enough here; their
-//! record layouts are read from tracefs by the loader (`CONFIG.newtask_*`, `exit_group_dead`).
+//! These fire a few times per process. `task_newtask` is attached as tp_btf, for the new
+//! `task_struct` itself (its mm starts the child's resident counters); exec and exit are classic
+//! tracepoints whose record layout the loader reads from tracefs (`CONFIG.exit_group_dead`).
 //!
 //! ```text
-//! task:task_newtask          pid_t pid; char comm[16]; u64 clone_flags; short oom_score_adj;
+//! tp_btf task_newtask        (struct task_struct *task, u64 clone_flags)
 //! sched:sched_process_exec   __data_loc char[] filename; pid_t pid; pid_t old_pid;
 //! sched:sched_process_exit   char comm[16]; pid_t pid; int prio; bool group_dead;
 //! ```
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_task_btf, bpf_ktime_get_boot_ns,
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{LifecycleEvent, LifecycleKind, LostReason, TRACKED as TRACKED_FLAG};
 
-use crate::maps::{EVENTS, TRACKED, config, count_lost, is_tracked, read_kernel};
+use crate::{
+    maps::{EVENTS, TRACKED, btf_field, config, count_lost, is_tracked, read_kernel},
+    resident,
+};
 
 /// A clone that makes a thread, not a process.
 const CLONE_THREAD: u64 = 0x0001_0000;
 
-#[tracepoint]
-pub fn task_newtask(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "task_newtask")]
+pub fn task_newtask(ctx: BtfTracePointContext) -> i32 {
     let parent = current_tgid();
     if !is_tracked(parent) {
         return 0;
     }
-    let Ok(clone_flags) = (unsafe { ctx.read_at::<u64>(config!(newtask_clone_flags) as usize) })
-    else {
-        count_lost(LostReason::KernelReadFailed);
-        return 0;
-    };
+    let task: u64 = ctx.arg(0);
+    let clone_flags: u64 = ctx.arg(1);
     if clone_flags & CLONE_THREAD != 0 {
         return 0;
     }
-    let Ok(child) = (unsafe { ctx.read_at::<u32>(config!(newtask_pid) as usize) }) else {
-        count_lost(LostReason::KernelReadFailed);
-        return 0;
-    };
+    let child: u32 = btf_field(task, config!(task_pid));
     // The child has not run yet (task_newtask fires in copy_process, before its first wake-up).
     if TRACKED.insert(&child, &TRACKED_FLAG, 0).is_err() {
         count_lost(LostReason::TrackedSetFull);
         return 0;
     }
+    resident::start_from_mm(child, btf_field(task, config!(task_mm)));
     emit(LifecycleKind::Fork, child, parent, 0);
     0
 }
@@ -55,6 +55,8 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let tgid = current_tgid();
     if is_tracked(tgid) {
+        let task = unsafe { bpf_get_current_task_btf() } as u64;
+        resident::start_from_mm(tgid, btf_field(task, config!(task_mm)));
         emit(LifecycleKind::Exec, tgid, 0, 0);
     }
     0

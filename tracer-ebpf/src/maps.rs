@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use tracer_common::{KernelConfig, LOST_REASON_COUNT, LostReason, ProcessFlows};
+use tracer_common::{
+    KernelConfig, LOST_REASON_COUNT, LostReason, ProcessFlows, RSS_COUNTERS, Resident,
+};
 
 use crate::{syscalls::Pending, vma::Walk};
 
@@ -30,8 +32,10 @@ static CONFIG: KernelConfig = KernelConfig {
     task_exit_code: 0,
     regs_args: [0; 6],
     regs_syscall_nr: 0,
-    newtask_pid: 0,
-    newtask_clone_flags: 0,
+    task_pid: 0,
+    task_tgid: 0,
+    mm_owner: 0,
+    rss_count: [0; RSS_COUNTERS],
     exit_group_dead: 0,
     noreserve_honoured: 0,
 };
@@ -69,6 +73,11 @@ static ZERO_FLOWS: PerCpuArray<ProcessFlows> = PerCpuArray::with_max_entries(1, 
 /// What a thread's memory syscall looked like at entry, until its return: pid_tgid -> Pending.
 #[map]
 pub static STASH: HashMap<u64, Pending> = HashMap::with_max_entries(MAX_THREADS, 0);
+
+/// Resident counters per tracked tgid, from kmem:rss_stat. Not per CPU: each update stores the
+/// kernel's absolute counter value, so the last writer is right.
+#[map]
+pub static RESIDENT: HashMap<u32, Resident> = HashMap::with_max_entries(MAX_PROCESSES, 0);
 
 /// Scratch space for one VMA walk per CPU: a walk is too large for the 512-byte stack.
 #[map]
@@ -111,6 +120,14 @@ pub fn flows_of(tgid: u32) -> Option<&'static mut ProcessFlows> {
             None
         }
     }
+}
+
+/// A field of a BTF-typed kernel pointer. The offsets are read-only constants (CONFIG), so the
+/// verifier checks this load against the kernel's types and lets it be a plain load rather than
+/// a bpf_probe_read_kernel call; a bad pointer reads as 0.
+#[inline(always)]
+pub fn btf_field<T: Copy>(base: u64, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile((base as *const u8).add(offset as usize) as *const T) }
 }
 
 /// Reads a kernel value at `base + offset`, counting a failure as lost.

@@ -19,7 +19,9 @@ use aya_ebpf::{
 };
 use tracer_common::{CLASS_COUNT, LostReason, ProcessFlows, RegionClass, syscall_nr};
 
-use crate::maps::{STASH, config, count_lost, flows_of, is_tracked, read_kernel, scratch_walk};
+use crate::maps::{
+    STASH, btf_field, config, count_lost, flows_of, is_tracked, read_kernel, scratch_walk,
+};
 use crate::vma::{self, PAGE_SIZE, Walk, bounded, page_align};
 
 const MAP_TYPE: u64 = 0x03;
@@ -126,13 +128,7 @@ fn syscall_arg(regs: u64, index: usize) -> Option<u64> {
         3 => config!(regs_args[3]),
         _ => config!(regs_args[4]),
     };
-    Some(regs_field(regs, offset))
-}
-
-/// A `pt_regs` field: tp_btf types `regs`, and the offsets are read-only constants, so the
-/// verifier lets this be a direct load instead of a bpf_probe_read_kernel call.
-fn regs_field(regs: u64, offset: u32) -> u64 {
-    unsafe { core::ptr::read_volatile((regs as *const u8).add(offset as usize) as *const u64) }
+    Some(btf_field(regs, offset))
 }
 
 fn total_vm() -> Option<u64> {
@@ -185,7 +181,7 @@ fn on_enter(nr: u64, regs: u64, walk: &mut Walk) -> Option<()> {
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let regs: u64 = ctx.arg(0);
-    let nr = regs_field(regs, config!(regs_syscall_nr));
+    let nr = btf_field(regs, config!(regs_syscall_nr));
     if !is_memory_syscall(nr) {
         return 0;
     }

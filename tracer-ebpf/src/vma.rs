@@ -15,7 +15,7 @@ use aya_ebpf::helpers::generated::{
 };
 use tracer_common::{CLASS_COUNT, LostReason, RegionClass};
 
-use crate::maps::{config, count_lost, read_kernel};
+use crate::maps::{btf_field, config, count_lost, read_kernel};
 use crate::syscalls::Pending;
 
 pub const PAGE_SIZE: u64 = 4096;
@@ -102,22 +102,18 @@ fn classify(flags: u64, file_kind: u64, start: u64, end: u64, heap: &Heap) -> us
 #[inline(never)]
 unsafe extern "C" fn on_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
     let out = unsafe { &mut *(ctx as *mut Vma) };
-    let vma = vma as *const u8;
-    // The verifier knows `vma` as a BTF-typed pointer and the offsets as constants (read-only
-    // CONFIG), so these are direct loads, not bpf_probe_read_kernel calls.
-    let field =
-        |offset: u32| unsafe { core::ptr::read_volatile(vma.add(offset as usize) as *const u64) };
-    out.start = field(config!(vma_start));
-    out.end = field(config!(vma_end));
-    out.flags = field(config!(vma_flags));
-    let file = field(config!(vma_file));
+    // `vma` is BTF-typed: direct loads.
+    let vma = vma as u64;
+    out.start = btf_field(vma, config!(vma_start));
+    out.end = btf_field(vma, config!(vma_end));
+    out.flags = btf_field(vma, config!(vma_flags));
+    let file: u64 = btf_field(vma, config!(vma_file));
     out.file_kind = if file == 0 {
         NO_FILE
     } else {
-        let magic = read_kernel::<u64>(file, config!(file_inode))
-            .and_then(|inode| read_kernel::<u64>(inode, config!(inode_sb)))
-            .and_then(|sb| read_kernel::<u64>(sb, config!(sb_magic)))
-            .unwrap_or(0);
+        let inode: u64 = btf_field(file, config!(file_inode));
+        let sb: u64 = btf_field(inode, config!(inode_sb));
+        let magic: u64 = btf_field(sb, config!(sb_magic));
         if magic == TMPFS_MAGIC || magic == HUGETLBFS_MAGIC {
             SHMEM_FILE
         } else {

@@ -74,13 +74,16 @@ struct TraceArgs {
     /// Stop after this long (e.g. 30s, 5m, 2h; a bare number is seconds).
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Do not load eBPF programs: follow the process tree through /proc only.
+    /// Do not load eBPF programs: follow the process tree through /proc only (as without root).
     #[arg(long)]
     no_ebpf: bool,
+    /// Time between /proc samples (smaps_rollup, status) of every traced process.
+    #[arg(long, value_name = "D", value_parser = parse_interval, default_value = "1s")]
+    interval: Duration,
     /// Say more about what leaktrace is doing, on stderr.
     #[arg(short, long)]
     verbose: bool,
-    /// Print no report (errors still go to stderr).
+    /// Print no report and no warnings (errors still go to stderr).
     #[arg(short, long, conflicts_with = "verbose")]
     quiet: bool,
 }
@@ -90,6 +93,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string());
     }
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 30s, 5m or 2h)"))
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_millis(10) {
+        return Err("the interval must be at least 10ms".into());
+    }
+    Ok(interval)
 }
 
 /// Writes to stderr or stdout; a closed pipe is not an error.
@@ -115,6 +126,8 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
         ebpf: !args.no_ebpf,
         as_root,
         announce,
+        warn: !args.quiet,
+        interval: args.interval,
     };
     if args.verbose {
         eprintln!("leaktrace: tracing {target:?} with {options:?}");

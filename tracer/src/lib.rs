@@ -1,13 +1,17 @@
 //! leaktrace: which process, and which kind of memory in it, keeps growing.
 //!
 //! The pipeline, in the order data flows: [`target`] (launch or attach) -> [`kernel`] (eBPF
-//! programs and their maps) -> [`session`] (follow the tree until the trace ends) -> [`trace`]
-//! (the JSON document) -> [`report`] (the terminal view) -> [`cli`]. [`doctor`] checks the machine.
+//! programs and their maps) -> [`sampler`] (/proc) and [`roles`] -> [`processes`] (what is known
+//! of each process) -> [`session`] (follow the tree until the trace ends) -> [`trace`] (the JSON
+//! document) -> [`report`] (the terminal view) -> [`cli`]. [`doctor`] checks the machine.
 
 pub mod cli;
 pub mod doctor;
 pub mod kernel;
+pub mod processes;
 pub mod report;
+pub mod roles;
+pub mod sampler;
 pub mod session;
 pub mod target;
 pub mod trace;

@@ -1,5 +1,6 @@
-//! The terminal report of a trace: what ran and how it ended, address-space flows per process
-//! and region class, totals, and lost-event counters when there were any.
+//! The terminal report of a trace: what ran and how it ended; resident memory first (the tree's
+//! PSS by role, then per process), then address-space flows per process and region class with
+//! their totals, and lost-event counters when there were any.
 
 use std::fmt::Write as _;
 
@@ -7,7 +8,7 @@ use tracer_common::RegionClass;
 
 use crate::trace::{ClassFlow, Process, Trace};
 
-/// Beyond this many processes, the table shows the busiest ones (the JSON has all).
+/// Beyond this many processes, the tables show the busiest ones (the JSON has all).
 const MAX_ROWS: usize = 40;
 
 /// Bytes as a short binary-unit figure: 0, 4.0K, 1.5M, 2.0G; `signed` adds a + to growth.
@@ -32,6 +33,10 @@ pub fn bytes(value: i64, signed: bool) -> String {
     }
 }
 
+fn size(value: u64) -> String {
+    bytes(value as i64, false)
+}
+
 fn state(process: &Process) -> String {
     match (process.exited, process.exit_code) {
         (false, _) => "running".into(),
@@ -40,17 +45,62 @@ fn state(process: &Process) -> String {
     }
 }
 
-/// How much happened in a process: used to pick rows when there are too many.
+fn truncate(text: &str, width: usize) -> String {
+    text.chars().take(width).collect()
+}
+
+/// How much a process holds and did: used to pick rows when there are too many.
 fn activity(process: &Process) -> u64 {
-    process
+    let flows: u64 = process
         .address_space
         .values()
         .map(|f| f.mapped + f.unmapped + f.committed + f.released)
-        .sum()
+        .sum();
+    flows + process.pss + process.resident_peak.anon
+}
+
+/// The processes to show: all of them, or the busiest `MAX_ROWS` in their original order.
+fn rows(trace: &Trace) -> Vec<&Process> {
+    let mut rows: Vec<&Process> = trace.processes.iter().collect();
+    if rows.len() > MAX_ROWS {
+        let mut busiest = rows.clone();
+        busiest.sort_by_key(|p| std::cmp::Reverse(activity(p)));
+        let threshold = activity(busiest[MAX_ROWS - 1]);
+        let mut kept = 0;
+        rows.retain(|p| {
+            let keep = activity(p) >= threshold && kept < MAX_ROWS;
+            kept += usize::from(keep);
+            keep
+        });
+    }
+    rows
+}
+
+fn more_rows_note(out: &mut String, shown: usize, total: usize) {
+    if shown < total {
+        let _ = writeln!(
+            out,
+            "  ... and {} quieter processes (all are in the JSON, -o FILE)",
+            total - shown
+        );
+    }
 }
 
 pub fn render(trace: &Trace) -> String {
     let mut out = String::new();
+    header(&mut out, trace);
+    let rows = rows(trace);
+    resident_by_role(&mut out, trace);
+    resident_by_process(&mut out, trace, &rows);
+    if trace.ebpf {
+        address_space_by_process(&mut out, trace, &rows);
+        class_totals(&mut out, trace);
+    }
+    lost_events(&mut out, trace);
+    out
+}
+
+fn header(out: &mut String, trace: &Trace) {
     let status = trace
         .exit_code
         .map(|c| format!(", exit status {c}"))
@@ -71,13 +121,71 @@ pub fn render(trace: &Trace) -> String {
         trace.processes.len(),
         exited
     );
-    if !trace.ebpf {
+    for warning in &trace.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+}
+
+fn resident_by_role(out: &mut String, trace: &Trace) {
+    let live: u64 = trace.totals.by_role.values().map(|r| r.count).sum();
+    let _ = writeln!(
+        out,
+        "\nRESIDENT MEMORY: tree PSS {} at the last sample, over {live} live processes",
+        size(trace.totals.pss)
+    );
+    let _ = writeln!(
+        out,
+        "{:<26} {:>6} {:>10} {:>10}",
+        "ROLE", "PROCS", "PSS", "PSS ANON"
+    );
+    for (role, totals) in &trace.totals.by_role {
         let _ = writeln!(
             out,
-            "eBPF was off: no address-space flows (run as root without --no-ebpf to see them)"
+            "{:<26} {:>6} {:>10} {:>10}",
+            role,
+            totals.count,
+            size(totals.pss),
+            size(totals.anon)
         );
     }
+}
 
+fn resident_by_process(out: &mut String, trace: &Trace, rows: &[&Process]) {
+    let source = if trace.resident_source == "kernel" {
+        "the kernel's counters"
+    } else {
+        "/proc samples"
+    };
+    let _ = writeln!(
+        out,
+        "\nRESIDENT BY PROCESS (PSS from /proc; anon, file, shmem, swap from {source}, when last seen)"
+    );
+    let _ = writeln!(
+        out,
+        "{:>7} {:<18} {:<16} {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "PID", "ROLE", "COMMAND", "STATE", "PSS", "ANON", "FILE", "SHMEM", "SWAP", "PEAK ANON"
+    );
+    for process in rows {
+        let resident = &process.resident;
+        let _ = writeln!(
+            out,
+            "{:>7} {:<18} {:<16} {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            process.pid,
+            truncate(&process.role, 18),
+            truncate(&process.comm, 16),
+            state(process),
+            size(process.pss),
+            size(resident.anon),
+            size(resident.file),
+            size(resident.shmem),
+            size(resident.swap),
+            size(process.resident_peak.anon)
+        );
+    }
+    more_rows_note(out, rows.len(), trace.processes.len());
+}
+
+fn address_space_by_process(out: &mut String, trace: &Trace, rows: &[&Process]) {
     let _ = writeln!(
         out,
         "\nADDRESS SPACE BY PROCESS (net bytes per class = mapped - unmapped + committed - uncommitted)"
@@ -94,19 +202,7 @@ pub fn render(trace: &Trace) -> String {
         "{header} {:>9} {:>9} {:>8}",
         "committed", "released", "brk"
     );
-    let mut rows: Vec<&Process> = trace.processes.iter().collect();
-    if rows.len() > MAX_ROWS {
-        let mut busiest = rows.clone();
-        busiest.sort_by_key(|p| std::cmp::Reverse(activity(p)));
-        let threshold = activity(busiest[MAX_ROWS - 1]);
-        let mut kept = 0;
-        rows.retain(|p| {
-            let keep = activity(p) >= threshold && kept < MAX_ROWS;
-            kept += usize::from(keep);
-            keep
-        });
-    }
-    for process in &rows {
+    for process in rows {
         let mut line = format!(
             "{:>7} {:>7} {:<16} {:<8}",
             process.pid,
@@ -125,19 +221,15 @@ pub fn render(trace: &Trace) -> String {
         let _ = writeln!(
             out,
             "{line} {:>9} {:>9} {:>8}",
-            bytes(committed as i64, false),
-            bytes(released as i64, false),
+            size(committed),
+            size(released),
             bytes(process.brk_growth, true)
         );
     }
-    if rows.len() < trace.processes.len() {
-        let _ = writeln!(
-            out,
-            "  ... and {} quieter processes (all are in the JSON, -o FILE)",
-            trace.processes.len() - rows.len()
-        );
-    }
+    more_rows_note(out, rows.len(), trace.processes.len());
+}
 
+fn class_totals(out: &mut String, trace: &Trace) {
     let _ = writeln!(out, "\nTOTALS BY REGION CLASS");
     let _ = writeln!(
         out,
@@ -153,11 +245,28 @@ pub fn render(trace: &Trace) -> String {
             .copied()
             .unwrap_or_default();
         all.add(&flow);
-        class_row(&mut out, class.name(), &flow);
+        class_row(out, class.name(), &flow);
     }
-    class_row(&mut out, "all", &all);
+    class_row(out, "all", &all);
     let _ = writeln!(out, "brk growth: {}", bytes(trace.totals.brk_growth, true));
+}
 
+fn class_row(out: &mut String, name: &str, flow: &ClassFlow) {
+    let _ = writeln!(
+        out,
+        "{:<9} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>8}",
+        name,
+        size(flow.mapped),
+        size(flow.unmapped),
+        bytes(flow.net(), true),
+        size(flow.committed),
+        size(flow.uncommitted),
+        size(flow.released),
+        flow.calls
+    );
+}
+
+fn lost_events(out: &mut String, trace: &Trace) {
     let lost: Vec<String> = trace
         .events_lost
         .iter()
@@ -171,26 +280,6 @@ pub fn render(trace: &Trace) -> String {
             lost.join(", ")
         );
     }
-    out
-}
-
-fn class_row(out: &mut String, name: &str, flow: &ClassFlow) {
-    let _ = writeln!(
-        out,
-        "{:<9} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>8}",
-        name,
-        bytes(flow.mapped as i64, false),
-        bytes(flow.unmapped as i64, false),
-        bytes(flow.net(), true),
-        bytes(flow.committed as i64, false),
-        bytes(flow.uncommitted as i64, false),
-        bytes(flow.released as i64, false),
-        flow.calls
-    );
-}
-
-fn truncate(text: &str, width: usize) -> String {
-    text.chars().take(width).collect()
 }
 
 #[cfg(test)]

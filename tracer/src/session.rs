@@ -1,31 +1,34 @@
 //! A tracing session: start or attach to the target, follow its process tree until it ends,
-//! and collect everything into a [`Trace`].
+//! sample /proc on an interval, and collect everything into a [`Trace`].
 //!
 //! The session ends when the launched command (or the attached process) exits, when
-//! `--duration` elapses, or on SIGINT/SIGTERM; in every case it drains the kernel side and
-//! returns a complete trace. A command leaktrace started is never left running: on a duration
-//! or signal stop it gets SIGTERM, then SIGKILL after a grace period.
+//! `--duration` elapses, or on SIGINT/SIGTERM; in every case it takes a last sample, drains the
+//! kernel side and returns a complete trace. A command leaktrace started is never left running:
+//! on a duration or signal stop it gets SIGTERM, then SIGKILL after a grace period.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     process::ExitStatus,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
-use tracer_common::{LifecycleEvent, LifecycleKind, LostReason};
+use tracer_common::{LostReason, Resident};
 
 use crate::{
-    kernel::{Kernel, KernelError},
+    kernel::{self, Kernel, KernelError},
+    processes::{ProcessTable, SampleSeries},
+    sampler,
     target::{self, Identity, ProcInfo, TargetError},
-    trace::{self, EndReason, Process, SCHEMA, Trace},
+    trace::{self, EndReason, SCHEMA, Trace},
 };
 
-/// How often the ring buffer is drained and /proc looked at.
+/// How often the ring buffer is drained (and, without eBPF, /proc searched for new processes).
 const TICK: Duration = Duration::from_millis(50);
 /// How long a stopped command gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(3);
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum SessionError {
@@ -48,93 +51,31 @@ pub enum Target {
     Attach(u32),
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     pub duration: Option<Duration>,
-    /// Off: follow the tree through /proc only (no address-space flows).
+    /// Load the eBPF programs. Without them (or without root) the session runs on /proc alone.
     pub ebpf: bool,
     /// Run the command as root even under sudo.
     pub as_root: bool,
     /// Say on stderr when tracing has started (attach mode: the moment it is safe to go).
     pub announce: bool,
+    /// Warn on stderr about what the trace cannot see.
+    pub warn: bool,
+    /// Time between /proc samples.
+    pub interval: Duration,
 }
 
-/// The processes seen so far, in the order they appeared.
-#[derive(Default)]
-struct ProcessTable {
-    processes: Vec<Process>,
-    /// Live pid -> index in `processes`.
-    live: HashMap<u32, usize>,
-}
-
-impl ProcessTable {
-    fn add(&mut self, info: ProcInfo) {
-        if self.live.contains_key(&info.pid) {
-            return;
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            duration: None,
+            ebpf: true,
+            as_root: false,
+            announce: false,
+            warn: true,
+            interval: DEFAULT_INTERVAL,
         }
-        self.live.insert(info.pid, self.processes.len());
-        self.processes.push(Process {
-            pid: info.pid,
-            ppid: info.ppid,
-            start_time: info.start_time,
-            comm: info.comm,
-            exited: false,
-            exit_code: None,
-            address_space: trace::address_space(&Default::default()),
-            brk_growth: 0,
-        });
-    }
-
-    fn on_event(&mut self, event: &LifecycleEvent, kernel: &mut Kernel) {
-        let comm = comm(&event.comm);
-        match event.kind {
-            k if k == LifecycleKind::Fork as u32 => self.add(ProcInfo {
-                pid: event.tgid,
-                ppid: event.parent_tgid,
-                comm,
-                start_time: event.time_ns as f64 / 1e9,
-            }),
-            k if k == LifecycleKind::Exec as u32 => {
-                if let Some(&index) = self.live.get(&event.tgid) {
-                    self.processes[index].comm = comm;
-                }
-            }
-            k if k == LifecycleKind::Exit as u32 => {
-                if let Some(index) = self.live.remove(&event.tgid) {
-                    let process = &mut self.processes[index];
-                    process.exited = true;
-                    process.exit_code = Some(exit_code(event.exit_code as i32));
-                    // Collect now: the pid may be reused by a later process.
-                    if let Some(flows) = kernel.take_flows(event.tgid) {
-                        process.set_flows(&flows);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Final flows of every process still alive.
-    fn collect_live(&mut self, kernel: &mut Kernel) {
-        for (tgid, flows) in kernel.all_flows() {
-            if let Some(&index) = self.live.get(&tgid) {
-                self.processes[index].set_flows(&flows);
-            }
-        }
-    }
-}
-
-fn comm(raw: &[u8; 16]) -> String {
-    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
-}
-
-/// A wait(2) status as a shell would report it: the exit code, or 128 + the signal.
-fn exit_code(status: i32) -> i32 {
-    if status & 0x7f == 0 {
-        (status >> 8) & 0xff
-    } else {
-        128 + (status & 0x7f)
     }
 }
 
@@ -154,6 +95,17 @@ pub fn trace(target: Target, options: Options) -> Result<Trace, SessionError> {
     runtime.block_on(run_session(target, options))
 }
 
+/// Why eBPF is off, if it is.
+fn ebpf_off_reason(options: &Options) -> Option<&'static str> {
+    if !options.ebpf {
+        Some("--no-ebpf was given")
+    } else if !kernel::is_privileged() {
+        Some("leaktrace is not root")
+    } else {
+        None
+    }
+}
+
 async fn run_session(target: Target, options: Options) -> Result<Trace, SessionError> {
     let started = Instant::now();
     let started_at = SystemTime::now()
@@ -163,43 +115,61 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     let mut interrupt = signal(SignalKind::interrupt()).map_err(SessionError::Signals)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(SessionError::Signals)?;
 
-    let mut kernel = if options.ebpf {
-        Some(Kernel::load()?)
-    } else {
-        None
+    let mut warnings = Vec::new();
+    let mut kernel = match ebpf_off_reason(&options) {
+        None => Some(Kernel::load()?),
+        Some(reason) => {
+            warnings.push(format!(
+                "eBPF is off ({reason}): no address-space flows and no kernel resident counters; resident \
+                 memory comes from /proc every {:?}, and processes living shorter than that may be missed \
+                 (run with sudo for the kernel view)",
+                options.interval
+            ));
+            None
+        }
     };
-    let mut table = ProcessTable::default();
+    if options.warn {
+        warnings
+            .iter()
+            .for_each(|w| eprintln!("leaktrace: warning: {w}"));
+    }
 
-    let (mode, command, root_pid, mut child) = match &target {
+    let (mode, command, root_pid, child) = match &target {
         Target::Run(command) => {
             let identity = if options.as_root {
                 None
             } else {
                 Identity::from_sudo()?
             };
+            // Orphans of the command's tree come to leaktrace rather than to init (which may
+            // not reap them, as in containers), so none is left a zombie.
+            // SAFETY: prctl with an integer argument.
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
             let launched = target::launch(command, identity, |pid| match kernel.as_mut() {
                 Some(kernel) => kernel.track(pid).map_err(SessionError::from),
                 None => Ok(()),
             })?;
-            // Not in the fork event stream: the tracer forked it before it was tracked.
-            table.add(target::proc_info(launched.pid).unwrap_or(ProcInfo {
-                pid: launched.pid,
-                ppid: std::process::id(),
-                comm: command[0].clone(),
-                start_time: 0.0,
-            }));
             ("run", command.clone(), launched.pid, Some(launched.child))
         }
-        Target::Attach(pid) => {
-            seed_tree(*pid, &mut kernel, &mut table)?;
-            // A child forked while we were seeding: look once more.
-            seed_tree(*pid, &mut kernel, &mut table)?;
-            ("attach", attached_command(*pid), *pid, None)
-        }
+        Target::Attach(pid) => ("attach", attached_command(*pid), *pid, None),
     };
-
+    let mut table = ProcessTable::new(root_pid);
+    match child {
+        // Not in the fork event stream: leaktrace forked it before it was tracked.
+        Some(_) => table.add(target::proc_info(root_pid).unwrap_or(ProcInfo {
+            pid: root_pid,
+            ppid: std::process::id(),
+            comm: command[0].clone(),
+            start_time: 0.0,
+        })),
+        None => {
+            seed_tree(root_pid, &mut kernel, &mut table)?;
+            // A child forked while we were seeding: look once more.
+            seed_tree(root_pid, &mut kernel, &mut table)?;
+        }
+    }
     if options.announce {
-        let others = table.processes.len().saturating_sub(1);
+        let others = table.len().saturating_sub(1);
         eprintln!(
             "leaktrace: tracing pid {root_pid} and {others} other processes (Ctrl-C to stop)"
         );
@@ -207,7 +177,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
 
     // The command's wait() runs on a blocking thread; its status arrives here.
     let (status_tx, mut status_rx) = tokio::sync::oneshot::channel();
-    if let Some(mut child) = child.take() {
+    if let Some(mut child) = child {
         tokio::task::spawn_blocking(move || {
             let _ = status_tx.send(child.wait());
         });
@@ -215,16 +185,23 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
 
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(TICK);
+    let mut sample_tick = tokio::time::interval(options.interval);
+    let mut series = SampleSeries::default();
     let mut exit_status = None;
     let ended_by = loop {
         tokio::select! {
-            status = &mut status_rx, if exit_status.is_none() && mode == "run" => {
+            status = &mut status_rx, if mode == "run" => {
                 exit_status = Some(status_code(status.expect("waiter thread").map_err(SessionError::Wait)?));
                 break EndReason::CommandExited;
             }
             _ = interrupt.recv() => break EndReason::Interrupted,
             _ = terminate.recv() => break EndReason::Terminated,
             _ = sleep_until(deadline) => break EndReason::Duration,
+            _ = sample_tick.tick() => {
+                follow(&mut kernel, &mut table, root_pid);
+                series.push(table.sample(started.elapsed().as_secs_f64()));
+                table.reap();
+            }
             _ = tick.tick() => {
                 follow(&mut kernel, &mut table, root_pid);
                 if mode == "attach" && !target::is_alive(root_pid) {
@@ -234,19 +211,32 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         }
     };
 
-    if mode == "run" && exit_status.is_none() {
-        exit_status = stop_command(root_pid, &mut status_rx, ended_by).await;
+    // The last sample, of the tree as it is now, before anything is stopped.
+    follow(&mut kernel, &mut table, root_pid);
+    let last = table.sample(started.elapsed().as_secs_f64());
+    series.push(last.clone());
+    if mode == "run" {
+        if exit_status.is_none() {
+            exit_status = stop_command(root_pid, &mut status_rx, ended_by).await;
+        }
+        // Descendants that outlived the command (Chromium's crashpad handlers daemonize):
+        // leaktrace started them, so it does not leave them behind.
+        follow(&mut kernel, &mut table, root_pid);
+        stop_leftovers(&mut kernel, &mut table, root_pid).await;
     }
     follow(&mut kernel, &mut table, root_pid);
+    table.reap();
     let mut events_lost = BTreeMap::new();
+    let mut rss = None;
     if let Some(kernel) = kernel.as_mut() {
-        table.collect_live(kernel);
+        table.collect_kernel(kernel);
         let lost = kernel.lost();
         for reason in LostReason::ALL {
             events_lost.insert(reason.name().to_string(), lost[reason as usize]);
         }
+        rss = Some(kernel.rss);
     }
-    let processes = table.processes;
+    let processes = table.into_processes(rss);
     Ok(Trace {
         schema: SCHEMA.to_string(),
         command,
@@ -255,11 +245,15 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         started_at: trace::rfc3339(started_at),
         duration_s: started.elapsed().as_secs_f64(),
         ebpf: kernel.is_some(),
+        resident_source: if kernel.is_some() { "kernel" } else { "proc" }.to_string(),
+        interval_s: options.interval.as_secs_f64(),
+        warnings,
         ended_by,
         exit_code: exit_status,
         events_lost,
-        totals: trace::totals(&processes),
+        totals: trace::totals(&processes, Some(&last)),
         processes,
+        samples: series.into_points(),
     })
 }
 
@@ -284,15 +278,9 @@ fn follow(kernel: &mut Option<Kernel>, table: &mut ProcessTable, root_pid: u32) 
             if let Ok(tree) = target::process_tree(root_pid) {
                 tree.into_iter().for_each(|info| table.add(info));
             }
-            let gone: Vec<u32> = table
-                .live
-                .keys()
-                .copied()
-                .filter(|pid| !target::is_alive(*pid))
-                .collect();
-            for pid in gone {
-                if let Some(index) = table.live.remove(&pid) {
-                    table.processes[index].exited = true;
+            for pid in table.live_pids() {
+                if !target::is_alive(pid) {
+                    table.mark_gone(pid);
                 }
             }
         }
@@ -307,16 +295,55 @@ fn seed_tree(
     for info in target::process_tree(root)? {
         if let Some(kernel) = kernel.as_mut() {
             kernel.track(info.pid)?;
+            // Counters that never change while we watch still need a value: /proc shows the
+            // same ones the kernel programs read.
+            if let Some(sample) = sampler::sample(info.pid) {
+                kernel.seed_resident(info.pid, resident_pages(&sample, kernel.rss))?;
+            }
         }
         table.add(info);
     }
     Ok(())
 }
 
+fn resident_pages(sample: &sampler::ProcSample, rss: kernel::RssIndices) -> Resident {
+    // SAFETY: sysconf has no preconditions.
+    let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u64;
+    let mut last = [0; tracer_common::RSS_COUNTERS];
+    last[rss.anon] = sample.rss_anon / page;
+    last[rss.file] = sample.rss_file / page;
+    last[rss.shmem] = sample.rss_shmem / page;
+    last[rss.swap] = sample.vm_swap / page;
+    Resident { last, peak: last }
+}
+
 fn attached_command(pid: u32) -> Vec<String> {
     procfs::process::Process::new(pid as i32)
         .and_then(|p| p.cmdline())
         .unwrap_or_default()
+}
+
+/// SIGTERM to every traced process still alive, SIGKILL to those alive after the grace period.
+async fn stop_leftovers(kernel: &mut Option<Kernel>, table: &mut ProcessTable, root_pid: u32) {
+    for next_signal in [libc::SIGTERM, libc::SIGKILL] {
+        let leftovers = table.live();
+        let signalled = leftovers
+            .iter()
+            .filter(|(pid, start)| target::signal_if_same(*pid, *start, next_signal))
+            .count();
+        if signalled == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + KILL_GRACE;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(TICK).await;
+            follow(kernel, table, root_pid);
+            table.reap();
+            if table.live().iter().all(|(pid, _)| !target::is_alive(*pid)) {
+                return;
+            }
+        }
+    }
 }
 
 /// Stops a command the session launched. After Ctrl-C the terminal already sent it SIGINT, so

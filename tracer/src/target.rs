@@ -279,3 +279,15 @@ pub fn signal(pid: u32, signal: i32) {
     // SAFETY: kill(2) with a positive pid.
     unsafe { libc::kill(pid as i32, signal) };
 }
+
+/// Signals `pid` only if it is still the process that started at `start_time` (seconds since
+/// boot), so a reused pid is never hit.
+pub fn signal_if_same(pid: u32, start_time: f64, sig: i32) -> bool {
+    match proc_info(pid) {
+        Some(info) if (info.start_time - start_time).abs() < 0.05 => {
+            signal(pid, sig);
+            true
+        }
+        _ => false,
+    }
+}

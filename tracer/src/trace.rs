@@ -14,6 +14,8 @@ use thiserror::Error;
 pub use tracer_common::ClassFlow;
 use tracer_common::{ProcessFlows, RegionClass};
 
+pub use crate::sampler::ProcSample;
+
 pub const SCHEMA: &str = "leaktrace/1";
 
 #[derive(Debug, Error)]
@@ -82,6 +84,12 @@ pub struct Trace {
     pub started_at: String,
     pub duration_s: f64,
     pub ebpf: bool,
+    /// Where `processes[].resident` comes from: "kernel" (rss_stat, eBPF) or "proc" (samples).
+    pub resident_source: String,
+    /// Seconds between /proc samples.
+    pub interval_s: f64,
+    /// What this trace could not see, in plain words (e.g. no eBPF without root).
+    pub warnings: Vec<String>,
     pub ended_by: EndReason,
     /// The launched command's exit status (128 + signal when killed), when it was seen.
     pub exit_code: Option<i32>,
@@ -90,6 +98,8 @@ pub struct Trace {
     pub processes: Vec<Process>,
     /// The sum over all processes.
     pub totals: Totals,
+    /// The tree's PSS over time, at most a few hundred points however long the trace.
+    pub samples: Vec<TreeSample>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,18 +109,58 @@ pub struct Process {
     /// Seconds since boot; with `pid`, the identity of a process (pids are reused).
     pub start_time: f64,
     pub comm: String,
+    /// worker, browser, zygote, renderer, gpu, utility:<sub-type>, crashpad or other.
+    pub role: String,
     pub exited: bool,
     pub exit_code: Option<i32>,
     /// Per region class: mapped, unmapped, committed, uncommitted, released, calls.
     pub address_space: BTreeMap<String, ClassFlow>,
     /// Signed sum of break movements, in bytes.
     pub brk_growth: i64,
+    /// Resident memory when last seen (at exit for an exited process).
+    pub resident: ResidentBytes,
+    pub resident_peak: ResidentBytes,
+    /// Proportional set size at the last /proc sample (0 if never sampled).
+    pub pss: u64,
+    /// The last /proc sample, if any.
+    pub smaps_rollup: Option<ProcSample>,
+}
+
+/// Resident memory by kind, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResidentBytes {
+    pub anon: u64,
+    pub file: u64,
+    pub shmem: u64,
+    pub swap: u64,
+}
+
+/// The live processes of one role at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleTotals {
+    /// Sum of PSS.
+    pub pss: u64,
+    /// Sum of Pss_Anon.
+    pub anon: u64,
+    pub count: u64,
+}
+
+/// The whole tree at one /proc sample.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TreeSample {
+    /// Seconds since the trace started.
+    pub t_s: f64,
+    pub pss: u64,
+    pub by_role: BTreeMap<String, RoleTotals>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
     pub address_space: BTreeMap<String, ClassFlow>,
     pub brk_growth: i64,
+    /// The tree's PSS at the last sample: the sum over live processes, never summed RSS.
+    pub pss: u64,
+    pub by_role: BTreeMap<String, RoleTotals>,
 }
 
 impl Process {
@@ -135,10 +185,13 @@ pub fn address_space(flows: &ProcessFlows) -> BTreeMap<String, ClassFlow> {
         .collect()
 }
 
-pub fn totals(processes: &[Process]) -> Totals {
+/// Sums the flows of all processes; PSS and roles come from the last tree sample.
+pub fn totals(processes: &[Process], last_sample: Option<&TreeSample>) -> Totals {
     let mut totals = Totals {
         address_space: address_space(&ProcessFlows::default()),
         brk_growth: 0,
+        pss: last_sample.map_or(0, |s| s.pss),
+        by_role: last_sample.map(|s| s.by_role.clone()).unwrap_or_default(),
     };
     for process in processes {
         for (class, flow) in &process.address_space {
@@ -273,11 +326,15 @@ mod tests {
             started_at: rfc3339(0),
             duration_s: 0.0,
             ebpf: false,
+            resident_source: "proc".into(),
+            interval_s: 1.0,
+            warnings: vec![],
             ended_by: EndReason::CommandExited,
             exit_code: Some(0),
             events_lost: BTreeMap::new(),
             processes: vec![],
             totals: Totals::default(),
+            samples: vec![],
         };
         assert!(matches!(
             trace.write(&link),

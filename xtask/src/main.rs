@@ -49,8 +49,8 @@ const PACKAGES: [&str; 5] = [
     "llvm-{llvm}-dev",
     "libpolly-{llvm}-dev",
 ];
-/// Also installed: bpftrace, the benchmark's yardstick.
-const TOOLS: [&str; 1] = ["bpftrace"];
+/// Also installed: Chromium (the browser tests drive it) and bpftrace (the benchmark's yardstick).
+const TOOLS: [&str; 2] = ["chromium", "bpftrace"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -24,6 +24,8 @@ pub enum BtfError {
     NoStruct(String),
     #[error("kernel BTF has no field {field} in struct {strukt}")]
     NoField { strukt: String, field: String },
+    #[error("kernel BTF has no enumerator {0}")]
+    NoEnumerator(String),
 }
 
 const KIND_INT: u32 = 1;
@@ -51,16 +53,18 @@ struct Member {
 struct Type {
     name_off: u32,
     kind: u32,
-    /// The referenced type for typedefs and modifiers.
+    /// The size of structs, unions and enums; the referenced type for typedefs and modifiers.
     type_ref: u32,
     members: Vec<Member>,
 }
 
-/// The parsed type section: just enough to find struct members.
+/// The parsed type section: just enough to find struct members and enum values.
 pub struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
     structs_by_name: HashMap<String, u32>,
+    /// Enumerator name -> value, over every enum.
+    enumerators: HashMap<String, i64>,
 }
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
@@ -104,6 +108,7 @@ impl Btf {
             type_ref: 0,
             members: Vec::new(),
         }];
+        let mut enumerator_names = Vec::new();
         let mut at = types_at;
         while at < types_at + type_len {
             let name_off = u32_at(data, at)?;
@@ -133,7 +138,14 @@ impl Btf {
                         at += 12;
                     }
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => at += 8 * vlen,
+                KIND_ENUM => {
+                    for _ in 0..vlen {
+                        enumerator_names
+                            .push((u32_at(data, at)?, u32_at(data, at + 4)? as i32 as i64));
+                        at += 8;
+                    }
+                }
+                KIND_FUNC_PROTO => at += 8 * vlen,
                 KIND_DATASEC | KIND_ENUM64 => at += 12 * vlen,
                 _ => {}
             }
@@ -149,7 +161,12 @@ impl Btf {
             types,
             strings,
             structs_by_name: HashMap::new(),
+            enumerators: HashMap::new(),
         };
+        for (name_off, value) in enumerator_names {
+            let name = btf.name(name_off).to_string();
+            btf.enumerators.entry(name).or_insert(value);
+        }
         for (id, ty) in btf.types.iter().enumerate() {
             if ty.kind == KIND_STRUCT && !ty.members.is_empty() {
                 let name = btf.name(ty.name_off).to_string();
@@ -193,6 +210,23 @@ impl Btf {
             })
     }
 
+    /// Size in bytes of `struct name`.
+    pub fn struct_size(&self, strukt: &str) -> Result<u32, BtfError> {
+        let id = *self
+            .structs_by_name
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
+        Ok(self.types[id as usize].type_ref)
+    }
+
+    /// The value of an enumerator (e.g. MM_ANONPAGES).
+    pub fn enum_value(&self, name: &str) -> Result<i64, BtfError> {
+        self.enumerators
+            .get(name)
+            .copied()
+            .ok_or_else(|| BtfError::NoEnumerator(name.to_string()))
+    }
+
     fn find_member(&self, ty: &Type, field: &str, base_bits: u32) -> Option<u32> {
         for member in &ty.members {
             let bits = base_bits + member.bit_offset;
@@ -219,7 +253,7 @@ mod tests {
 
     /// Builds a BTF blob: struct outer { int a; union { long b; long c; }; }.
     fn sample() -> Vec<u8> {
-        let strings = b"\0int\0outer\0a\0b\0c\0long\0".to_vec();
+        let strings = b"\0int\0outer\0a\0b\0c\0long\0kind\0ONE\0TWO\0".to_vec();
         let name = |s: &str| {
             let needle = format!("\0{s}\0");
             strings
@@ -273,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_fields_directly_and_through_anonymous_unions() {
+    fn finds_fields_sizes_and_enumerators() {
         let btf = Btf::parse(&sample()).unwrap();
         assert_eq!(btf.field_offset("outer", "a").unwrap(), 0);
         assert_eq!(btf.field_offset("outer", "b").unwrap(), 8);

@@ -14,7 +14,9 @@ use aya::{
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use thiserror::Error;
-use tracer_common::{KernelConfig, LOST_REASON_COUNT, LifecycleEvent, ProcessFlows, TRACKED};
+use tracer_common::{
+    KernelConfig, LOST_REASON_COUNT, LifecycleEvent, ProcessFlows, RSS_COUNTERS, Resident, TRACKED,
+};
 
 use self::{
     btf::{Btf, BtfError},
@@ -78,7 +80,7 @@ pub struct Hook {
     pub description: &'static str,
 }
 
-pub static HOOKS: [Hook; 5] = [
+pub static HOOKS: [Hook; 6] = [
     Hook {
         program: "sys_enter",
         attach: AttachPoint::Btf("sys_enter"),
@@ -91,8 +93,8 @@ pub static HOOKS: [Hook; 5] = [
     },
     Hook {
         program: "task_newtask",
-        attach: AttachPoint::Tracepoint("task", "task_newtask"),
-        description: "tracepoint task:task_newtask: forked children join the tracked set",
+        attach: AttachPoint::Btf("task_newtask"),
+        description: "tp_btf task_newtask: forked children join the tracked set",
     },
     Hook {
         program: "sched_process_exec",
@@ -104,12 +106,18 @@ pub static HOOKS: [Hook; 5] = [
         attach: AttachPoint::Tracepoint("sched", "sched_process_exit"),
         description: "tracepoint sched:sched_process_exit",
     },
+    Hook {
+        program: "rss_stat",
+        attach: AttachPoint::Btf("rss_stat"),
+        description: "tp_btf rss_stat: the kernel's resident counters, per process",
+    },
 ];
 
 /// Loaded and attached programs with their maps.
 pub struct Kernel {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
+    pub rss: RssIndices,
 }
 
 /// The offsets the programs need, from BTF and tracefs.
@@ -143,8 +151,10 @@ pub fn kernel_config(own_tgid: u32) -> Result<KernelConfig, KernelError> {
             field("pt_regs", "r9")?,
         ],
         regs_syscall_nr: field("pt_regs", "orig_ax")?,
-        newtask_pid: record("task", "task_newtask", "pid")?,
-        newtask_clone_flags: record("task", "task_newtask", "clone_flags")?,
+        task_pid: field("task_struct", "pid")?,
+        task_tgid: field("task_struct", "tgid")?,
+        mm_owner: field("mm_struct", "owner")?,
+        rss_count: rss_count_offsets(&btf)?,
         exit_group_dead: record("sched", "sched_process_exit", "group_dead")?,
         // With vm.overcommit_memory=2 the kernel ignores MAP_NORESERVE.
         noreserve_honoured: u32::from(
@@ -152,6 +162,38 @@ pub fn kernel_config(own_tgid: u32) -> Result<KernelConfig, KernelError> {
                 .map_or(true, |v| v.trim() != "2"),
         ),
     })
+}
+
+/// `mm->rss_stat[i].count` for each counter: `rss_stat` is an array of `struct percpu_counter`.
+fn rss_count_offsets(btf: &Btf) -> Result<[u32; RSS_COUNTERS], BtfError> {
+    let base = btf.field_offset("mm_struct", "rss_stat")?;
+    let size = btf.struct_size("percpu_counter")?;
+    let count = btf.field_offset("percpu_counter", "count")?;
+    Ok(std::array::from_fn(|i| base + i as u32 * size + count))
+}
+
+/// Which of the kernel's counters holds which kind of resident memory.
+#[derive(Clone, Copy, Debug)]
+pub struct RssIndices {
+    pub anon: usize,
+    pub file: usize,
+    pub shmem: usize,
+    pub swap: usize,
+}
+
+impl RssIndices {
+    fn from_btf(btf: &Btf) -> Result<RssIndices, BtfError> {
+        let index = |name: &str| {
+            btf.enum_value(name)
+                .map(|v| (v as usize).min(RSS_COUNTERS - 1))
+        };
+        Ok(RssIndices {
+            anon: index("MM_ANONPAGES")?,
+            file: index("MM_FILEPAGES")?,
+            shmem: index("MM_SHMEMPAGES")?,
+            swap: index("MM_SWAPENTS")?,
+        })
+    }
 }
 
 pub fn is_privileged() -> bool {
@@ -166,6 +208,7 @@ impl Kernel {
             return Err(KernelError::NotPrivileged);
         }
         let config = kernel_config(std::process::id())?;
+        let rss = RssIndices::from_btf(&Btf::from_sys_fs()?)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .load(EBPF_OBJECT)
@@ -186,7 +229,7 @@ impl Kernel {
                     source: Some(source),
                 })
             })?;
-        Ok(Kernel { ebpf, events })
+        Ok(Kernel { ebpf, events, rss })
     }
 
     /// Adds a process to the tracked set; its future children join it in the kernel.
@@ -199,6 +242,32 @@ impl Kernel {
                 action: "insert",
                 source,
             })
+    }
+
+    /// Starts a process's resident counters (from /proc, for a process that predates the
+    /// trace); values the kernel already holds win.
+    pub fn seed_resident(&mut self, tgid: u32, resident: Resident) -> Result<(), KernelError> {
+        let mut map: HashMap<_, u32, Resident> = self.map_mut("RESIDENT")?;
+        match map.insert(tgid, resident, 1) {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(())
+            }
+            other => other.map_err(|source| KernelError::MapOperation {
+                name: "RESIDENT",
+                action: "insert",
+                source,
+            }),
+        }
+    }
+
+    /// A process's resident counters (pages); with `remove`, also forgets them (the pid may be reused).
+    pub fn resident(&mut self, tgid: u32, remove: bool) -> Option<Resident> {
+        let mut map: HashMap<_, u32, Resident> = self.map_mut("RESIDENT").ok()?;
+        let resident = map.get(&tgid, 0).ok();
+        if remove {
+            let _ = map.remove(&tgid);
+        }
+        resident
     }
 
     /// Hands every fork/exec/exit event waiting in the ring buffer to `on_event`.

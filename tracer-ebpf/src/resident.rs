@@ -1,0 +1,82 @@
+//! Resident memory per tracked process, from the kernel's own counters (`mm->rss_stat`).
+//!
+//! `kmem:rss_stat` fires on every change of a counter, about once per faulted page, so nothing
+//! is streamed: each event stores the counter's current value (and the peak) in `RESIDENT`.
+//! Attached as tp_btf, the program receives the `mm_struct` itself rather than the hashed,
+//! reusable `mm_id`, and attributes it through `mm->owner` to a process. Only an mm that is its
+//! owner's current one counts: that skips the mm a fork is still copying, and the old mm that
+//! exec or exit tears down (whose falling counters would otherwise overwrite the live ones).
+//!
+//! The value read is `percpu_counter.count`, the same one `/proc/PID/status` shows
+//! (`get_mm_counter()` -> `percpu_counter_read_positive()`).
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use tracer_common::{RSS_COUNTERS, Resident};
+
+use crate::maps::{RESIDENT, btf_field, config, is_tracked};
+
+#[btf_tracepoint(function = "rss_stat")]
+pub fn rss_stat(ctx: BtfTracePointContext) -> i32 {
+    let mm: u64 = ctx.arg(0);
+    let member: i32 = ctx.arg(1);
+    let owner: u64 = btf_field(mm, config!(mm_owner));
+    if owner == 0 {
+        return 0;
+    }
+    let tgid: u32 = btf_field(owner, config!(task_tgid));
+    if !is_tracked(tgid) || btf_field::<u64>(owner, config!(task_mm)) != mm {
+        return 0;
+    }
+    let Some(counter) = counter_offset(member) else {
+        return 0;
+    };
+    let pages = btf_field::<i64>(mm, counter).max(0) as u64;
+    if let Some(resident) = resident_of(tgid) {
+        let index = member as usize & (RSS_COUNTERS - 1);
+        resident.last[index] = pages;
+        if pages > resident.peak[index] {
+            resident.peak[index] = pages;
+        }
+    }
+    0
+}
+
+/// Constant offsets per counter: the verifier only allows fixed offsets into kernel structs.
+fn counter_offset(member: i32) -> Option<u32> {
+    match member {
+        0 => Some(config!(rss_count[0])),
+        1 => Some(config!(rss_count[1])),
+        2 => Some(config!(rss_count[2])),
+        3 => Some(config!(rss_count[3])),
+        _ => None,
+    }
+}
+
+fn resident_of(tgid: u32) -> Option<&'static mut Resident> {
+    if let Some(resident) = RESIDENT.get_ptr_mut(&tgid) {
+        return Some(unsafe { &mut *resident });
+    }
+    let _ = RESIDENT.insert(&tgid, &Resident::default(), 1);
+    RESIDENT
+        .get_ptr_mut(&tgid)
+        .map(|resident| unsafe { &mut *resident })
+}
+
+/// Starts a process's counters from its mm as it is now (a new mm at exec, a copied one at
+/// fork), so counters that never change afterwards are still right.
+pub fn start_from_mm(tgid: u32, mm: u64) {
+    if mm == 0 {
+        return;
+    }
+    let Some(resident) = resident_of(tgid) else {
+        return;
+    };
+    for member in 0..RSS_COUNTERS as i32 {
+        if let Some(counter) = counter_offset(member) {
+            let pages = btf_field::<i64>(mm, counter).max(0) as u64;
+            let index = member as usize & (RSS_COUNTERS - 1);
+            resident.last[index] = pages;
+            resident.peak[index] = pages;
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The traced processes: what is known of each, from the kernel's events and counters and from
+//! /proc samples, until the trace is written. Memory per process is fixed (last and peak
+//! values), so it does not grow with the length of the trace.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tracer_common::{LifecycleEvent, LifecycleKind, ProcessFlows, Resident};
+
+use crate::{
+    kernel::{Kernel, RssIndices},
+    roles,
+    sampler::{self, ProcSample},
+    target::ProcInfo,
+    trace::{Process, ResidentBytes, RoleTotals, TreeSample},
+};
+
+/// One process, as the trace goes on.
+struct Tracked {
+    info: ProcInfo,
+    role: String,
+    exited: bool,
+    exit_code: Option<i32>,
+    flows: ProcessFlows,
+    /// The kernel's counters, in pages (eBPF only).
+    resident: Option<Resident>,
+    last_sample: Option<ProcSample>,
+    /// Highest status values seen across samples (the /proc-only peak).
+    peak_sample: ProcSample,
+}
+
+/// Every process seen, in the order it appeared; pids index only the live ones (a pid can be
+/// reused by a later process, which is then a new entry).
+pub struct ProcessTable {
+    root_pid: u32,
+    processes: Vec<Tracked>,
+    live: HashMap<u32, usize>,
+    /// Exited processes that may be zombies left to leaktrace (run mode is their subreaper).
+    to_reap: Vec<u32>,
+}
+
+impl ProcessTable {
+    pub fn new(root_pid: u32) -> ProcessTable {
+        ProcessTable {
+            root_pid,
+            processes: Vec::new(),
+            live: HashMap::new(),
+            to_reap: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty()
+    }
+
+    pub fn live_pids(&self) -> Vec<u32> {
+        self.live.keys().copied().collect()
+    }
+
+    pub fn add(&mut self, info: ProcInfo) {
+        if self.live.contains_key(&info.pid) {
+            return;
+        }
+        let role = self.role_of(info.pid, info.ppid, &info.comm);
+        self.live.insert(info.pid, self.processes.len());
+        self.processes.push(Tracked {
+            info,
+            role,
+            exited: false,
+            exit_code: None,
+            flows: ProcessFlows::default(),
+            resident: None,
+            last_sample: None,
+            peak_sample: ProcSample::default(),
+        });
+    }
+
+    /// The role from /proc when the process is still there, else from its parent.
+    fn role_of(&self, pid: u32, ppid: u32, comm: &str) -> String {
+        let parent_role = self
+            .live
+            .get(&ppid)
+            .map(|&i| self.processes[i].role.as_str());
+        let chromium = match sampler::identity(pid) {
+            Some(id) => roles::chromium_role(&id.cmdline, &id.comm, id.exe.as_deref()),
+            None => roles::chromium_role(&[], comm, None),
+        };
+        roles::role(chromium, pid == self.root_pid, parent_role)
+    }
+
+    /// Takes in one kernel event; an exiting process's counters are collected at once, before
+    /// its pid can be reused.
+    pub fn on_event(&mut self, event: &LifecycleEvent, kernel: &mut Kernel) {
+        let comm = comm(&event.comm);
+        match event.kind {
+            k if k == LifecycleKind::Fork as u32 => self.add(ProcInfo {
+                pid: event.tgid,
+                ppid: event.parent_tgid,
+                comm,
+                start_time: event.time_ns as f64 / 1e9,
+            }),
+            k if k == LifecycleKind::Exec as u32 => {
+                if let Some(&index) = self.live.get(&event.tgid) {
+                    let ppid = self.processes[index].info.ppid;
+                    self.processes[index].role = self.role_of(event.tgid, ppid, &comm);
+                    self.processes[index].info.comm = comm;
+                }
+            }
+            k if k == LifecycleKind::Exit as u32 => {
+                if let Some(index) = self.live.remove(&event.tgid) {
+                    self.to_reap.push(event.tgid);
+                    let process = &mut self.processes[index];
+                    process.exited = true;
+                    process.exit_code = Some(exit_code(event.exit_code as i32));
+                    if let Some(flows) = kernel.take_flows(event.tgid) {
+                        process.flows = flows;
+                    }
+                    process.resident = kernel.resident(event.tgid, true).or(process.resident);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Live processes with their start time (seconds since boot), to signal them safely.
+    pub fn live(&self) -> Vec<(u32, f64)> {
+        self.live
+            .iter()
+            .map(|(&pid, &i)| (pid, self.processes[i].info.start_time))
+            .collect()
+    }
+
+    /// A process found gone without a kernel event (/proc-only tracing).
+    pub fn mark_gone(&mut self, pid: u32) {
+        if let Some(index) = self.live.remove(&pid) {
+            self.to_reap.push(pid);
+            self.processes[index].exited = true;
+        }
+    }
+
+    /// Reaps exited descendants that were reparented to leaktrace (as their subreaper), except
+    /// the command itself, whose status its own waiter collects. Others are not our children
+    /// and waitpid just says so.
+    pub fn reap(&mut self) {
+        let root = self.root_pid;
+        self.to_reap.retain(|&pid| {
+            if pid == root {
+                return false;
+            }
+            let mut status = 0;
+            // SAFETY: waitpid on a specific pid with WNOHANG.
+            let reaped = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+            // 0: our child, not dead yet (cannot happen after its exit event, but keep it).
+            reaped == 0
+        });
+    }
+
+    /// Samples every live process from /proc and returns the tree's totals at this moment.
+    pub fn sample(&mut self, t_s: f64) -> TreeSample {
+        let mut by_role: BTreeMap<String, RoleTotals> = BTreeMap::new();
+        let live: Vec<(u32, usize)> = self.live.iter().map(|(p, i)| (*p, *i)).collect();
+        for (pid, index) in live {
+            let Some(sample) = sampler::sample(pid) else {
+                continue;
+            };
+            let ppid = self.processes[index].info.ppid;
+            let comm = self.processes[index].info.comm.clone();
+            // Chromium's children can be told apart only once their command line is set.
+            let role = self.role_of(pid, ppid, &comm);
+            let process = &mut self.processes[index];
+            process.role = role;
+            process.last_sample = Some(sample);
+            let peak = &mut process.peak_sample;
+            peak.rss_anon = peak.rss_anon.max(sample.rss_anon);
+            peak.rss_file = peak.rss_file.max(sample.rss_file);
+            peak.rss_shmem = peak.rss_shmem.max(sample.rss_shmem);
+            peak.vm_swap = peak.vm_swap.max(sample.vm_swap);
+            peak.pss = peak.pss.max(sample.pss);
+            let totals = by_role.entry(process.role.clone()).or_default();
+            totals.pss += sample.pss;
+            totals.anon += sample.pss_anon;
+            totals.count += 1;
+        }
+        TreeSample {
+            t_s,
+            pss: by_role.values().map(|r| r.pss).sum(),
+            by_role,
+        }
+    }
+
+    /// The kernel's final figures for every process still alive.
+    pub fn collect_kernel(&mut self, kernel: &mut Kernel) {
+        for (tgid, flows) in kernel.all_flows() {
+            if let Some(&index) = self.live.get(&tgid) {
+                self.processes[index].flows = flows;
+            }
+        }
+        for (&tgid, &index) in &self.live {
+            if let Some(resident) = kernel.resident(tgid, false) {
+                self.processes[index].resident = Some(resident);
+            }
+        }
+    }
+
+    /// The trace's process list. With the kernel's counters (`rss`), resident figures come from
+    /// them; otherwise from the last /proc sample.
+    pub fn into_processes(self, rss: Option<RssIndices>) -> Vec<Process> {
+        let page = page_size();
+        self.processes
+            .into_iter()
+            .map(|p| {
+                let (resident, resident_peak) = match (rss, p.resident) {
+                    (Some(rss), Some(counters)) => {
+                        let bytes = |pages: &[u64; 4]| ResidentBytes {
+                            anon: pages[rss.anon] * page,
+                            file: pages[rss.file] * page,
+                            shmem: pages[rss.shmem] * page,
+                            swap: pages[rss.swap] * page,
+                        };
+                        (bytes(&counters.last), bytes(&counters.peak))
+                    }
+                    _ => {
+                        let last = p.last_sample.unwrap_or_default();
+                        (
+                            ResidentBytes::from_status(&last),
+                            ResidentBytes::from_status(&p.peak_sample),
+                        )
+                    }
+                };
+                let mut process = Process {
+                    pid: p.info.pid,
+                    ppid: p.info.ppid,
+                    start_time: p.info.start_time,
+                    comm: p.info.comm,
+                    role: p.role,
+                    exited: p.exited,
+                    exit_code: p.exit_code,
+                    address_space: BTreeMap::new(),
+                    brk_growth: 0,
+                    resident,
+                    resident_peak,
+                    pss: p.last_sample.map_or(0, |s| s.pss),
+                    smaps_rollup: p.last_sample,
+                };
+                process.set_flows(&p.flows);
+                process
+            })
+            .collect()
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u64
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// A wait(2) status as a shell would report it: the exit code, or 128 + the signal.
+pub fn exit_code(status: i32) -> i32 {
+    if status & 0x7f == 0 {
+        (status >> 8) & 0xff
+    } else {
+        128 + (status & 0x7f)
+    }
+}
+
+impl ResidentBytes {
+    fn from_status(sample: &ProcSample) -> ResidentBytes {
+        ResidentBytes {
+            anon: sample.rss_anon,
+            file: sample.rss_file,
+            shmem: sample.rss_shmem,
+            swap: sample.vm_swap,
+        }
+    }
+}
+
+/// Keeps a bounded series of tree samples: past `MAX_SAMPLES` it drops every other point and
+/// keeps one sample in twice as many, so a trace of any length holds at most that many.
+pub struct SampleSeries {
+    points: Vec<TreeSample>,
+    stride: usize,
+    seen: usize,
+}
+
+const MAX_SAMPLES: usize = 720;
+
+impl Default for SampleSeries {
+    fn default() -> Self {
+        SampleSeries {
+            points: Vec::new(),
+            stride: 1,
+            seen: 0,
+        }
+    }
+}
+
+impl SampleSeries {
+    pub fn push(&mut self, sample: TreeSample) {
+        self.seen += 1;
+        if !(self.seen - 1).is_multiple_of(self.stride) {
+            return;
+        }
+        self.points.push(sample);
+        if self.points.len() >= MAX_SAMPLES {
+            let mut index = 0;
+            self.points.retain(|_| {
+                index += 1;
+                index % 2 == 1
+            });
+            self.stride *= 2;
+        }
+    }
+
+    pub fn into_points(self) -> Vec<TreeSample> {
+        self.points
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_read_like_a_shell() {
+        assert_eq!(exit_code(0), 0);
+        assert_eq!(exit_code(3 << 8), 3);
+        assert_eq!(exit_code(libc::SIGKILL), 128 + libc::SIGKILL);
+    }
+
+    #[test]
+    fn the_sample_series_stays_bounded_and_spans_the_whole_trace() {
+        let mut series = SampleSeries::default();
+        for i in 0..100_000 {
+            series.push(TreeSample {
+                t_s: i as f64,
+                pss: i,
+                by_role: BTreeMap::new(),
+            });
+        }
+        let points = series.into_points();
+        assert!(points.len() < MAX_SAMPLES, "{} points", points.len());
+        assert_eq!(points[0].t_s, 0.0);
+        assert!(points.last().unwrap().t_s > 99_000.0);
+        assert!(points.windows(2).all(|w| w[1].t_s > w[0].t_s));
+    }
+}
