@@ -5,7 +5,7 @@
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::{doctor, report, session, trace::Trace};
 
@@ -80,6 +80,26 @@ struct TraceArgs {
     /// Time between /proc samples (smaps_rollup, status) of every traced process.
     #[arg(long, value_name = "D", value_parser = parse_interval, default_value = "1s")]
     interval: Duration,
+    /// End a cycle at each line of the command's output (stdout or stderr) matching RE; with
+    /// --cycle-log, at each matching line of the log.
+    #[arg(long, value_name = "RE")]
+    cycle_regex: Option<String>,
+    /// Start a phase at each matching line, named by the group `phase`, else the first group.
+    #[arg(long, value_name = "RE")]
+    phase_regex: Option<String>,
+    /// Follow this log's appends for markers (surviving rotation): lines matching the regexes,
+    /// or without them lines `cycle` / `phase NAME`. For attach mode.
+    #[arg(long, value_name = "FILE")]
+    cycle_log: Option<PathBuf>,
+    /// End a cycle every D, when the worker gives no markers.
+    #[arg(long, value_name = "D", value_parser = parse_interval)]
+    cycle_every: Option<Duration>,
+    /// Stop after N complete cycles.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    cycles: Option<u32>,
+    /// Mark the first N cycles as warm-up.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    warmup: u32,
     /// Say more about what leaktrace is doing, on stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -128,6 +148,14 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
         announce,
         warn: !args.quiet,
         interval: args.interval,
+        markers: session::MarkerOptions {
+            cycle_regex: args.cycle_regex.clone(),
+            phase_regex: args.phase_regex.clone(),
+            cycle_log: args.cycle_log.clone(),
+            cycle_every: args.cycle_every,
+            cycles: args.cycles,
+            warmup: args.warmup,
+        },
     };
     if args.verbose {
         eprintln!("leaktrace: tracing {target:?} with {options:?}");
@@ -154,7 +182,19 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => {
             run_trace(session::Target::Run(command), &trace, as_root)?;
         }
-        Command::Attach { pid, trace } => run_trace(session::Target::Attach(pid), &trace, false)?,
+        Command::Attach { pid, trace } => {
+            if trace.cycle_log.is_none()
+                && (trace.cycle_regex.is_some() || trace.phase_regex.is_some())
+            {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::MissingRequiredArgument,
+                        "attach cannot read the process's output: --cycle-regex and --phase-regex apply to --cycle-log FILE",
+                    )
+                    .exit();
+            }
+            run_trace(session::Target::Attach(pid), &trace, false)?
+        }
         Command::Report { trace } => print(false, &report::render(&Trace::read(&trace)?))?,
         Command::Doctor => {
             let checks = doctor::diagnose();
@@ -181,8 +221,6 @@ pub fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     use super::*;
 
     #[test]

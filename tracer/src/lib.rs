@@ -8,10 +8,13 @@
 pub mod cli;
 pub mod doctor;
 pub mod kernel;
+pub mod markers;
 pub mod processes;
+pub mod progress;
 pub mod report;
 pub mod roles;
 pub mod sampler;
 pub mod session;
 pub mod target;
+pub mod timeline;
 pub mod trace;

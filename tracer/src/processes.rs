@@ -191,7 +191,7 @@ impl ProcessTable {
         }
     }
 
-    /// The kernel's final figures for every process still alive.
+    /// The kernel's current figures for every process still alive.
     pub fn collect_kernel(&mut self, kernel: &mut Kernel) {
         for (tgid, flows) in kernel.all_flows() {
             if let Some(&index) = self.live.get(&tgid) {
@@ -205,31 +205,43 @@ impl ProcessTable {
         }
     }
 
+    /// The state of every process now, for cycle and phase deltas: cumulative flows, and
+    /// resident memory of live processes (an exited one holds nothing).
+    pub fn snapshot(&self, rss: Option<RssIndices>) -> Snapshot {
+        let processes = self
+            .processes
+            .iter()
+            .map(|p| {
+                let live = !p.exited;
+                let sample = p.last_sample.filter(|_| live).unwrap_or_default();
+                ProcessState {
+                    key: (p.info.pid, p.info.start_time.to_bits()),
+                    role: p.role.clone(),
+                    live,
+                    flows: p.flows,
+                    // /proc/PID/status sums the per-CPU parts of the kernel's counters (since
+                    // Linux 6.16), so at a boundary it is exact to the page, where the counter
+                    // the kernel programs read may trail by its per-CPU batches.
+                    resident: match (live, p.last_sample) {
+                        (false, _) => ResidentBytes::default(),
+                        (true, Some(sample)) => ResidentBytes::from_status(&sample),
+                        (true, None) => p.resident_bytes(rss).0,
+                    },
+                    pss: sample.pss,
+                    pss_anon: sample.pss_anon,
+                }
+            })
+            .collect();
+        Snapshot { processes }
+    }
+
     /// The trace's process list. With the kernel's counters (`rss`), resident figures come from
     /// them; otherwise from the last /proc sample.
     pub fn into_processes(self, rss: Option<RssIndices>) -> Vec<Process> {
-        let page = page_size();
         self.processes
             .into_iter()
             .map(|p| {
-                let (resident, resident_peak) = match (rss, p.resident) {
-                    (Some(rss), Some(counters)) => {
-                        let bytes = |pages: &[u64; 4]| ResidentBytes {
-                            anon: pages[rss.anon] * page,
-                            file: pages[rss.file] * page,
-                            shmem: pages[rss.shmem] * page,
-                            swap: pages[rss.swap] * page,
-                        };
-                        (bytes(&counters.last), bytes(&counters.peak))
-                    }
-                    _ => {
-                        let last = p.last_sample.unwrap_or_default();
-                        (
-                            ResidentBytes::from_status(&last),
-                            ResidentBytes::from_status(&p.peak_sample),
-                        )
-                    }
-                };
+                let (resident, resident_peak) = p.resident_bytes(rss);
                 let mut process = Process {
                     pid: p.info.pid,
                     ppid: p.info.ppid,
@@ -250,6 +262,48 @@ impl ProcessTable {
             })
             .collect()
     }
+}
+
+impl Tracked {
+    /// Resident memory (last, peak) in bytes: the kernel's counters when there are any, else the
+    /// /proc samples.
+    fn resident_bytes(&self, rss: Option<RssIndices>) -> (ResidentBytes, ResidentBytes) {
+        match (rss, self.resident) {
+            (Some(rss), Some(counters)) => {
+                let page = page_size();
+                let bytes = |pages: &[u64; 4]| ResidentBytes {
+                    anon: pages[rss.anon] * page,
+                    file: pages[rss.file] * page,
+                    shmem: pages[rss.shmem] * page,
+                    swap: pages[rss.swap] * page,
+                };
+                (bytes(&counters.last), bytes(&counters.peak))
+            }
+            _ => (
+                ResidentBytes::from_status(&self.last_sample.unwrap_or_default()),
+                ResidentBytes::from_status(&self.peak_sample),
+            ),
+        }
+    }
+}
+
+/// One process in a [`Snapshot`].
+#[derive(Clone, Debug)]
+pub struct ProcessState {
+    /// (pid, start time bits): a reused pid is another process.
+    pub key: (u32, u64),
+    pub role: String,
+    pub live: bool,
+    pub flows: ProcessFlows,
+    pub resident: ResidentBytes,
+    pub pss: u64,
+    pub pss_anon: u64,
+}
+
+/// Every process's state at one boundary.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub processes: Vec<ProcessState>,
 }
 
 fn page_size() -> u64 {

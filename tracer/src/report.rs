@@ -2,11 +2,11 @@
 //! PSS by role, then per process), then address-space flows per process and region class with
 //! their totals, and lost-event counters when there were any.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use tracer_common::RegionClass;
 
-use crate::trace::{ClassFlow, Process, Trace};
+use crate::trace::{ClassFlow, Growth, Process, Trace};
 
 /// Beyond this many processes, the tables show the busiest ones (the JSON has all).
 const MAX_ROWS: usize = 40;
@@ -91,6 +91,7 @@ pub fn render(trace: &Trace) -> String {
     header(&mut out, trace);
     let rows = rows(trace);
     resident_by_role(&mut out, trace);
+    cycles(&mut out, trace);
     resident_by_process(&mut out, trace, &rows);
     if trace.ebpf {
         address_space_by_process(&mut out, trace, &rows);
@@ -130,8 +131,9 @@ fn resident_by_role(out: &mut String, trace: &Trace) {
     let live: u64 = trace.totals.by_role.values().map(|r| r.count).sum();
     let _ = writeln!(
         out,
-        "\nRESIDENT MEMORY: tree PSS {} at the last sample, over {live} live processes",
-        size(trace.totals.pss)
+        "\nRESIDENT MEMORY: tree PSS {} over {live} live processes, at {:.1} s (the last sample of the live tree)",
+        size(trace.totals.pss),
+        trace.totals.pss_at_s
     );
     let _ = writeln!(
         out,
@@ -147,6 +149,86 @@ fn resident_by_role(out: &mut String, trace: &Trace) {
             size(totals.pss),
             size(totals.anon)
         );
+    }
+}
+
+/// The sum over roles of one figure of a cycle's or phase's growth.
+fn total_growth(growth: &BTreeMap<String, Growth>, figure: impl Fn(&Growth) -> i64) -> i64 {
+    growth.values().map(figure).sum()
+}
+
+fn cycles(out: &mut String, trace: &Trace) {
+    if trace.cycles.is_empty() {
+        return;
+    }
+    let complete = trace.cycles.iter().filter(|c| !c.cut).count();
+    let _ = writeln!(
+        out,
+        "\nCYCLES: {complete} complete (markers: {}); growth over each cycle, all roles",
+        trace.markers.sources.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "{:>4} {:>8} {:>7} {:>10} {:>9} {:>10} {:>10}  WORKER FIGURES",
+        "#", "START S", "LEN S", "TREE PSS", "PSS", "ANON", "FLOWS NET"
+    );
+    for cycle in &trace.cycles {
+        let pss: u64 = cycle.by_role.values().map(|r| r.pss).sum();
+        let net = total_growth(&cycle.growth, |g| {
+            g.address_space.values().map(ClassFlow::net).sum()
+        });
+        let figures: Vec<String> = cycle
+            .worker
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let flag = if cycle.cut {
+            " cut"
+        } else if cycle.warmup {
+            " warm-up"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{:>4} {:>8.1} {:>7.1} {:>10} {:>9} {:>10} {:>10}  {}{flag}",
+            cycle.index,
+            cycle.start_s,
+            cycle.end_s - cycle.start_s,
+            size(pss),
+            bytes(total_growth(&cycle.growth, |g| g.pss), true),
+            bytes(total_growth(&cycle.growth, |g| g.resident.anon), true),
+            bytes(net, true),
+            figures.join(" ")
+        );
+    }
+    // Per phase, the mean over complete cycles past warm-up: where the growth happens.
+    let mut phases: BTreeMap<&str, (i64, i64, u32)> = BTreeMap::new();
+    for cycle in trace.cycles.iter().filter(|c| !c.cut && !c.warmup) {
+        for phase in &cycle.phases {
+            let entry = phases.entry(&phase.name).or_default();
+            entry.0 += total_growth(&phase.growth, |g| g.pss);
+            entry.1 += total_growth(&phase.growth, |g| g.resident.anon);
+            entry.2 += 1;
+        }
+    }
+    if !phases.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>7} {:>10} {:>10}",
+            "PHASE (mean)", "CYCLES", "PSS", "ANON"
+        );
+        for (name, (pss, anon, count)) in phases {
+            let n = i64::from(count.max(1));
+            let _ = writeln!(
+                out,
+                "{:<16} {:>7} {:>10} {:>10}",
+                truncate(name, 16),
+                count,
+                bytes(pss / n, true),
+                bytes(anon / n, true)
+            );
+        }
     }
 }
 

@@ -1,27 +1,36 @@
 //! A tracing session: start or attach to the target, follow its process tree until it ends,
-//! sample /proc on an interval, and collect everything into a [`Trace`].
+//! sample /proc on an interval, cut the trace into the worker's cycles at its markers, and
+//! collect everything into a [`Trace`].
 //!
 //! The session ends when the launched command (or the attached process) exits, when
-//! `--duration` elapses, or on SIGINT/SIGTERM; in every case it takes a last sample, drains the
-//! kernel side and returns a complete trace. A command leaktrace started is never left running:
-//! on a duration or signal stop it gets SIGTERM, then SIGKILL after a grace period.
+//! `--duration` elapses or `--cycles` are complete, or on SIGINT/SIGTERM; in every case it takes
+//! a last sample, drains the kernel side and returns a complete trace. A command leaktrace
+//! started is never left running: on any other stop it gets SIGTERM, then SIGKILL after a grace
+//! period, and so do descendants that outlive it.
 
 use std::{
     collections::BTreeMap,
+    path::PathBuf,
     process::ExitStatus,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use thiserror::Error;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 use tracer_common::{LostReason, Resident};
 
 use crate::{
-    kernel::{self, Kernel, KernelError},
-    processes::{ProcessTable, SampleSeries},
+    kernel::{self, Kernel, KernelError, RssIndices},
+    markers::{self, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket},
+    processes::{ProcessTable, SampleSeries, Snapshot},
+    progress::Progress,
     sampler,
-    target::{self, Identity, ProcInfo, TargetError},
-    trace::{self, EndReason, SCHEMA, Trace},
+    target::{self, Identity, LaunchIo, ProcInfo, TargetError},
+    timeline::{Boundary, Timeline},
+    trace::{self, EndReason, MarkerSummary, SCHEMA, Trace, TreeSample},
 };
 
 /// How often the ring buffer is drained (and, without eBPF, /proc searched for new processes).
@@ -36,6 +45,8 @@ pub enum SessionError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Target(#[from] TargetError),
+    #[error(transparent)]
+    Markers(#[from] MarkerError),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
     #[error("cannot wait for the command")]
@@ -51,6 +62,19 @@ pub enum Target {
     Attach(u32),
 }
 
+/// Where cycle and phase boundaries come from (the socket is always offered in run mode).
+#[derive(Clone, Debug, Default)]
+pub struct MarkerOptions {
+    pub cycle_regex: Option<String>,
+    pub phase_regex: Option<String>,
+    pub cycle_log: Option<PathBuf>,
+    pub cycle_every: Option<Duration>,
+    /// End the trace after this many complete cycles.
+    pub cycles: Option<u32>,
+    /// The first cycles are warm-up.
+    pub warmup: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub duration: Option<Duration>,
@@ -60,10 +84,11 @@ pub struct Options {
     pub as_root: bool,
     /// Say on stderr when tracing has started (attach mode: the moment it is safe to go).
     pub announce: bool,
-    /// Warn on stderr about what the trace cannot see.
+    /// Warn on stderr about what the trace cannot see; draw the progress line.
     pub warn: bool,
     /// Time between /proc samples.
     pub interval: Duration,
+    pub markers: MarkerOptions,
 }
 
 impl Default for Options {
@@ -75,6 +100,7 @@ impl Default for Options {
             announce: false,
             warn: true,
             interval: DEFAULT_INTERVAL,
+            markers: MarkerOptions::default(),
         }
     }
 }
@@ -106,6 +132,71 @@ fn ebpf_off_reason(options: &Options) -> Option<&'static str> {
     }
 }
 
+/// Every collector, and the clock they share.
+struct Collectors {
+    kernel: Option<Kernel>,
+    table: ProcessTable,
+    series: SampleSeries,
+    /// The last sample that found the tree alive: what the totals report once the worker exits.
+    last_alive: Option<TreeSample>,
+    started: Instant,
+    root_pid: u32,
+}
+
+impl Collectors {
+    fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn rss(&self) -> Option<RssIndices> {
+        self.kernel.as_ref().map(|k| k.rss)
+    }
+
+    /// Takes in what happened since the last tick: kernel events, or /proc without eBPF.
+    fn follow(&mut self) {
+        match &mut self.kernel {
+            Some(kernel) => {
+                let mut events = Vec::new();
+                kernel.drain_events(|event| events.push(event));
+                for event in &events {
+                    self.table.on_event(event, kernel);
+                }
+            }
+            None => {
+                if let Ok(tree) = target::process_tree(self.root_pid) {
+                    tree.into_iter().for_each(|info| self.table.add(info));
+                }
+                for pid in self.table.live_pids() {
+                    if !target::is_alive(pid) {
+                        self.table.mark_gone(pid);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A /proc sample of every live process, kept in the bounded series.
+    fn sample(&mut self) -> TreeSample {
+        self.follow();
+        let sample = self.table.sample(self.elapsed());
+        self.series.push(sample.clone());
+        if !sample.by_role.is_empty() {
+            self.last_alive = Some(sample.clone());
+        }
+        self.table.reap();
+        sample
+    }
+
+    /// Everything every collector knows now, for a cycle or phase boundary.
+    fn snapshot(&mut self) -> (f64, Snapshot, TreeSample) {
+        let sample = self.sample();
+        if let Some(kernel) = &mut self.kernel {
+            self.table.collect_kernel(kernel);
+        }
+        (sample.t_s, self.table.snapshot(self.rss()), sample)
+    }
+}
+
 async fn run_session(target: Target, options: Options) -> Result<Trace, SessionError> {
     let started = Instant::now();
     let started_at = SystemTime::now()
@@ -116,13 +207,13 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     let mut terminate = signal(SignalKind::terminate()).map_err(SessionError::Signals)?;
 
     let mut warnings = Vec::new();
-    let mut kernel = match ebpf_off_reason(&options) {
+    let kernel = match ebpf_off_reason(&options) {
         None => Some(Kernel::load()?),
         Some(reason) => {
             warnings.push(format!(
-                "eBPF is off ({reason}): no address-space flows and no kernel resident counters; resident \
-                 memory comes from /proc every {:?}, and processes living shorter than that may be missed \
-                 (run with sudo for the kernel view)",
+                "eBPF is off ({reason}): no address-space flows and no kernel resident counters; \
+                 resident memory comes from /proc every {:?}, and processes living shorter than \
+                 that may be missed (run with sudo for the kernel view)",
                 options.interval
             ));
             None
@@ -134,42 +225,100 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             .for_each(|w| eprintln!("leaktrace: warning: {w}"));
     }
 
-    let (mode, command, root_pid, child) = match &target {
+    let marker_options = &options.markers;
+    let rules = LineRules::new(
+        marker_options.cycle_regex.as_deref(),
+        marker_options.phase_regex.as_deref(),
+    )?;
+    let (marker_tx, mut marker_rx) = mpsc::unbounded_channel();
+    let progress = Progress::new(options.warn, marker_options.cycles);
+    let mut summary = MarkerSummary {
+        warmup: marker_options.warmup,
+        ..MarkerSummary::default()
+    };
+    let mut socket = None;
+
+    let mut collectors = Collectors {
+        kernel,
+        table: ProcessTable::new(0),
+        series: SampleSeries::default(),
+        last_alive: None,
+        started,
+        root_pid: 0,
+    };
+    let (mode, command, child) = match &target {
         Target::Run(command) => {
             let identity = if options.as_root {
                 None
             } else {
                 Identity::from_sudo()?
             };
+            let owner = identity.as_ref().map(|i| (i.uid, i.gid));
+            let served = MarkerSocket::serve(owner, marker_tx.clone())?;
+            summary.socket = Some(served.path.display().to_string());
+            let io = LaunchIo {
+                env: vec![("LEAKTRACE_MARKER".into(), served.path.display().to_string())],
+                capture_output: !rules.is_empty(),
+            };
+            socket = Some(served);
             // Orphans of the command's tree come to leaktrace rather than to init (which may
             // not reap them, as in containers), so none is left a zombie.
             // SAFETY: prctl with an integer argument.
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-            let launched = target::launch(command, identity, |pid| match kernel.as_mut() {
-                Some(kernel) => kernel.track(pid).map_err(SessionError::from),
-                None => Ok(()),
-            })?;
-            ("run", command.clone(), launched.pid, Some(launched.child))
+            let kernel = &mut collectors.kernel;
+            let mut launched =
+                target::launch(command, identity, io, |pid| match kernel.as_mut() {
+                    Some(kernel) => kernel.track(pid).map_err(SessionError::from),
+                    None => Ok(()),
+                })?;
+            if let Some(stdout) = launched.child.stdout.take() {
+                let progress = progress.clone();
+                markers::pass_through(
+                    stdout,
+                    move |b| progress.pass(false, b),
+                    rules.clone(),
+                    marker_tx.clone(),
+                );
+            }
+            if let Some(stderr) = launched.child.stderr.take() {
+                let progress = progress.clone();
+                markers::pass_through(
+                    stderr,
+                    move |b| progress.pass(true, b),
+                    rules.clone(),
+                    marker_tx.clone(),
+                );
+            }
+            collectors.root_pid = launched.pid;
+            collectors.table = ProcessTable::new(launched.pid);
+            // Not in the fork event stream: leaktrace forked it before it was tracked.
+            collectors
+                .table
+                .add(target::proc_info(launched.pid).unwrap_or(ProcInfo {
+                    pid: launched.pid,
+                    ppid: std::process::id(),
+                    comm: command[0].clone(),
+                    start_time: 0.0,
+                }));
+            ("run", command.clone(), Some(launched.child))
         }
-        Target::Attach(pid) => ("attach", attached_command(*pid), *pid, None),
-    };
-    let mut table = ProcessTable::new(root_pid);
-    match child {
-        // Not in the fork event stream: leaktrace forked it before it was tracked.
-        Some(_) => table.add(target::proc_info(root_pid).unwrap_or(ProcInfo {
-            pid: root_pid,
-            ppid: std::process::id(),
-            comm: command[0].clone(),
-            start_time: 0.0,
-        })),
-        None => {
-            seed_tree(root_pid, &mut kernel, &mut table)?;
+        Target::Attach(pid) => {
+            collectors.root_pid = *pid;
+            collectors.table = ProcessTable::new(*pid);
+            seed_tree(&mut collectors)?;
             // A child forked while we were seeding: look once more.
-            seed_tree(root_pid, &mut kernel, &mut table)?;
+            seed_tree(&mut collectors)?;
+            ("attach", attached_command(*pid), None)
         }
+    };
+    let root_pid = collectors.root_pid;
+    summary.sources = marker_sources(&rules, marker_options, socket.is_some());
+    if let Some(log) = &marker_options.cycle_log {
+        markers::follow_log(log, rules.clone().or_protocol(), marker_tx.clone())?;
     }
+    drop(marker_tx);
     if options.announce {
-        let others = table.len().saturating_sub(1);
+        let others = collectors.table.len().saturating_sub(1);
         eprintln!(
             "leaktrace: tracing pid {root_pid} and {others} other processes (Ctrl-C to stop)"
         );
@@ -183,13 +332,37 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         });
     }
 
+    let (t0, start, _) = collectors.snapshot();
+    let mut cutting = Cutting {
+        timeline: Timeline::new(marker_options.warmup, t0, start),
+        summary,
+        pss_at_cycle_ends: Vec::new(),
+        progress: progress.clone(),
+        warn: options.warn,
+        target: marker_options.cycles,
+        started,
+    };
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(TICK);
     let mut sample_tick = tokio::time::interval(options.interval);
-    let mut series = SampleSeries::default();
+    let mut every = marker_options
+        .cycle_every
+        .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
+    let mut markers_open = true;
     let mut exit_status = None;
     let ended_by = loop {
         tokio::select! {
+            // Markers first: one that arrived before the command's exit or a signal belongs to
+            // the trace.
+            biased;
+            event = marker_rx.recv(), if markers_open => match event {
+                None => markers_open = false,
+                Some(event) => {
+                    if cutting.on_event(&mut collectors, event) {
+                        break EndReason::CyclesDone;
+                    }
+                }
+            },
             status = &mut status_rx, if mode == "run" => {
                 exit_status = Some(status_code(status.expect("waiter thread").map_err(SessionError::Wait)?));
                 break EndReason::CommandExited;
@@ -197,46 +370,63 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             _ = interrupt.recv() => break EndReason::Interrupted,
             _ = terminate.recv() => break EndReason::Terminated,
             _ = sleep_until(deadline) => break EndReason::Duration,
+            _ = tick_every(&mut every) => {
+                let marker = Marker { boundary: Boundary::CycleEnd, values: BTreeMap::new(), ack: None };
+                if cutting.on_event(&mut collectors, MarkerEvent::Marker(marker)) {
+                    break EndReason::CyclesDone;
+                }
+            }
             _ = sample_tick.tick() => {
-                follow(&mut kernel, &mut table, root_pid);
-                series.push(table.sample(started.elapsed().as_secs_f64()));
-                table.reap();
+                let sample = collectors.sample();
+                cutting.progress.update(started.elapsed(), sample.pss, &cutting.pss_at_cycle_ends);
             }
             _ = tick.tick() => {
-                follow(&mut kernel, &mut table, root_pid);
+                collectors.follow();
                 if mode == "attach" && !target::is_alive(root_pid) {
                     break EndReason::TargetExited;
                 }
             }
         }
     };
+    // Markers already sent when the trace ended still count.
+    if ended_by != EndReason::CyclesDone {
+        while let Ok(event) = marker_rx.try_recv() {
+            if cutting.on_event(&mut collectors, event) {
+                break;
+            }
+        }
+    }
+    progress.finish();
 
     // The last sample, of the tree as it is now, before anything is stopped.
-    follow(&mut kernel, &mut table, root_pid);
-    let last = table.sample(started.elapsed().as_secs_f64());
-    series.push(last.clone());
+    let (end_s, end, _) = collectors.snapshot();
+    let Cutting {
+        timeline, summary, ..
+    } = cutting;
+    let cycles = timeline.finish(end_s, end);
     if mode == "run" {
         if exit_status.is_none() {
             exit_status = stop_command(root_pid, &mut status_rx, ended_by).await;
         }
         // Descendants that outlived the command (Chromium's crashpad handlers daemonize):
         // leaktrace started them, so it does not leave them behind.
-        follow(&mut kernel, &mut table, root_pid);
-        stop_leftovers(&mut kernel, &mut table, root_pid).await;
+        collectors.follow();
+        stop_leftovers(&mut collectors).await;
     }
-    follow(&mut kernel, &mut table, root_pid);
-    table.reap();
+    collectors.follow();
+    collectors.table.reap();
+    drop(socket);
     let mut events_lost = BTreeMap::new();
-    let mut rss = None;
-    if let Some(kernel) = kernel.as_mut() {
-        table.collect_kernel(kernel);
+    let rss = collectors.rss();
+    if let Some(kernel) = collectors.kernel.as_mut() {
+        collectors.table.collect_kernel(kernel);
         let lost = kernel.lost();
         for reason in LostReason::ALL {
             events_lost.insert(reason.name().to_string(), lost[reason as usize]);
         }
-        rss = Some(kernel.rss);
     }
-    let processes = table.into_processes(rss);
+    let ebpf = collectors.kernel.is_some();
+    let processes = collectors.table.into_processes(rss);
     Ok(Trace {
         schema: SCHEMA.to_string(),
         command,
@@ -244,17 +434,93 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         root_pid,
         started_at: trace::rfc3339(started_at),
         duration_s: started.elapsed().as_secs_f64(),
-        ebpf: kernel.is_some(),
-        resident_source: if kernel.is_some() { "kernel" } else { "proc" }.to_string(),
+        ebpf,
+        resident_source: if ebpf { "kernel" } else { "proc" }.to_string(),
         interval_s: options.interval.as_secs_f64(),
         warnings,
         ended_by,
         exit_code: exit_status,
         events_lost,
-        totals: trace::totals(&processes, Some(&last)),
+        totals: trace::totals(&processes, collectors.last_alive.as_ref()),
         processes,
-        samples: series.into_points(),
+        samples: collectors.series.into_points(),
+        cycles,
+        markers: summary,
     })
+}
+
+/// Cuts the trace into cycles as markers come.
+struct Cutting {
+    timeline: Timeline,
+    summary: MarkerSummary,
+    /// The tree's PSS at each cycle end, for the progress line.
+    pss_at_cycle_ends: Vec<u64>,
+    progress: Progress,
+    warn: bool,
+    /// `--cycles`.
+    target: Option<u32>,
+    started: Instant,
+}
+
+impl Cutting {
+    /// Takes one marker event; true once `--cycles` complete cycles are in.
+    fn on_event(&mut self, collectors: &mut Collectors, event: MarkerEvent) -> bool {
+        let marker = match event {
+            MarkerEvent::Marker(marker) => marker,
+            MarkerEvent::Malformed(reason) => {
+                self.summary.malformed += 1;
+                if self.summary.malformed == 1 && self.warn {
+                    let warning = format!(
+                        "leaktrace: warning: ignored a marker ({reason}); further ones are only counted\n"
+                    );
+                    self.progress.pass(true, warning.as_bytes());
+                }
+                return false;
+            }
+        };
+        let (now, snapshot, sample) = collectors.snapshot();
+        if marker.boundary == Boundary::CycleEnd {
+            self.summary.cycles_seen += 1;
+            self.pss_at_cycle_ends.push(sample.pss);
+            self.progress
+                .update(self.started.elapsed(), sample.pss, &self.pss_at_cycle_ends);
+        } else {
+            self.summary.phases_seen += 1;
+        }
+        self.timeline
+            .on_boundary(marker.boundary, now, snapshot, marker.values);
+        if let Some(ack) = marker.ack {
+            let _ = ack.send(());
+        }
+        self.target
+            .is_some_and(|n| self.timeline.complete_cycles() >= n as usize)
+    }
+}
+
+fn marker_sources(rules: &LineRules, options: &MarkerOptions, socket: bool) -> Vec<String> {
+    let mut sources = Vec::new();
+    if !rules.is_empty() && options.cycle_log.is_none() {
+        sources.push("regex".to_string());
+    }
+    if socket {
+        sources.push("socket".to_string());
+    }
+    if options.cycle_log.is_some() {
+        sources.push("log".to_string());
+    }
+    if options.cycle_every.is_some() {
+        sources.push("interval".to_string());
+    }
+    sources
+}
+
+async fn tick_every(every: &mut Option<tokio::time::Interval>) {
+    match every {
+        Some(every) => {
+            every.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -264,36 +530,9 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Takes in what happened since the last tick: kernel events, or /proc without eBPF.
-fn follow(kernel: &mut Option<Kernel>, table: &mut ProcessTable, root_pid: u32) {
-    match kernel {
-        Some(kernel) => {
-            let mut events = Vec::new();
-            kernel.drain_events(|event| events.push(event));
-            for event in &events {
-                table.on_event(event, kernel);
-            }
-        }
-        None => {
-            if let Ok(tree) = target::process_tree(root_pid) {
-                tree.into_iter().for_each(|info| table.add(info));
-            }
-            for pid in table.live_pids() {
-                if !target::is_alive(pid) {
-                    table.mark_gone(pid);
-                }
-            }
-        }
-    }
-}
-
-fn seed_tree(
-    root: u32,
-    kernel: &mut Option<Kernel>,
-    table: &mut ProcessTable,
-) -> Result<(), SessionError> {
-    for info in target::process_tree(root)? {
-        if let Some(kernel) = kernel.as_mut() {
+fn seed_tree(collectors: &mut Collectors) -> Result<(), SessionError> {
+    for info in target::process_tree(collectors.root_pid)? {
+        if let Some(kernel) = collectors.kernel.as_mut() {
             kernel.track(info.pid)?;
             // Counters that never change while we watch still need a value: /proc shows the
             // same ones the kernel programs read.
@@ -301,12 +540,12 @@ fn seed_tree(
                 kernel.seed_resident(info.pid, resident_pages(&sample, kernel.rss))?;
             }
         }
-        table.add(info);
+        collectors.table.add(info);
     }
     Ok(())
 }
 
-fn resident_pages(sample: &sampler::ProcSample, rss: kernel::RssIndices) -> Resident {
+fn resident_pages(sample: &sampler::ProcSample, rss: RssIndices) -> Resident {
     // SAFETY: sysconf has no preconditions.
     let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u64;
     let mut last = [0; tracer_common::RSS_COUNTERS];
@@ -324,9 +563,9 @@ fn attached_command(pid: u32) -> Vec<String> {
 }
 
 /// SIGTERM to every traced process still alive, SIGKILL to those alive after the grace period.
-async fn stop_leftovers(kernel: &mut Option<Kernel>, table: &mut ProcessTable, root_pid: u32) {
+async fn stop_leftovers(collectors: &mut Collectors) {
     for next_signal in [libc::SIGTERM, libc::SIGKILL] {
-        let leftovers = table.live();
+        let leftovers = collectors.table.live();
         let signalled = leftovers
             .iter()
             .filter(|(pid, start)| target::signal_if_same(*pid, *start, next_signal))
@@ -337,9 +576,14 @@ async fn stop_leftovers(kernel: &mut Option<Kernel>, table: &mut ProcessTable, r
         let deadline = tokio::time::Instant::now() + KILL_GRACE;
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(TICK).await;
-            follow(kernel, table, root_pid);
-            table.reap();
-            if table.live().iter().all(|(pid, _)| !target::is_alive(*pid)) {
+            collectors.follow();
+            collectors.table.reap();
+            if collectors
+                .table
+                .live()
+                .iter()
+                .all(|(pid, _)| !target::is_alive(*pid))
+            {
                 return;
             }
         }

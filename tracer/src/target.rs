@@ -96,6 +96,15 @@ fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
     groups
 }
 
+/// What the command gets besides its arguments.
+#[derive(Clone, Debug, Default)]
+pub struct LaunchIo {
+    /// Extra environment variables (LEAKTRACE_MARKER).
+    pub env: Vec<(String, String)>,
+    /// Pipe stdout and stderr to leaktrace (to scan them for markers) instead of inheriting.
+    pub capture_output: bool,
+}
+
 /// A launched command, running and tracked.
 pub struct Launched {
     pub pid: u32,
@@ -107,6 +116,7 @@ pub struct Launched {
 pub fn launch<E: From<TargetError>>(
     command: &[String],
     identity: Option<Identity>,
+    io: LaunchIo,
     track: impl FnOnce(u32) -> Result<(), E>,
 ) -> Result<Launched, E> {
     let (program, args) = command.split_first().ok_or(TargetError::NoCommand)?;
@@ -114,7 +124,11 @@ pub fn launch<E: From<TargetError>>(
     let (go_read, mut go_write) = pipe()?;
 
     let mut cmd = Command::new(program);
-    cmd.args(args);
+    cmd.args(args).envs(io.env);
+    if io.capture_output {
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+    }
     let (ready_fd, go_fd) = (ready_write.as_raw_fd(), go_read.as_raw_fd());
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe syscalls
     // (getpid, write, read, setgroups, setgid, setuid) on memory allocated before the fork.

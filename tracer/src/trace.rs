@@ -58,6 +58,8 @@ pub enum EndReason {
     Interrupted,
     /// SIGTERM.
     Terminated,
+    /// `--cycles N` complete cycles were seen.
+    CyclesDone,
 }
 
 impl EndReason {
@@ -68,6 +70,7 @@ impl EndReason {
             EndReason::Duration => "--duration elapsed",
             EndReason::Interrupted => "interrupted (SIGINT)",
             EndReason::Terminated => "terminated (SIGTERM)",
+            EndReason::CyclesDone => "--cycles complete",
         }
     }
 }
@@ -100,6 +103,73 @@ pub struct Trace {
     pub totals: Totals,
     /// The tree's PSS over time, at most a few hundred points however long the trace.
     pub samples: Vec<TreeSample>,
+    /// The worker's cycles, when markers cut the trace into them.
+    pub cycles: Vec<Cycle>,
+    /// How the trace was cut into cycles, and what went wrong with the markers.
+    pub markers: MarkerSummary,
+}
+
+/// One cycle of the worker's loop (or the part of it the trace saw, when `cut`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cycle {
+    /// 1-based.
+    pub index: u32,
+    pub start_s: f64,
+    pub end_s: f64,
+    /// The trace ended before this cycle did.
+    pub cut: bool,
+    /// Among the first `--warmup` cycles.
+    pub warmup: bool,
+    pub phases: Vec<Phase>,
+    /// The live processes of each role at the end of the cycle.
+    pub by_role: BTreeMap<String, RoleTotals>,
+    /// What changed over the cycle, per role.
+    pub growth: BTreeMap<String, Growth>,
+    /// The worker's own figures sent with its markers (`key=value`), the last value per key.
+    pub worker: BTreeMap<String, f64>,
+}
+
+/// A phase of a cycle: from its marker to the next phase or the end of the cycle.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub growth: BTreeMap<String, Growth>,
+}
+
+/// The change of one role's figures between two boundaries: exact address-space flows per
+/// region class, and the change of resident memory (to the page) and PSS.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Growth {
+    pub address_space: BTreeMap<String, ClassFlow>,
+    pub brk_growth: i64,
+    pub resident: ResidentChange,
+    pub pss: i64,
+    pub pss_anon: i64,
+}
+
+/// A change of resident memory, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResidentChange {
+    pub anon: i64,
+    pub file: i64,
+    pub shmem: i64,
+    pub swap: i64,
+}
+
+/// What cut the trace into cycles.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MarkerSummary {
+    /// The marker sources in use: "regex", "socket", "log", "interval".
+    pub sources: Vec<String>,
+    /// The socket path given to the command as LEAKTRACE_MARKER (run mode).
+    pub socket: Option<String>,
+    pub cycles_seen: u64,
+    pub phases_seen: u64,
+    /// Marker lines that could not be understood (counted, warned about once).
+    pub malformed: u64,
+    pub warmup: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,8 +228,11 @@ pub struct TreeSample {
 pub struct Totals {
     pub address_space: BTreeMap<String, ClassFlow>,
     pub brk_growth: i64,
-    /// The tree's PSS at the last sample: the sum over live processes, never summed RSS.
+    /// The tree's PSS at the last sample that found it alive: the sum over live processes,
+    /// never summed RSS.
     pub pss: u64,
+    /// When that sample was taken, in seconds since the start.
+    pub pss_at_s: f64,
     pub by_role: BTreeMap<String, RoleTotals>,
 }
 
@@ -191,6 +264,7 @@ pub fn totals(processes: &[Process], last_sample: Option<&TreeSample>) -> Totals
         address_space: address_space(&ProcessFlows::default()),
         brk_growth: 0,
         pss: last_sample.map_or(0, |s| s.pss),
+        pss_at_s: last_sample.map_or(0.0, |s| s.t_s),
         by_role: last_sample.map(|s| s.by_role.clone()).unwrap_or_default(),
     };
     for process in processes {
@@ -335,6 +409,8 @@ mod tests {
             processes: vec![],
             totals: Totals::default(),
             samples: vec![],
+            cycles: vec![],
+            markers: MarkerSummary::default(),
         };
         assert!(matches!(
             trace.write(&link),

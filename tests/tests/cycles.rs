@@ -1,0 +1,316 @@
+//! Cycles and phases from every marker source, against the cycler fixture's script: per cycle
+//! k, `scrape` maps and touches 2 MiB (and the child 1 MiB more in odd cycles), `cleanup` unmaps
+//! 1 MiB, `idle` does nothing, and the cycle ends with `heapUsed=k*1000 external=k*7`.
+//! Flows must match exactly, resident memory to the page.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use leaktrace::trace::{Cycle, EndReason, Trace};
+use support::{Scratch, fixture, leaktrace, leaktrace_run, require_root, spawn, wait_for_line};
+
+const MIB: u64 = 1 << 20;
+const REGEX: [&str; 4] = [
+    "--cycle-regex",
+    r"cycle \d+ done",
+    "--phase-regex",
+    r"^phase (\w+)",
+];
+
+/// Checks cycle `cycle.index` against the script. The first cycle also holds the worker's own
+/// start-up (its runtime, its child's birth), so only its phases are checked.
+fn assert_scripted(cycle: &Cycle, phases: bool) {
+    let k = cycle.index as u64;
+    let child = if k % 2 == 1 { MIB } else { 0 };
+    let worker = &cycle.growth["worker"];
+    let anon = worker.address_space["anon"];
+    let context = format!("cycle {k}: {worker:?}");
+    if k >= 2 {
+        assert_eq!(
+            (anon.mapped, anon.unmapped),
+            (2 * MIB + child, MIB),
+            "{context}"
+        );
+        assert_eq!(anon.calls, 2 + u64::from(child > 0), "{context}");
+        for (class, flow) in &worker.address_space {
+            if class != "anon" {
+                assert_eq!(
+                    flow.mapped + flow.unmapped + flow.released + flow.committed,
+                    0,
+                    "{class} in {context}"
+                );
+            }
+        }
+        assert_eq!(worker.resident.anon, (MIB + child) as i64, "{context}");
+    }
+    assert_eq!(cycle.worker["heapUsed"], (k * 1000) as f64);
+    assert_eq!(cycle.worker["external"], (k * 7) as f64);
+    if !phases {
+        assert!(cycle.phases.is_empty());
+        return;
+    }
+    let names: Vec<&str> = cycle.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["scrape", "cleanup", "idle"], "cycle {k}");
+    let [scrape, cleanup, idle] = [0, 1, 2].map(|i| &cycle.phases[i].growth["worker"]);
+    assert_eq!(
+        scrape.address_space["anon"].mapped,
+        2 * MIB + child,
+        "scrape of cycle {k}"
+    );
+    assert_eq!(
+        scrape.resident.anon,
+        (2 * MIB + child) as i64,
+        "scrape of cycle {k}"
+    );
+    assert_eq!(
+        cleanup.address_space["anon"].unmapped, MIB,
+        "cleanup of cycle {k}"
+    );
+    assert_eq!(
+        cleanup.address_space["anon"].mapped, 0,
+        "cleanup of cycle {k}"
+    );
+    assert_eq!(cleanup.resident.anon, -(MIB as i64), "cleanup of cycle {k}");
+    assert!(
+        idle.address_space.values().all(|f| f.calls == 0),
+        "idle of cycle {k}: {idle:?}"
+    );
+    assert_eq!(idle.resident.anon, 0, "idle of cycle {k}");
+}
+
+fn assert_all_complete(trace: &Trace, cycles: usize, phases: bool) {
+    let summary: Vec<(u32, bool)> = trace.cycles.iter().map(|c| (c.index, c.cut)).collect();
+    let expected: Vec<(u32, bool)> = (1..=cycles as u32).map(|i| (i, false)).collect();
+    assert_eq!(summary, expected);
+    trace.cycles.iter().for_each(|c| assert_scripted(c, phases));
+    assert_eq!(trace.markers.malformed, 0);
+}
+
+fn run_cycler(scratch: &Scratch, leaktrace_args: &[&str], cycler_args: &[&str]) -> Trace {
+    let json = scratch.path("t.json");
+    let cycler = fixture("cycler");
+    let mut args = vec!["run", "-q", "-o", json.to_str().unwrap()];
+    args.extend(leaktrace_args);
+    args.extend(["--", cycler.to_str().unwrap()]);
+    args.extend(cycler_args);
+    leaktrace_run(&args, &json).1
+}
+
+#[test]
+fn regex_markers_cut_cycles_and_phases_exactly() {
+    if !require_root("regex_markers_cut_cycles_and_phases_exactly") {
+        return;
+    }
+    let scratch = Scratch::new("cycles-regex");
+    let trace = run_cycler(
+        &scratch,
+        &[&REGEX[..], &["--warmup", "1"]].concat(),
+        &["--cycles", "4", "--markers", "stdout"],
+    );
+    assert_all_complete(&trace, 4, true);
+    assert_eq!(trace.markers.sources, ["regex", "socket"]);
+    assert_eq!(
+        (trace.markers.cycles_seen, trace.markers.phases_seen),
+        (4, 12)
+    );
+    let warmup: Vec<bool> = trace.cycles.iter().map(|c| c.warmup).collect();
+    assert_eq!(warmup, [true, false, false, false]);
+}
+
+#[test]
+fn socket_markers_are_answered_and_junk_is_counted_once() {
+    if !require_root("socket_markers_are_answered_and_junk_is_counted_once") {
+        return;
+    }
+    let scratch = Scratch::new("cycles-socket");
+    let json = scratch.path("t.json");
+    let output = Command::new(leaktrace())
+        .args(["run", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(fixture("cycler"))
+        .args(["--cycles", "4", "--markers", "socket", "--send-junk"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("ignored a marker").count(),
+        1,
+        "warned once: {stderr}"
+    );
+    let trace = Trace::read(&json).unwrap();
+    assert_eq!(trace.markers.malformed, 2);
+    assert_eq!(trace.markers.sources, ["socket"]);
+    let summary: Vec<(u32, bool)> = trace.cycles.iter().map(|c| (c.index, c.cut)).collect();
+    assert_eq!(summary, [(1, false), (2, false), (3, false), (4, false)]);
+    trace.cycles.iter().for_each(|c| assert_scripted(c, true));
+}
+
+#[test]
+fn a_followed_log_marks_cycles_in_attach_mode_across_rotation() {
+    if !require_root("a_followed_log_marks_cycles_in_attach_mode_across_rotation") {
+        return;
+    }
+    let scratch = Scratch::new("cycles-log");
+    let (log, go, json) = (
+        scratch.path("worker.log"),
+        scratch.path("go"),
+        scratch.path("t.json"),
+    );
+    std::fs::write(&log, "worker starting\n").unwrap();
+    let mut worker = spawn(
+        Command::new(fixture("cycler"))
+            .args(["--cycles", "4", "--markers", "log", "--log"])
+            .arg(&log)
+            .arg("--wait-file")
+            .arg(&go),
+    );
+    let mut ready = String::new();
+    BufReader::new(worker.child().stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let pid = ready.trim().strip_prefix("ready ").unwrap().to_string();
+    let mut tracer = spawn(
+        Command::new(leaktrace())
+            .args(["attach", "--pid", &pid, "--cycle-log"])
+            .arg(&log)
+            .arg("-o")
+            .arg(&json),
+    );
+    let rest = wait_for_line(
+        tracer.child().stderr.take().unwrap(),
+        "leaktrace: tracing pid",
+    );
+    let drain = std::thread::spawn(move || std::io::read_to_string(rest.into_inner()));
+    std::fs::write(&go, b"").unwrap();
+    assert!(worker.wait_output().status.success());
+    let output = tracer.wait_output();
+    let stderr = drain.join().unwrap().unwrap();
+    assert!(output.status.success(), "{stderr}");
+    let trace = Trace::read(&json).unwrap();
+    assert_eq!(trace.ended_by, EndReason::TargetExited);
+    assert_eq!(trace.markers.sources, ["log"]);
+    assert!(
+        scratch.path("worker.log.1").exists(),
+        "the worker rotated its log after cycle 2"
+    );
+    assert_all_complete(&trace, 4, true);
+}
+
+#[test]
+fn cycle_every_cuts_by_time_and_cycles_stops_after_exactly_n() {
+    if !require_root("cycle_every_cuts_by_time_and_cycles_stops_after_exactly_n") {
+        return;
+    }
+    let scratch = Scratch::new("cycles-interval");
+    let trace = run_cycler(
+        &scratch,
+        &["--cycle-every", "1s", "--cycles", "3"],
+        &[
+            "--cycles",
+            "10",
+            "--markers",
+            "interval",
+            "--period-ms",
+            "1000",
+        ],
+    );
+    assert_eq!(trace.ended_by, EndReason::CyclesDone);
+    assert_eq!(
+        trace.exit_code,
+        Some(128 + libc::SIGTERM),
+        "the worker was stopped after cycle 3"
+    );
+    assert_eq!(trace.markers.sources, ["socket", "interval"]);
+    // The worker's figures ride on markers, which interval mode has none of.
+    let mut cycles = trace.cycles.clone();
+    for cycle in &mut cycles {
+        cycle.worker = [
+            ("heapUsed".to_string(), (cycle.index * 1000) as f64),
+            ("external".to_string(), (cycle.index * 7) as f64),
+        ]
+        .into();
+    }
+    let summary: Vec<(u32, bool)> = cycles.iter().map(|c| (c.index, c.cut)).collect();
+    assert_eq!(summary, [(1, false), (2, false), (3, false)]);
+    cycles.iter().for_each(|c| assert_scripted(c, false));
+}
+
+#[test]
+fn cycles_n_ends_the_trace_with_the_worker_figures_sent() {
+    if !require_root("cycles_n_ends_the_trace_with_the_worker_figures_sent") {
+        return;
+    }
+    let scratch = Scratch::new("cycles-n");
+    let trace = run_cycler(
+        &scratch,
+        &[&REGEX[..], &["--cycles", "5"]].concat(),
+        &["--cycles", "10", "--markers", "stdout"],
+    );
+    assert_eq!(trace.ended_by, EndReason::CyclesDone);
+    assert_all_complete(&trace, 5, true);
+    let heap_used: Vec<f64> = trace.cycles.iter().map(|c| c.worker["heapUsed"]).collect();
+    assert_eq!(heap_used, [1000.0, 2000.0, 3000.0, 4000.0, 5000.0]);
+}
+
+#[test]
+fn sigint_in_cycle_3_keeps_two_complete_cycles_and_marks_the_third_cut() {
+    if !require_root("sigint_in_cycle_3_keeps_two_complete_cycles_and_marks_the_third_cut") {
+        return;
+    }
+    let scratch = Scratch::new("cycles-sigint");
+    let json = scratch.path("t.json");
+    let mut tracer = spawn(
+        Command::new(leaktrace())
+            .args(["run", "-q", "-o"])
+            .arg(&json)
+            .args(REGEX)
+            .arg("--")
+            .arg(fixture("cycler"))
+            .args(["--cycles", "10", "--markers", "stdout"])
+            .stdout(Stdio::piped()),
+    );
+    // The worker's output passes through leaktrace: wait for cycle 3 to be under way.
+    let mut lines = BufReader::new(tracer.child().stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen_cycle_2 = false;
+    loop {
+        let line = lines.next().expect("worker output").unwrap();
+        seen_cycle_2 |= line.starts_with("cycle 2 done");
+        if seen_cycle_2 && line == "phase cleanup" {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGINT) };
+    let output = tracer.wait_output();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let trace = Trace::read(&json).unwrap();
+    assert_eq!(trace.ended_by, EndReason::Interrupted);
+    let summary: Vec<(u32, bool)> = trace.cycles.iter().map(|c| (c.index, c.cut)).collect();
+    assert_eq!(summary, [(1, false), (2, false), (3, true)]);
+    trace.cycles[..2]
+        .iter()
+        .for_each(|c| assert_scripted(c, true));
+    let cut: Vec<&str> = trace.cycles[2]
+        .phases
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(
+        cut,
+        ["scrape", "cleanup"],
+        "the cut cycle keeps the phases it had"
+    );
+}

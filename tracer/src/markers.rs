@@ -1,0 +1,402 @@
+//! Cycle and phase markers, from wherever the worker gives them:
+//!
+//! - lines of the launched command's stdout/stderr matching `--cycle-regex` / `--phase-regex`
+//!   (the output still passes through unchanged);
+//! - lines on the Unix socket whose path the command finds in `LEAKTRACE_MARKER`:
+//!   `cycle [key=value ...]` or `phase NAME [key=value ...]`; leaktrace answers each with `ok`
+//!   once its snapshot is taken, so a worker that waits for it gets exact boundaries;
+//! - appends to `--cycle-log FILE` (surviving rotation);
+//! - `--cycle-every DURATION`.
+//!
+//! Any marker line may carry the worker's own figures as `key=value` (numbers), which become
+//! series of their own. Input that cannot be understood is counted, never fatal.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{Read, Seek, SeekFrom, Write},
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use regex::Regex;
+use thiserror::Error;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::UnixListener,
+    sync::{mpsc::UnboundedSender, oneshot},
+};
+
+use crate::timeline::Boundary;
+
+#[derive(Debug, Error)]
+pub enum MarkerError {
+    #[error("--{flag} is not a valid regular expression")]
+    Regex {
+        flag: &'static str,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("cannot create the marker socket in {path}")]
+    Socket {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open --cycle-log {path}")]
+    Log {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A marker as the session receives it.
+#[derive(Debug)]
+pub struct Marker {
+    pub boundary: Boundary,
+    pub values: BTreeMap<String, f64>,
+    /// Answered once the boundary's snapshot is taken (socket markers).
+    pub ack: Option<oneshot::Sender<()>>,
+}
+
+/// What a source sends the session.
+#[derive(Debug)]
+pub enum MarkerEvent {
+    Marker(Marker),
+    /// Input that could not be understood, with a sample of it.
+    Malformed(String),
+}
+
+pub type Sender = UnboundedSender<MarkerEvent>;
+
+/// `key=value` tokens with numeric values, and the `key=value` tokens whose value is not a
+/// number (text in a log line; an error in the socket protocol).
+pub fn key_values(text: &str) -> (BTreeMap<String, f64>, Vec<String>) {
+    let mut values = BTreeMap::new();
+    let mut bad = Vec::new();
+    for token in text.split_whitespace() {
+        let Some((key, value)) = token.split_once('=') else {
+            continue;
+        };
+        let valid_key = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid_key {
+            continue;
+        }
+        match value.trim_end_matches([',', ';']).parse::<f64>() {
+            Ok(number) if number.is_finite() => {
+                values.insert(key.to_string(), number);
+            }
+            _ => bad.push(token.to_string()),
+        }
+    }
+    (values, bad)
+}
+
+/// A line of the socket protocol: `cycle [k=v ...]` or `phase NAME [k=v ...]`.
+pub fn parse_protocol_line(line: &str) -> Result<(Boundary, BTreeMap<String, f64>), String> {
+    let mut words = line.split_whitespace();
+    let boundary = match words.next() {
+        Some("cycle") => Boundary::CycleEnd,
+        Some("phase") => match words.next() {
+            Some(name) if !name.contains('=') => Boundary::PhaseStart(name.to_string()),
+            _ => return Err(format!("a phase marker needs a name: {line:?}")),
+        },
+        _ => return Err(format!("not `cycle` or `phase NAME`: {line:?}")),
+    };
+    let rest: Vec<&str> = words.collect();
+    let (values, bad) = key_values(&rest.join(" "));
+    if let Some(bad) = bad.first() {
+        return Err(format!("not a number: {bad:?} in {line:?}"));
+    }
+    Ok((boundary, values))
+}
+
+/// Markers found in lines of the command's output or of a log.
+#[derive(Clone, Debug, Default)]
+pub struct LineRules {
+    cycle: Option<Regex>,
+    phase: Option<Regex>,
+    /// Without regexes, read lines in the socket protocol (`cycle`, `phase NAME`) and ignore
+    /// the rest: a log holds other lines too.
+    protocol: bool,
+}
+
+impl LineRules {
+    pub fn new(cycle: Option<&str>, phase: Option<&str>) -> Result<LineRules, MarkerError> {
+        let compile = |flag, pattern: Option<&str>| {
+            pattern
+                .map(|p| Regex::new(p).map_err(|source| MarkerError::Regex { flag, source }))
+                .transpose()
+        };
+        Ok(LineRules {
+            cycle: compile("cycle-regex", cycle)?,
+            phase: compile("phase-regex", phase)?,
+            protocol: false,
+        })
+    }
+
+    /// These rules, or the marker protocol when they have no regex.
+    pub fn or_protocol(mut self) -> LineRules {
+        self.protocol = self.is_empty();
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cycle.is_none() && self.phase.is_none()
+    }
+
+    /// The markers in one line: a phase start (named by the group `phase`, else the first
+    /// group, else the whole match), then a cycle end.
+    pub fn scan(&self, line: &str) -> Vec<MarkerEvent> {
+        if self.protocol {
+            return match parse_protocol_line(line) {
+                Ok((boundary, values)) => vec![marker(boundary, values, None)],
+                Err(_) => Vec::new(),
+            };
+        }
+        let mut events = Vec::new();
+        // Free text: `key=value` tokens that are not numbers are just words here.
+        let (values, _) = key_values(line);
+        if let Some(captures) = self.phase.as_ref().and_then(|re| re.captures(line)) {
+            let name = captures
+                .name("phase")
+                .or_else(|| captures.get(1))
+                .or_else(|| captures.get(0))
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_default();
+            events.push(marker(Boundary::PhaseStart(name), values.clone(), None));
+        }
+        if self.cycle.as_ref().is_some_and(|re| re.is_match(line)) {
+            events.push(marker(Boundary::CycleEnd, values, None));
+        }
+        events
+    }
+}
+
+fn marker(
+    boundary: Boundary,
+    values: BTreeMap<String, f64>,
+    ack: Option<oneshot::Sender<()>>,
+) -> MarkerEvent {
+    MarkerEvent::Marker(Marker {
+        boundary,
+        values,
+        ack,
+    })
+}
+
+/// The socket the command writes markers to; its directory is removed on drop.
+pub struct MarkerSocket {
+    dir: PathBuf,
+    pub path: PathBuf,
+}
+
+impl MarkerSocket {
+    /// Creates the socket in a fresh private directory owned by `owner` (the user the command
+    /// runs as), and serves it: every connection's lines become markers.
+    pub fn serve(owner: Option<(u32, u32)>, events: Sender) -> Result<MarkerSocket, MarkerError> {
+        let dir = std::env::temp_dir().join(format!("leaktrace-{}", std::process::id()));
+        let error = |source| MarkerError::Socket {
+            path: dir.display().to_string(),
+            source,
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).map_err(error)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(error)?;
+        let path = dir.join("marker.sock");
+        let listener = UnixListener::bind(&path).map_err(error)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(error)?;
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(error)?;
+        }
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(stream, events.clone()));
+            }
+        });
+        Ok(MarkerSocket { dir, path })
+    }
+}
+
+impl Drop for MarkerSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn serve_connection(stream: tokio::net::UnixStream, events: Sender) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_protocol_line(&line) {
+            Ok((boundary, values)) => {
+                let (ack, acked) = oneshot::channel();
+                if events.send(marker(boundary, values, Some(ack))).is_err() {
+                    return;
+                }
+                // The worker may never read the answer; a failed write is not an error.
+                if acked.await.is_ok() && write.write_all(b"ok\n").await.is_err() {
+                    return;
+                }
+            }
+            Err(reason) => {
+                let _ = events.send(MarkerEvent::Malformed(reason));
+            }
+        }
+    }
+}
+
+/// Follows appends to a log file from its current end, reopening it when it is rotated
+/// (replaced or truncated), and sends the markers its lines hold.
+pub fn follow_log(path: &Path, rules: LineRules, events: Sender) -> Result<(), MarkerError> {
+    let error = |source| MarkerError::Log {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = File::open(path).map_err(error)?;
+    let mut position = file.seek(SeekFrom::End(0)).map_err(error)?;
+    let path = path.to_path_buf();
+    tokio::spawn(async move {
+        let mut pending = String::new();
+        let mut inode = file.metadata().map(|m| m.ino()).unwrap_or(0);
+        loop {
+            let mut chunk = Vec::new();
+            if file.read_to_end(&mut chunk).is_ok() {
+                position += chunk.len() as u64;
+                pending.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = pending.find('\n') {
+                    let line: String = pending.drain(..=end).collect();
+                    for event in rules.scan(line.trim_end()) {
+                        if events.send(event).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Rotated: a new file at the path, or this one truncated. The old one was read to
+            // its end above; start the new one from its beginning.
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.ino() != inode || meta.len() < position => {
+                    if let Ok(reopened) = File::open(&path) {
+                        file = reopened;
+                        inode = meta.ino();
+                        position = 0;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Copies a stream of the command's output through unchanged, scanning its lines for markers.
+/// Runs on its own thread (blocking reads); `write` forwards each chunk as it comes.
+pub fn pass_through(
+    mut from: impl Read + Send + 'static,
+    mut write: impl FnMut(&[u8]) + Send + 'static,
+    rules: LineRules,
+    events: Sender,
+) {
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 8192];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = match from.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buffer[..n]);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                for event in rules.scan(String::from_utf8_lossy(&line).trim_end()) {
+                    let _ = events.send(event);
+                }
+            }
+            // After the markers: whoever sees the line knows its marker is already queued.
+            write(&buffer[..n]);
+            // A line longer than this is not a marker; do not let it grow without bound.
+            if pending.len() > 1 << 20 {
+                pending.clear();
+            }
+        }
+    });
+}
+
+/// Writes all of `bytes` to a standard stream, ignoring a closed pipe.
+pub fn write_stream(stream: &mut impl Write, bytes: &[u8]) {
+    let _ = stream.write_all(bytes);
+    let _ = stream.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_are_numeric_key_values_anywhere_in_a_line() {
+        let (values, bad) =
+            key_values("cycle 3 done heapUsed=52428800 external=1.5e6 note=abc url=http://x?a=1");
+        assert_eq!(
+            values,
+            BTreeMap::from([("heapUsed".into(), 52428800.0), ("external".into(), 1.5e6)])
+        );
+        assert_eq!(bad, ["note=abc", "url=http://x?a=1"]);
+    }
+
+    #[test]
+    fn the_socket_protocol_has_cycles_and_named_phases() {
+        let (boundary, values) = parse_protocol_line("cycle heapUsed=10").unwrap();
+        assert_eq!((boundary, values["heapUsed"]), (Boundary::CycleEnd, 10.0));
+        let (boundary, values) = parse_protocol_line("phase scrape").unwrap();
+        assert_eq!(boundary, Boundary::PhaseStart("scrape".into()));
+        assert!(values.is_empty());
+        assert!(parse_protocol_line("phase").is_err());
+        assert!(parse_protocol_line("phase heap=1").is_err());
+        assert!(parse_protocol_line("hello").is_err());
+        assert!(parse_protocol_line("cycle heapUsed=lots").is_err());
+    }
+
+    #[test]
+    fn regex_rules_name_phases_by_group_and_end_cycles() {
+        let rules = LineRules::new(Some(r"cycle \d+ done"), Some(r"phase (?P<phase>\w+)")).unwrap();
+        let kinds = |line: &str| -> Vec<String> {
+            rules
+                .scan(line)
+                .into_iter()
+                .map(|e| match e {
+                    MarkerEvent::Marker(m) => format!("{:?} {:?}", m.boundary, m.values),
+                    MarkerEvent::Malformed(r) => format!("malformed {r}"),
+                })
+                .collect()
+        };
+        assert_eq!(kinds("phase scrape"), [r#"PhaseStart("scrape") {}"#]);
+        assert_eq!(
+            kinds("cycle 4 done heapUsed=7"),
+            [r#"CycleEnd {"heapUsed": 7.0}"#]
+        );
+        assert!(kinds("unrelated output heapUsed=7").is_empty());
+        assert_eq!(
+            kinds("cycle 5 done by=me").len(),
+            1,
+            "words in a log line are not figures"
+        );
+        let first_group = LineRules::new(None, Some(r"== (\w+) ==")).unwrap();
+        assert!(
+            matches!(&first_group.scan("== idle ==")[0], MarkerEvent::Marker(m) if m.boundary == Boundary::PhaseStart("idle".into()))
+        );
+        assert!(LineRules::new(Some("("), None).is_err());
+    }
+}

@@ -1,0 +1,326 @@
+//! The timeline: the trace cut into the worker's cycles and their phases.
+//!
+//! At every boundary the session hands in a [`Snapshot`] of every process; a cycle or phase is
+//! the difference between the snapshots at its two ends, summed per role. Flows are cumulative
+//! counters, so their differences are exact; resident memory and PSS are states, so their
+//! differences are growth. Only the open cycle's and open phase's start snapshots are kept:
+//! memory grows with the number of cycles, not with events or samples.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tracer_common::RegionClass;
+
+use crate::{
+    processes::{ProcessState, Snapshot},
+    trace::{self, Cycle, Growth, Phase, RoleTotals},
+};
+
+/// What a marker says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Boundary {
+    /// The end of the current cycle.
+    CycleEnd,
+    /// The start of a phase with this name (the previous phase ends).
+    PhaseStart(String),
+}
+
+struct OpenPhase {
+    name: String,
+    start_s: f64,
+    start: Snapshot,
+}
+
+struct OpenCycle {
+    start_s: f64,
+    start: Snapshot,
+    phases: Vec<Phase>,
+    phase: Option<OpenPhase>,
+    worker: BTreeMap<String, f64>,
+}
+
+pub struct Timeline {
+    warmup: u32,
+    cycles: Vec<Cycle>,
+    open: OpenCycle,
+}
+
+impl Timeline {
+    pub fn new(warmup: u32, start_s: f64, start: Snapshot) -> Timeline {
+        Timeline {
+            warmup,
+            cycles: Vec::new(),
+            open: OpenCycle::new(start_s, start),
+        }
+    }
+
+    pub fn complete_cycles(&self) -> usize {
+        self.cycles.len()
+    }
+
+    pub fn cycles(&self) -> &[Cycle] {
+        &self.cycles
+    }
+
+    /// Takes in one boundary at `now_s`, with the state of every process at that moment and
+    /// the worker's figures sent with the marker.
+    pub fn on_boundary(
+        &mut self,
+        boundary: Boundary,
+        now_s: f64,
+        snapshot: Snapshot,
+        values: BTreeMap<String, f64>,
+    ) {
+        self.open.worker.extend(values);
+        match boundary {
+            Boundary::PhaseStart(name) => {
+                self.open.close_phase(now_s, &snapshot);
+                self.open.phase = Some(OpenPhase {
+                    name,
+                    start_s: now_s,
+                    start: snapshot,
+                });
+            }
+            Boundary::CycleEnd => {
+                let next = OpenCycle::new(now_s, snapshot.clone());
+                let done = std::mem::replace(&mut self.open, next);
+                let index = self.cycles.len() as u32 + 1;
+                self.cycles
+                    .push(done.close(index, now_s, &snapshot, false, index <= self.warmup));
+            }
+        }
+    }
+
+    /// The cycles, with the open one added as `cut` when it holds anything worth keeping: a
+    /// phase, the worker's figures, or at least half a typical cycle (a stub between the last
+    /// marker and the worker's exit is shutdown, not a cycle).
+    pub fn finish(mut self, end_s: f64, snapshot: Snapshot) -> Vec<Cycle> {
+        let durations: Vec<f64> = self.cycles.iter().map(|c| c.end_s - c.start_s).collect();
+        let typical = median(&durations);
+        let open = &self.open;
+        let span = end_s - open.start_s;
+        let worth_keeping = open.phase.is_some()
+            || !open.phases.is_empty()
+            || !open.worker.is_empty()
+            || typical.is_some_and(|t| span >= t / 2.0);
+        if worth_keeping && span > 0.0 {
+            let index = self.cycles.len() as u32 + 1;
+            let warmup = index <= self.warmup;
+            let open = std::mem::replace(&mut self.open, OpenCycle::new(end_s, snapshot.clone()));
+            self.cycles
+                .push(open.close(index, end_s, &snapshot, true, warmup));
+        }
+        self.cycles
+    }
+}
+
+impl OpenCycle {
+    fn new(start_s: f64, start: Snapshot) -> OpenCycle {
+        OpenCycle {
+            start_s,
+            start,
+            phases: Vec::new(),
+            phase: None,
+            worker: BTreeMap::new(),
+        }
+    }
+
+    fn close_phase(&mut self, now_s: f64, snapshot: &Snapshot) {
+        if let Some(phase) = self.phase.take() {
+            self.phases.push(Phase {
+                name: phase.name,
+                start_s: phase.start_s,
+                end_s: now_s,
+                growth: growth(&phase.start, snapshot),
+            });
+        }
+    }
+
+    fn close(mut self, index: u32, end_s: f64, end: &Snapshot, cut: bool, warmup: bool) -> Cycle {
+        self.close_phase(end_s, end);
+        Cycle {
+            index,
+            start_s: self.start_s,
+            end_s,
+            cut,
+            warmup,
+            phases: self.phases,
+            by_role: by_role(end),
+            growth: growth(&self.start, end),
+            worker: self.worker,
+        }
+    }
+}
+
+/// The live processes of each role in a snapshot.
+fn by_role(snapshot: &Snapshot) -> BTreeMap<String, RoleTotals> {
+    let mut roles: BTreeMap<String, RoleTotals> = BTreeMap::new();
+    for process in snapshot.processes.iter().filter(|p| p.live) {
+        let totals = roles.entry(process.role.clone()).or_default();
+        totals.pss += process.pss;
+        totals.anon += process.pss_anon;
+        totals.count += 1;
+    }
+    roles
+}
+
+/// What changed from `start` to `end`, per role (the role a process has at `end`).
+pub fn growth(start: &Snapshot, end: &Snapshot) -> BTreeMap<String, Growth> {
+    let before: HashMap<(u32, u64), &ProcessState> =
+        start.processes.iter().map(|p| (p.key, p)).collect();
+    let mut roles: BTreeMap<String, Growth> = BTreeMap::new();
+    for after in &end.processes {
+        let before = before.get(&after.key);
+        let growth = roles.entry(after.role.clone()).or_insert_with(|| Growth {
+            address_space: trace::address_space(&Default::default()),
+            ..Growth::default()
+        });
+        for class in RegionClass::ALL {
+            let now = after.flows.classes[class as usize];
+            let then = before
+                .map(|b| b.flows.classes[class as usize])
+                .unwrap_or_default();
+            let flow = growth
+                .address_space
+                .entry(class.name().to_string())
+                .or_default();
+            // Flows only ever grow; saturate in case a process's counters were collected late.
+            flow.mapped += now.mapped.saturating_sub(then.mapped);
+            flow.unmapped += now.unmapped.saturating_sub(then.unmapped);
+            flow.committed += now.committed.saturating_sub(then.committed);
+            flow.uncommitted += now.uncommitted.saturating_sub(then.uncommitted);
+            flow.released += now.released.saturating_sub(then.released);
+            flow.calls += now.calls.saturating_sub(then.calls);
+        }
+        growth.brk_growth += after.flows.brk_growth - before.map_or(0, |b| b.flows.brk_growth);
+        let change = |now: u64, then: Option<u64>| now as i64 - then.unwrap_or(0) as i64;
+        growth.resident.anon += change(after.resident.anon, before.map(|b| b.resident.anon));
+        growth.resident.file += change(after.resident.file, before.map(|b| b.resident.file));
+        growth.resident.shmem += change(after.resident.shmem, before.map(|b| b.resident.shmem));
+        growth.resident.swap += change(after.resident.swap, before.map(|b| b.resident.swap));
+        growth.pss += change(after.pss, before.map(|b| b.pss));
+        growth.pss_anon += change(after.pss_anon, before.map(|b| b.pss_anon));
+    }
+    roles
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    Some(sorted[sorted.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::ProcessFlows;
+
+    use super::*;
+    use crate::trace::ResidentBytes;
+
+    fn state(
+        pid: u32,
+        role: &str,
+        anon_mapped: u64,
+        resident_anon: u64,
+        live: bool,
+    ) -> ProcessState {
+        let mut flows = ProcessFlows::default();
+        flows.classes[RegionClass::Anon as usize].mapped = anon_mapped;
+        ProcessState {
+            key: (pid, 0),
+            role: role.into(),
+            live,
+            flows,
+            resident: ResidentBytes {
+                anon: resident_anon,
+                ..Default::default()
+            },
+            pss: resident_anon,
+            pss_anon: resident_anon,
+        }
+    }
+
+    fn snapshot(states: Vec<ProcessState>) -> Snapshot {
+        Snapshot { processes: states }
+    }
+
+    #[test]
+    fn cycles_and_phases_are_differences_between_boundaries() {
+        let mut timeline =
+            Timeline::new(1, 0.0, snapshot(vec![state(1, "worker", 100, 100, true)]));
+        timeline.on_boundary(
+            Boundary::PhaseStart("scrape".into()),
+            1.0,
+            snapshot(vec![state(1, "worker", 100, 100, true)]),
+            BTreeMap::new(),
+        );
+        timeline.on_boundary(
+            Boundary::PhaseStart("cleanup".into()),
+            2.0,
+            snapshot(vec![
+                state(1, "worker", 300, 300, true),
+                state(2, "renderer", 50, 50, true),
+            ]),
+            BTreeMap::new(),
+        );
+        let values = BTreeMap::from([("heapUsed".to_string(), 42.0)]);
+        timeline.on_boundary(
+            Boundary::CycleEnd,
+            3.0,
+            snapshot(vec![
+                state(1, "worker", 300, 200, true),
+                state(2, "renderer", 50, 0, false),
+            ]),
+            values,
+        );
+        assert_eq!(timeline.complete_cycles(), 1);
+        let cycles = timeline.finish(
+            3.1,
+            snapshot(vec![
+                state(1, "worker", 300, 200, true),
+                state(2, "renderer", 50, 0, false),
+            ]),
+        );
+        assert_eq!(
+            cycles.len(),
+            1,
+            "a 0.1 s stub with nothing in it is not a cycle"
+        );
+        let cycle = &cycles[0];
+        assert!(cycle.warmup && !cycle.cut);
+        assert_eq!(cycle.worker["heapUsed"], 42.0);
+        assert_eq!(cycle.growth["worker"].address_space["anon"].mapped, 200);
+        assert_eq!(cycle.growth["worker"].resident.anon, 100);
+        // The renderer came and went within the cycle: its flows stay, its memory does not.
+        assert_eq!(cycle.growth["renderer"].address_space["anon"].mapped, 50);
+        assert_eq!(cycle.growth["renderer"].resident.anon, 0);
+        assert_eq!(cycle.by_role.keys().collect::<Vec<_>>(), ["worker"]);
+        let phases: Vec<(&str, i64)> = cycle
+            .phases
+            .iter()
+            .map(|p| (p.name.as_str(), p.growth["worker"].resident.anon))
+            .collect();
+        assert_eq!(phases, [("scrape", 200), ("cleanup", -100)]);
+        assert_eq!((cycle.phases[0].start_s, cycle.phases[1].end_s), (1.0, 3.0));
+    }
+
+    #[test]
+    fn a_trace_cut_short_keeps_the_open_cycle_marked_cut() {
+        let start = snapshot(vec![state(1, "worker", 0, 0, true)]);
+        let mut timeline = Timeline::new(0, 0.0, start.clone());
+        timeline.on_boundary(Boundary::CycleEnd, 1.0, start.clone(), BTreeMap::new());
+        timeline.on_boundary(Boundary::CycleEnd, 2.0, start.clone(), BTreeMap::new());
+        timeline.on_boundary(
+            Boundary::PhaseStart("scrape".into()),
+            2.1,
+            start.clone(),
+            BTreeMap::new(),
+        );
+        let cycles = timeline.finish(2.2, start);
+        let summary: Vec<(u32, bool)> = cycles.iter().map(|c| (c.index, c.cut)).collect();
+        assert_eq!(summary, [(1, false), (2, false), (3, true)]);
+        assert_eq!(cycles[2].phases[0].name, "scrape");
+    }
+}
