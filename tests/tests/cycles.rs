@@ -91,14 +91,16 @@ fn assert_all_complete(trace: &Trace, cycles: usize, phases: bool) {
     assert_eq!(trace.markers.malformed, 0);
 }
 
-fn run_cycler(scratch: &Scratch, leaktrace_args: &[&str], cycler_args: &[&str]) -> Trace {
+/// Runs the cycler under leaktrace; returns the trace and what came out on stdout.
+fn run_cycler(scratch: &Scratch, leaktrace_args: &[&str], cycler_args: &[&str]) -> (Trace, String) {
     let json = scratch.path("t.json");
     let cycler = fixture("cycler");
     let mut args = vec!["run", "-q", "-o", json.to_str().unwrap()];
     args.extend(leaktrace_args);
     args.extend(["--", cycler.to_str().unwrap()]);
     args.extend(cycler_args);
-    leaktrace_run(&args, &json).1
+    let (output, trace) = leaktrace_run(&args, &json);
+    (trace, String::from_utf8(output.stdout).unwrap())
 }
 
 #[test]
@@ -107,12 +109,20 @@ fn regex_markers_cut_cycles_and_phases_exactly() {
         return;
     }
     let scratch = Scratch::new("cycles-regex");
-    let trace = run_cycler(
+    let (trace, stdout) = run_cycler(
         &scratch,
         &[&REGEX[..], &["--warmup", "1"]].concat(),
         &["--cycles", "4", "--markers", "stdout"],
     );
     assert_all_complete(&trace, 4, true);
+    // The worker's output passed through unchanged while it was scanned.
+    let expected: String = (1..=4)
+        .map(|k| {
+            let figures = format!("heapUsed={} external={}", k * 1000, k * 7);
+            format!("phase scrape\nphase cleanup\nphase idle\ncycle {k} done {figures}\n")
+        })
+        .collect();
+    assert_eq!(stdout, expected);
     assert_eq!(trace.markers.sources, ["regex", "socket"]);
     assert_eq!(
         (trace.markers.cycles_seen, trace.markers.phases_seen),
@@ -209,7 +219,7 @@ fn cycle_every_cuts_by_time_and_cycles_stops_after_exactly_n() {
         return;
     }
     let scratch = Scratch::new("cycles-interval");
-    let trace = run_cycler(
+    let (trace, _) = run_cycler(
         &scratch,
         &["--cycle-every", "1s", "--cycles", "3"],
         &[
@@ -248,7 +258,7 @@ fn cycles_n_ends_the_trace_with_the_worker_figures_sent() {
         return;
     }
     let scratch = Scratch::new("cycles-n");
-    let trace = run_cycler(
+    let (trace, _) = run_cycler(
         &scratch,
         &[&REGEX[..], &["--cycles", "5"]].concat(),
         &["--cycles", "10", "--markers", "stdout"],
