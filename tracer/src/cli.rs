@@ -100,6 +100,14 @@ struct TraceArgs {
     /// Mark the first N cycles as warm-up.
     #[arg(long, value_name = "N", default_value_t = 0)]
     warmup: u32,
+    /// The browser's DevTools endpoint: `auto` finds it on the traced Chromium's command line
+    /// (--remote-debugging-port, DevToolsActivePort), `off`, or a ws:// or http://host:port URL.
+    /// leaktrace only reads: pages, contexts, URLs, JS heaps, Chromium's process list.
+    #[arg(long, value_name = "auto|off|URL", default_value = "auto")]
+    cdp: crate::browser::CdpMode,
+    /// Record page URLs without their query strings and fragments.
+    #[arg(long)]
+    redact_urls: bool,
     /// Say more about what leaktrace is doing, on stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -156,6 +164,8 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
             cycles: args.cycles,
             warmup: args.warmup,
         },
+        cdp: args.cdp.clone(),
+        redact_urls: args.redact_urls,
     };
     if args.verbose {
         eprintln!("leaktrace: tracing {target:?} with {options:?}");

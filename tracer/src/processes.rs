@@ -125,6 +125,20 @@ impl ProcessTable {
         }
     }
 
+    /// Live processes with this role.
+    pub fn live_with_role(&self, role: &str) -> Vec<u32> {
+        self.live
+            .iter()
+            .filter(|&(_, &i)| self.processes[i].role == role)
+            .map(|(&pid, _)| pid)
+            .collect()
+    }
+
+    /// The role of a live process.
+    pub fn role_of_pid(&self, pid: u32) -> Option<String> {
+        self.live.get(&pid).map(|&i| self.processes[i].role.clone())
+    }
+
     /// Live processes with their start time (seconds since boot), to signal them safely.
     pub fn live(&self) -> Vec<(u32, f64)> {
         self.live

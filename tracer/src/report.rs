@@ -92,6 +92,7 @@ pub fn render(trace: &Trace) -> String {
     let rows = rows(trace);
     resident_by_role(&mut out, trace);
     cycles(&mut out, trace);
+    browser(&mut out, trace);
     resident_by_process(&mut out, trace, &rows);
     if trace.ebpf {
         address_space_by_process(&mut out, trace, &rows);
@@ -227,6 +228,67 @@ fn cycles(out: &mut String, trace: &Trace) {
                 count,
                 bytes(pss / n, true),
                 bytes(anon / n, true)
+            );
+        }
+    }
+}
+
+fn browser(out: &mut String, trace: &Trace) {
+    let summary = &trace.browser;
+    if summary.mode == "off" || (summary.endpoint.is_none() && summary.notes.is_empty()) {
+        return;
+    }
+    let endpoint = summary.endpoint.as_deref().unwrap_or("none");
+    let _ = writeln!(
+        out,
+        "\nBROWSER (DevTools, read-only): endpoint {endpoint}; {} connects, {} disconnects, {} failed calls",
+        summary.connects, summary.disconnects, summary.failed_calls
+    );
+    for note in &summary.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    let with_views: Vec<_> = trace
+        .cycles
+        .iter()
+        .filter_map(|c| c.browser.as_ref().map(|b| (c.index, b)))
+        .collect();
+    if !with_views.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:>4} {:>6} {:>9} {:>10}",
+            "#", "PAGES", "CONTEXTS", "JS HEAP"
+        );
+        for (index, view) in &with_views {
+            let _ = writeln!(
+                out,
+                "{:>4} {:>6} {:>9} {:>10}",
+                index,
+                view.pages,
+                view.contexts,
+                size(view.js_heap_used)
+            );
+        }
+    }
+    if let Some(view) = with_views.last().map(|(_, v)| *v).or(summary.last.as_ref()) {
+        let mut pages: Vec<_> = view.page_list.iter().filter(|p| !p.internal).collect();
+        pages.sort_by_key(|p| std::cmp::Reverse(p.js_heap_used));
+        let _ = writeln!(
+            out,
+            "{:>10} {:>9} {:>8}  URL",
+            "JS HEAP", "NODES", "RENDERER"
+        );
+        for page in pages.iter().take(10) {
+            let renderer = page
+                .renderer_pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into());
+            let _ = writeln!(
+                out,
+                "{:>10} {:>9} {:>8}  {}",
+                size(page.js_heap_used),
+                page.nodes,
+                renderer,
+                truncate(&page.url, 80)
             );
         }
     }

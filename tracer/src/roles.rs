@@ -4,13 +4,18 @@
 //! so `/proc/PID/cmdline` may hold the whole command line as one string with spaces: arguments
 //! are split on NUL *and* spaces before looking.
 
-/// The role of a Chromium process, from its command line and name; None for anything else.
-pub fn chromium_role(cmdline: &[String], comm: &str, exe: Option<&str>) -> Option<String> {
-    let args: Vec<&str> = cmdline
+/// The arguments of a command line, split on NUL and spaces (Chromium rewrites its argv).
+pub fn split_args(cmdline: &[String]) -> Vec<&str> {
+    cmdline
         .iter()
         .flat_map(|arg| arg.split([' ', '\0']))
         .filter(|a| !a.is_empty())
-        .collect();
+        .collect()
+}
+
+/// The role of a Chromium process, from its command line and name; None for anything else.
+pub fn chromium_role(cmdline: &[String], comm: &str, exe: Option<&str>) -> Option<String> {
+    let args = split_args(cmdline);
     let flag = |name: &str| args.iter().find_map(|a| a.strip_prefix(name));
     let basename = |path: &str| path.rsplit('/').next().unwrap_or(path).to_string();
     let program = args.first().map(|a| basename(a)).unwrap_or_default();

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// One process's memory at one moment, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ProcSample {
     pub rss: u64,
     pub pss: u64,
@@ -56,6 +57,17 @@ pub fn identity(pid: u32) -> Option<Identity> {
     let cmdline = process.cmdline().unwrap_or_default();
     let exe = process.exe().ok().map(|p| p.display().to_string());
     Some(Identity { cmdline, exe, comm })
+}
+
+/// The HOME of a process, from its environment (where Chromium keeps its default profile).
+pub fn home_of(pid: u32) -> Option<std::path::PathBuf> {
+    let environ = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .environ()
+        .ok()?;
+    environ
+        .get(std::ffi::OsStr::new("HOME"))
+        .map(std::path::PathBuf::from)
 }
 
 #[cfg(test)]

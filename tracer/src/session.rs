@@ -23,6 +23,7 @@ use tokio::{
 use tracer_common::{LostReason, Resident};
 
 use crate::{
+    browser::{BrowserReader, BrowserView, CdpMode},
     kernel::{self, Kernel, KernelError, RssIndices},
     markers::{self, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket},
     processes::{ProcessTable, SampleSeries, Snapshot},
@@ -89,6 +90,10 @@ pub struct Options {
     /// Time between /proc samples.
     pub interval: Duration,
     pub markers: MarkerOptions,
+    /// Where the browser's DevTools endpoint is (`--cdp`).
+    pub cdp: CdpMode,
+    /// Drop query strings and fragments from the URLs recorded.
+    pub redact_urls: bool,
 }
 
 impl Default for Options {
@@ -101,6 +106,8 @@ impl Default for Options {
             warn: true,
             interval: DEFAULT_INTERVAL,
             markers: MarkerOptions::default(),
+            cdp: CdpMode::Auto,
+            redact_urls: false,
         }
     }
 }
@@ -232,6 +239,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     )?;
     let (marker_tx, mut marker_rx) = mpsc::unbounded_channel();
     let progress = Progress::new(options.warn, marker_options.cycles);
+    let mut browser = BrowserReader::new(options.cdp.clone(), options.redact_urls);
     let mut summary = MarkerSummary {
         warmup: marker_options.warmup,
         ..MarkerSummary::default()
@@ -358,7 +366,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             event = marker_rx.recv(), if markers_open => match event {
                 None => markers_open = false,
                 Some(event) => {
-                    if cutting.on_event(&mut collectors, event) {
+                    if cutting.on_event(&mut collectors, &mut browser, event).await {
                         break EndReason::CyclesDone;
                     }
                 }
@@ -372,12 +380,13 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             _ = sleep_until(deadline) => break EndReason::Duration,
             _ = tick_every(&mut every) => {
                 let marker = Marker { boundary: Boundary::CycleEnd, values: BTreeMap::new(), ack: None };
-                if cutting.on_event(&mut collectors, MarkerEvent::Marker(marker)) {
+                if cutting.on_event(&mut collectors, &mut browser, MarkerEvent::Marker(marker)).await {
                     break EndReason::CyclesDone;
                 }
             }
             _ = sample_tick.tick() => {
                 let sample = collectors.sample();
+                follow_browser(&collectors, &mut browser, options.warn, cutting.summary.cycles_seen == 0).await;
                 cutting.progress.update(started.elapsed(), sample.pss, &cutting.pss_at_cycle_ends);
             }
             _ = tick.tick() => {
@@ -391,7 +400,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     // Markers already sent when the trace ended still count.
     if ended_by != EndReason::CyclesDone {
         while let Ok(event) = marker_rx.try_recv() {
-            if cutting.on_event(&mut collectors, event) {
+            if cutting.on_event(&mut collectors, &mut browser, event).await {
                 break;
             }
         }
@@ -400,6 +409,11 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
 
     // The last sample, of the tree as it is now, before anything is stopped.
     let (end_s, end, _) = collectors.snapshot();
+    // The last view, if still connected: no reconnecting to a browser that is shutting down.
+    if browser.is_connected() {
+        read_browser(&collectors, &mut browser).await;
+    }
+    browser.close().await;
     let Cutting {
         timeline, summary, ..
     } = cutting;
@@ -446,6 +460,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         samples: collectors.series.into_points(),
         cycles,
         markers: summary,
+        browser: browser.summary,
     })
 }
 
@@ -464,7 +479,12 @@ struct Cutting {
 
 impl Cutting {
     /// Takes one marker event; true once `--cycles` complete cycles are in.
-    fn on_event(&mut self, collectors: &mut Collectors, event: MarkerEvent) -> bool {
+    async fn on_event(
+        &mut self,
+        collectors: &mut Collectors,
+        browser: &mut BrowserReader,
+        event: MarkerEvent,
+    ) -> bool {
         let marker = match event {
             MarkerEvent::Marker(marker) => marker,
             MarkerEvent::Malformed(reason) => {
@@ -487,8 +507,15 @@ impl Cutting {
         } else {
             self.summary.phases_seen += 1;
         }
+        let cycle_end = marker.boundary == Boundary::CycleEnd;
         self.timeline
             .on_boundary(marker.boundary, now, snapshot, marker.values);
+        if cycle_end {
+            follow_browser(collectors, browser, self.warn, false).await;
+            if let Some(view) = read_browser(collectors, browser).await {
+                self.timeline.attach_browser(view);
+            }
+        }
         if let Some(ack) = marker.ack {
             let _ = ack.send(());
         }
@@ -512,6 +539,37 @@ fn marker_sources(rules: &LineRules, options: &MarkerOptions, socket: bool) -> V
         sources.push("interval".to_string());
     }
     sources
+}
+
+/// Connects to the browser when one shows up, and without cycles keeps the last view fresh.
+async fn follow_browser(
+    collectors: &Collectors,
+    browser: &mut BrowserReader,
+    warn: bool,
+    read: bool,
+) {
+    let browsers: Vec<_> = collectors
+        .table
+        .live_with_role("browser")
+        .into_iter()
+        .filter_map(|pid| {
+            let id = sampler::identity(pid)?;
+            Some((pid, id.cmdline, sampler::home_of(pid)))
+        })
+        .collect();
+    browser.ensure_connected(&browsers, warn).await;
+    if read {
+        read_browser(collectors, browser).await;
+    }
+}
+
+/// Reads the browser's view, with leaktrace's role for each of Chromium's processes.
+async fn read_browser(collectors: &Collectors, browser: &mut BrowserReader) -> Option<BrowserView> {
+    let mut view = browser.read().await?;
+    for process in &mut view.processes {
+        process.role = collectors.table.role_of_pid(process.pid);
+    }
+    Some(view)
 }
 
 async fn tick_every(every: &mut Option<tokio::time::Interval>) {

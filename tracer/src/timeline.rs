@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use tracer_common::RegionClass;
 
 use crate::{
+    browser::BrowserView,
     processes::{ProcessState, Snapshot},
     trace::{self, Cycle, Growth, Phase, RoleTotals},
 };
@@ -50,6 +51,13 @@ impl Timeline {
             warmup,
             cycles: Vec::new(),
             open: OpenCycle::new(start_s, start),
+        }
+    }
+
+    /// Records the browser's view at the end of the last complete cycle.
+    pub fn attach_browser(&mut self, view: BrowserView) {
+        if let Some(cycle) = self.cycles.last_mut() {
+            cycle.browser = Some(view);
         }
     }
 
@@ -147,6 +155,7 @@ impl OpenCycle {
             by_role: by_role(end),
             growth: growth(&self.start, end),
             worker: self.worker,
+            browser: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use thiserror::Error;
 pub use tracer_common::ClassFlow;
 use tracer_common::{ProcessFlows, RegionClass};
 
+pub use crate::browser::{BrowserSummary, BrowserView};
 pub use crate::sampler::ProcSample;
 
 pub const SCHEMA: &str = "leaktrace/1";
@@ -88,10 +89,13 @@ pub struct Trace {
     pub duration_s: f64,
     pub ebpf: bool,
     /// Where `processes[].resident` comes from: "kernel" (rss_stat, eBPF) or "proc" (samples).
+    #[serde(default)]
     pub resident_source: String,
     /// Seconds between /proc samples.
+    #[serde(default)]
     pub interval_s: f64,
     /// What this trace could not see, in plain words (e.g. no eBPF without root).
+    #[serde(default)]
     pub warnings: Vec<String>,
     pub ended_by: EndReason,
     /// The launched command's exit status (128 + signal when killed), when it was seen.
@@ -102,15 +106,22 @@ pub struct Trace {
     /// The sum over all processes.
     pub totals: Totals,
     /// The tree's PSS over time, at most a few hundred points however long the trace.
+    #[serde(default)]
     pub samples: Vec<TreeSample>,
     /// The worker's cycles, when markers cut the trace into them.
+    #[serde(default)]
     pub cycles: Vec<Cycle>,
     /// How the trace was cut into cycles, and what went wrong with the markers.
+    #[serde(default)]
     pub markers: MarkerSummary,
+    /// The DevTools side: endpoint, reconnections, failed calls, notes, and the last view.
+    #[serde(default)]
+    pub browser: BrowserSummary,
 }
 
 /// One cycle of the worker's loop (or the part of it the trace saw, when `cut`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Cycle {
     /// 1-based.
     pub index: u32,
@@ -127,10 +138,13 @@ pub struct Cycle {
     pub growth: BTreeMap<String, Growth>,
     /// The worker's own figures sent with its markers (`key=value`), the last value per key.
     pub worker: BTreeMap<String, f64>,
+    /// What the browser held at the end of the cycle (DevTools), when leaktrace could read it.
+    pub browser: Option<BrowserView>,
 }
 
 /// A phase of a cycle: from its marker to the next phase or the end of the cycle.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Phase {
     pub name: String,
     pub start_s: f64,
@@ -141,6 +155,7 @@ pub struct Phase {
 /// The change of one role's figures between two boundaries: exact address-space flows per
 /// region class, and the change of resident memory (to the page) and PSS.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Growth {
     pub address_space: BTreeMap<String, ClassFlow>,
     pub brk_growth: i64,
@@ -151,6 +166,7 @@ pub struct Growth {
 
 /// A change of resident memory, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ResidentChange {
     pub anon: i64,
     pub file: i64,
@@ -160,6 +176,7 @@ pub struct ResidentChange {
 
 /// What cut the trace into cycles.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MarkerSummary {
     /// The marker sources in use: "regex", "socket", "log", "interval".
     pub sources: Vec<String>,
@@ -180,6 +197,7 @@ pub struct Process {
     pub start_time: f64,
     pub comm: String,
     /// worker, browser, zygote, renderer, gpu, utility:<sub-type>, crashpad or other.
+    #[serde(default)]
     pub role: String,
     pub exited: bool,
     pub exit_code: Option<i32>,
@@ -188,16 +206,21 @@ pub struct Process {
     /// Signed sum of break movements, in bytes.
     pub brk_growth: i64,
     /// Resident memory when last seen (at exit for an exited process).
+    #[serde(default)]
     pub resident: ResidentBytes,
+    #[serde(default)]
     pub resident_peak: ResidentBytes,
     /// Proportional set size at the last /proc sample (0 if never sampled).
+    #[serde(default)]
     pub pss: u64,
     /// The last /proc sample, if any.
+    #[serde(default)]
     pub smaps_rollup: Option<ProcSample>,
 }
 
 /// Resident memory by kind, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ResidentBytes {
     pub anon: u64,
     pub file: u64,
@@ -207,6 +230,7 @@ pub struct ResidentBytes {
 
 /// The live processes of one role at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RoleTotals {
     /// Sum of PSS.
     pub pss: u64,
@@ -217,6 +241,7 @@ pub struct RoleTotals {
 
 /// The whole tree at one /proc sample.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TreeSample {
     /// Seconds since the trace started.
     pub t_s: f64,
@@ -225,6 +250,7 @@ pub struct TreeSample {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Totals {
     pub address_space: BTreeMap<String, ClassFlow>,
     pub brk_growth: i64,
@@ -411,6 +437,7 @@ mod tests {
             samples: vec![],
             cycles: vec![],
             markers: MarkerSummary::default(),
+            browser: BrowserSummary::default(),
         };
         assert!(matches!(
             trace.write(&link),
