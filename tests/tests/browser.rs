@@ -264,3 +264,66 @@ fn the_worker_sees_the_same_pages_with_and_without_leaktrace() {
     assert_eq!(alone.len(), 4);
     assert_eq!(ops(&stdout), alone);
 }
+
+/// A free TCP port on loopback, for a Node inspector.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_node_workers_own_heap_comes_through_its_inspector() {
+    if !require_root("a_node_workers_own_heap_comes_through_its_inspector") {
+        return;
+    }
+    let scratch = Scratch::new("node-inspect");
+    let json = scratch.path("t.json");
+    let port = free_port();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/node_worker.js");
+    let output = Command::new(leaktrace())
+        .args(["run", "-q", "-o"])
+        .arg(&json)
+        .args(CYCLE)
+        .args([
+            "--worker-inspect",
+            &format!("http://127.0.0.1:{port}"),
+            "--",
+        ])
+        .args([
+            "node",
+            "--expose-gc",
+            &format!("--inspect=127.0.0.1:{port}"),
+        ])
+        .arg(&script)
+        .args(["8", "4"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let trace = Trace::read(&json).unwrap();
+    let complete: Vec<_> = trace.cycles.iter().filter(|c| !c.cut).collect();
+    assert_eq!(complete.len(), 4);
+    for cycle in &complete {
+        // The worker's own figure and the inspector's, read a moment apart after a GC.
+        let (own, inspected) = (cycle.worker["heapUsed"], cycle.worker["inspect.heapUsed"]);
+        assert!(
+            (inspected - own).abs() < 2.0 * 1048576.0,
+            "cycle {}: {own} vs {inspected}",
+            cycle.index
+        );
+    }
+    for pair in complete.windows(2) {
+        let growth = pair[1].worker["inspect.heapUsed"] - pair[0].worker["inspect.heapUsed"];
+        assert!(
+            growth >= 8.0 * 1048576.0,
+            "cycle {}: grew {growth}",
+            pair[1].index
+        );
+    }
+}

@@ -111,31 +111,42 @@ pub fn endpoint_of(cmdline: &[String], home: Option<&Path>) -> Endpoint {
     }
 }
 
-/// The websocket URL behind `http://host:port`, from `/json/version`.
+/// The websocket URL behind `http://host:port`: a browser's from `/json/version`, a Node
+/// inspector's (which has no browser endpoint) from the first target of `/json/list`.
 fn websocket_url(endpoint: &str) -> Result<String, String> {
     let Some(host) = endpoint.strip_prefix("http://") else {
         return Ok(endpoint.to_string());
     };
     let host = host.trim_end_matches('/');
+    for path in ["/json/version", "/json/list"] {
+        let answer = http_get_json(host, path).map_err(|e| format!("{endpoint}{path}: {e}"))?;
+        let target = if answer.is_array() {
+            &answer[0]
+        } else {
+            &answer
+        };
+        if let Some(url) = target["webSocketDebuggerUrl"].as_str() {
+            return Ok(url.to_string());
+        }
+    }
+    Err(format!("{endpoint} lists no webSocketDebuggerUrl"))
+}
+
+/// A JSON document over plain HTTP/1.1 (Chromium's DevTools server ignores 1.0 requests and
+/// keeps the connection open, so the body is read up to its Content-Length).
+fn http_get_json(host: &str, path: &str) -> Result<Value, String> {
     let mut stream =
-        std::net::TcpStream::connect(host).map_err(|e| format!("cannot reach {endpoint}: {e}"))?;
+        std::net::TcpStream::connect(host).map_err(|e| format!("cannot connect: {e}"))?;
     stream
         .set_read_timeout(Some(CALL_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    // HTTP/1.1: Chromium's DevTools server ignores 1.0 requests, and keeps the connection
-    // open, so read the headers, then Content-Length bytes.
-    write!(stream, "GET /json/version HTTP/1.1\r\nHost: {host}\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 4096];
     let body = loop {
-        let n = stream
-            .read(&mut chunk)
-            .map_err(|e| format!("{endpoint}/json/version: {e}"))?;
+        let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
         if n == 0 {
-            return Err(format!(
-                "{endpoint}/json/version: the connection closed early"
-            ));
+            return Err("the connection closed early".into());
         }
         response.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(&response).into_owned();
@@ -155,12 +166,41 @@ fn websocket_url(endpoint: &str) -> Result<String, String> {
             break body.to_string();
         }
     };
-    let version: Value =
-        serde_json::from_str(&body).map_err(|e| format!("{endpoint}/json/version: {e}"))?;
-    version["webSocketDebuggerUrl"]
-        .as_str()
-        .map(String::from)
-        .ok_or_else(|| format!("{endpoint}/json/version has no webSocketDebuggerUrl"))
+    serde_json::from_str(&body).map_err(|e| e.to_string())
+}
+
+/// A Node worker's own heap, through its inspector (`node --inspect`): Runtime.getHeapUsage.
+pub struct WorkerInspector {
+    endpoint: String,
+    pub failed_calls: u64,
+}
+
+impl WorkerInspector {
+    pub fn new(endpoint: String) -> WorkerInspector {
+        WorkerInspector {
+            endpoint,
+            failed_calls: 0,
+        }
+    }
+
+    /// `inspect.heapUsed` and `inspect.heapTotal`, to go with the worker's other figures. The
+    /// connection lasts one read: Node waits at exit for its debugger to leave.
+    pub async fn read(&mut self) -> BTreeMap<String, f64> {
+        let mut figures = BTreeMap::new();
+        let Ok(cdp) = Cdp::connect(&self.endpoint).await else {
+            self.failed_calls += 1;
+            return figures;
+        };
+        let cdp = &cdp;
+        match heap_usage(cdp, None).await {
+            Ok((used, total)) => {
+                figures.insert("inspect.heapUsed".to_string(), used as f64);
+                figures.insert("inspect.heapTotal".to_string(), total as f64);
+            }
+            Err(_) => self.failed_calls += 1,
+        }
+        figures
+    }
 }
 
 struct Call {
@@ -501,10 +541,10 @@ impl BrowserReader {
             }
             if let Some((session, pid)) = self.sessions.get(&target) {
                 page_view.renderer_pid = *pid;
-                match cdp.call(GetHeapUsageParams::default(), Some(session)).await {
-                    Ok(heap) => {
-                        page_view.js_heap_used = heap.used_size as u64;
-                        page_view.js_heap_total = heap.total_size as u64;
+                match heap_usage(cdp, Some(session)).await {
+                    Ok((used, total)) => {
+                        page_view.js_heap_used = used;
+                        page_view.js_heap_total = total;
                     }
                     Err(_) => failed += 1,
                 }
@@ -609,6 +649,17 @@ fn is_internal(url: &str) -> bool {
     ]
     .iter()
     .any(|p| url.starts_with(p))
+}
+
+/// Runtime.getHeapUsage's used and total sizes. Read from the raw answer: chromiumoxide's typed
+/// one requires fields that Node's inspector does not send.
+async fn heap_usage(cdp: &Cdp, session: Option<&SessionId>) -> Result<(u64, u64), String> {
+    let method = GetHeapUsageParams::default().identifier().to_string();
+    let heap = cdp.call_raw(&method, session, json!({})).await?;
+    match (heap["usedSize"].as_f64(), heap["totalSize"].as_f64()) {
+        (Some(used), Some(total)) => Ok((used as u64, total as u64)),
+        _ => Err(format!("{method}: no usedSize/totalSize in {heap}")),
+    }
 }
 
 /// A URL without its query string and fragment.

@@ -108,6 +108,10 @@ struct TraceArgs {
     /// Record page URLs without their query strings and fragments.
     #[arg(long)]
     redact_urls: bool,
+    /// A Node worker's inspector (`node --inspect=HOST:PORT`): its Runtime.getHeapUsage at
+    /// every cycle end becomes the worker figures inspect.heapUsed and inspect.heapTotal.
+    #[arg(long, value_name = "URL")]
+    worker_inspect: Option<String>,
     /// Say more about what leaktrace is doing, on stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -166,6 +170,7 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
         },
         cdp: args.cdp.clone(),
         redact_urls: args.redact_urls,
+        worker_inspect: args.worker_inspect.clone(),
     };
     if args.verbose {
         eprintln!("leaktrace: tracing {target:?} with {options:?}");

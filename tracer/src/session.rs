@@ -23,7 +23,7 @@ use tokio::{
 use tracer_common::{LostReason, Resident};
 
 use crate::{
-    browser::{BrowserReader, BrowserView, CdpMode},
+    browser::{BrowserReader, BrowserView, CdpMode, WorkerInspector},
     kernel::{self, Kernel, KernelError, RssIndices},
     markers::{self, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket},
     processes::{ProcessTable, SampleSeries, Snapshot},
@@ -94,6 +94,8 @@ pub struct Options {
     pub cdp: CdpMode,
     /// Drop query strings and fragments from the URLs recorded.
     pub redact_urls: bool,
+    /// A Node worker's inspector (`--worker-inspect`), for its own heap at every cycle end.
+    pub worker_inspect: Option<String>,
 }
 
 impl Default for Options {
@@ -108,6 +110,7 @@ impl Default for Options {
             markers: MarkerOptions::default(),
             cdp: CdpMode::Auto,
             redact_urls: false,
+            worker_inspect: None,
         }
     }
 }
@@ -240,6 +243,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     let (marker_tx, mut marker_rx) = mpsc::unbounded_channel();
     let progress = Progress::new(options.warn, marker_options.cycles);
     let mut browser = BrowserReader::new(options.cdp.clone(), options.redact_urls);
+    let inspector = options.worker_inspect.clone().map(WorkerInspector::new);
     let mut summary = MarkerSummary {
         warmup: marker_options.warmup,
         ..MarkerSummary::default()
@@ -349,6 +353,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         warn: options.warn,
         target: marker_options.cycles,
         started,
+        inspector,
     };
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(TICK);
@@ -415,8 +420,12 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     }
     browser.close().await;
     let Cutting {
-        timeline, summary, ..
+        timeline,
+        summary,
+        inspector,
+        ..
     } = cutting;
+    browser.summary.failed_calls += inspector.map_or(0, |i| i.failed_calls);
     let cycles = timeline.finish(end_s, end);
     if mode == "run" {
         if exit_status.is_none() {
@@ -475,6 +484,7 @@ struct Cutting {
     /// `--cycles`.
     target: Option<u32>,
     started: Instant,
+    inspector: Option<WorkerInspector>,
 }
 
 impl Cutting {
@@ -508,8 +518,12 @@ impl Cutting {
             self.summary.phases_seen += 1;
         }
         let cycle_end = marker.boundary == Boundary::CycleEnd;
+        let mut values = marker.values;
+        if cycle_end && let Some(inspector) = &mut self.inspector {
+            values.extend(inspector.read().await);
+        }
         self.timeline
-            .on_boundary(marker.boundary, now, snapshot, marker.values);
+            .on_boundary(marker.boundary, now, snapshot, values);
         if cycle_end {
             follow_browser(collectors, browser, self.warn, false).await;
             if let Some(view) = read_browser(collectors, browser).await {

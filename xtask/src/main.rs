@@ -125,6 +125,10 @@ fn setup() -> Result<()> {
         .map(String::from)
         .collect();
     apt_install(&base)?;
+    // The Node worker test needs node; the machines have it, a bare Debian may not.
+    if Command::new("node").arg("--version").output().is_err() {
+        apt_install(&["nodejs".to_string()])?;
+    }
     let llvm = debian_llvm_major()
         .context("Debian's rustc (/usr/bin/rustc) does not report its LLVM version")?;
     let llvm_packages: Vec<String> = PACKAGES
