@@ -18,3 +18,11 @@ pub mod sys;
 
 pub use model::{ClassFlow, LedgerLine, read_ledger};
 pub use record::{Class, Flows};
+
+/// The value after `name` in a fixture's arguments (`--cycles 4` -> "4"). For the fixtures that
+/// may allocate freely; `ledger` parses its arguments without allocating (`args`).
+pub fn arg_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}

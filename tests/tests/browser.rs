@@ -8,20 +8,9 @@ mod support;
 use std::{collections::BTreeSet, process::Command};
 
 use leaktrace::trace::{EndReason, Trace};
-use support::{Scratch, fixture, leaktrace, require_root};
+use support::{Scratch, fixture, leaktrace, require_chromium, require_root};
 
 const CYCLE: [&str; 2] = ["--cycle-regex", r"cycle \d+ done"];
-
-fn require_chromium(test: &str) -> bool {
-    if std::path::Path::new("/usr/bin/chromium").exists() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{test}: /usr/bin/chromium is missing; `cargo xtask setup` installs it");
-    }
-    eprintln!("SKIPPED {test}: /usr/bin/chromium missing (run `cargo xtask setup`)");
-    false
-}
 
 /// Runs the worker under leaktrace; returns the trace, the worker's stdout and leaktrace's stderr.
 fn traced(scratch: &Scratch, worker_args: &[&str]) -> (Trace, String, String) {
@@ -74,6 +63,11 @@ fn devtools_counts_pages_and_contexts_exactly_and_lists_their_urls() {
         .as_ref()
         .expect("a view at the end of cycle 1");
     assert_eq!((view.pages, view.contexts), (6, 3));
+    assert!(
+        view.targets_by_type["page"] >= 6,
+        "{:?}",
+        view.targets_by_type
+    );
     let urls: BTreeSet<&str> = view.urls.iter().map(String::as_str).collect();
     let expected: Vec<String> = (0..3)
         .flat_map(|c| {

@@ -11,21 +11,7 @@ use std::{
 };
 
 use leaktrace::trace::Trace;
-use support::{Scratch, leaktrace, require_root, spawn, wait_for_line};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Chromium is installed by `cargo xtask setup`; in CI its absence is a failure.
-fn require_chromium(test: &str) -> bool {
-    if std::path::Path::new(CHROMIUM).exists() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{test}: {CHROMIUM} is missing; `cargo xtask setup` installs it");
-    }
-    eprintln!("SKIPPED {test}: {CHROMIUM} missing (run `cargo xtask setup`)");
-    false
-}
+use support::{CHROMIUM, Scratch, leaktrace, require_chromium, require_root, spawn, wait_for_line};
 
 fn ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -324,3 +324,37 @@ fn sigint_in_cycle_3_keeps_two_complete_cycles_and_marks_the_third_cut() {
         "the cut cycle keeps the phases it had"
     );
 }
+
+#[test]
+fn a_budget_gates_the_exit_code_on_the_fitted_growth() {
+    if !require_root("a_budget_gates_the_exit_code_on_the_fitted_growth") {
+        return;
+    }
+    let scratch = Scratch::new("cycles-budget");
+    let json = scratch.path("t.json");
+    let run = |budget: &str| {
+        let output = Command::new(leaktrace())
+            .args(["run", "-q", "-o"])
+            .arg(&json)
+            .args(REGEX)
+            .args(["--budget", budget, "--"])
+            .arg(fixture("cycler"))
+            .args(["--cycles", "7", "--markers", "stdout", "--pause-ms", "150"])
+            .output()
+            .unwrap();
+        (output.status.code(), Trace::read(&json).unwrap())
+    };
+    // The script keeps 1 MiB per cycle, and its child 1 MiB every other cycle: 1.5 MiB a cycle.
+    let (code, trace) = run("5MiB/day");
+    assert_eq!(code, Some(3), "growth over budget exits 3");
+    let tree = trace.analysis.tree().unwrap();
+    assert!(
+        (tree.per_cycle - 1.5 * MIB as f64).abs() < 0.2 * MIB as f64,
+        "{} per cycle",
+        tree.per_cycle
+    );
+    assert!(!trace.analysis.budget.as_ref().unwrap().pass);
+    let (code, trace) = run("100MiB/cycle");
+    assert_eq!(code, Some(0));
+    assert!(trace.analysis.budget.unwrap().pass);
+}

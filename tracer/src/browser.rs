@@ -352,6 +352,8 @@ pub struct BrowserView {
     pub js_heap_used: u64,
     pub page_list: Vec<PageView>,
     pub processes: Vec<BrowserProcess>,
+    /// Every DevTools target by type: page, iframe, service_worker, worker, browser_ui, ...
+    pub targets_by_type: BTreeMap<String, u32>,
     /// Calls that failed or timed out while reading this view.
     pub failed_calls: u64,
 }
@@ -407,7 +409,12 @@ impl BrowserReader {
 
     /// Says something once, in the trace's notes and on stderr.
     fn note(&mut self, note: String, warn: bool) {
-        if self.noted.insert(note.clone()) {
+        self.note_once(note.clone(), note, warn);
+    }
+
+    /// Says `note` the first time `key` comes up.
+    fn note_once(&mut self, key: String, note: String, warn: bool) {
+        if self.noted.insert(key) {
             if warn {
                 eprintln!("leaktrace: {note}");
             }
@@ -448,7 +455,8 @@ impl BrowserReader {
                             found = Some(url);
                             break;
                         }
-                        Endpoint::Pipe => self.note(
+                        Endpoint::Pipe => self.note_once(
+                            "pipe".into(),
                             format!(
                                 "browser {pid} was launched with --remote-debugging-pipe (Playwright's default): it has no \
                                  DevTools port to read pages and JS heaps from. Launch it with \
@@ -487,6 +495,12 @@ impl BrowserReader {
                 return None;
             }
         };
+        for target in &targets {
+            *view
+                .targets_by_type
+                .entry(target.r#type.clone())
+                .or_default() += 1;
+        }
         let pages: Vec<_> = targets.into_iter().filter(|t| t.r#type == "page").collect();
         view.contexts = match cdp.call(GetBrowserContextsParams::default(), None).await {
             Ok(contexts) => contexts.browser_context_ids.len() as u32 + 1,

@@ -112,6 +112,10 @@ struct TraceArgs {
     /// every cycle end becomes the worker figures inspect.heapUsed and inspect.heapTotal.
     #[arg(long, value_name = "URL")]
     worker_inspect: Option<String>,
+    /// Fail (exit 3) when the tree's PSS grows faster than RATE after warm-up: 5MiB/day,
+    /// 200KiB/cycle, 1MB/hour.
+    #[arg(long, value_name = "RATE")]
+    budget: Option<crate::analysis::Budget>,
     /// Say more about what leaktrace is doing, on stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -148,7 +152,8 @@ fn print(to_stderr: bool, text: &str) -> Result<()> {
     }
 }
 
-fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result<()> {
+/// Traces, writes and prints; the exit code says whether the budget held.
+fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result<ExitCode> {
     let announce = match target {
         session::Target::Run(_) => args.verbose,
         session::Target::Attach(_) => !args.quiet,
@@ -175,7 +180,9 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
     if args.verbose {
         eprintln!("leaktrace: tracing {target:?} with {options:?}");
     }
-    let trace = session::trace(target, options)?;
+    let mut trace = session::trace(target, options)?;
+    let warmup = (args.warmup > 0).then_some(args.warmup as usize);
+    trace.analysis = crate::analysis::analyze(&trace, warmup, args.budget);
     if let Some(path) = &args.output {
         trace.write(path)?;
         if args.verbose {
@@ -185,7 +192,15 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
     if !args.quiet {
         print(true, &report::render(&trace))?;
     }
-    Ok(())
+    Ok(budget_exit_code(&trace))
+}
+
+/// 3 when a budget was given and the growth exceeded it; 0 otherwise.
+fn budget_exit_code(trace: &Trace) -> ExitCode {
+    match &trace.analysis.budget {
+        Some(budget) if !budget.pass => ExitCode::from(3),
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -195,7 +210,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             as_root,
             command,
         } => {
-            run_trace(session::Target::Run(command), &trace, as_root)?;
+            return run_trace(session::Target::Run(command), &trace, as_root);
         }
         Command::Attach { pid, trace } => {
             if trace.cycle_log.is_none()
@@ -208,7 +223,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     )
                     .exit();
             }
-            run_trace(session::Target::Attach(pid), &trace, false)?
+            return run_trace(session::Target::Attach(pid), &trace, false);
         }
         Command::Report { trace } => print(false, &report::render(&Trace::read(&trace)?))?,
         Command::Doctor => {

@@ -5,6 +5,7 @@
 //! of each process) -> [`session`] (follow the tree until the trace ends) -> [`trace`] (the JSON
 //! document) -> [`report`] (the terminal view) -> [`cli`]. [`doctor`] checks the machine.
 
+pub mod analysis;
 pub mod browser;
 pub mod cli;
 pub mod doctor;

@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use tracer_common::RegionClass;
 
-use crate::trace::{ClassFlow, Growth, Process, Trace};
+use crate::{
+    analysis::{SeriesFit, Shape},
+    trace::{ClassFlow, Growth, Process, Trace},
+};
 
 /// Beyond this many processes, the tables show the busiest ones (the JSON has all).
 const MAX_ROWS: usize = 40;
@@ -89,6 +92,7 @@ fn more_rows_note(out: &mut String, shown: usize, total: usize) {
 pub fn render(trace: &Trace) -> String {
     let mut out = String::new();
     header(&mut out, trace);
+    answers(&mut out, trace);
     let rows = rows(trace);
     resident_by_role(&mut out, trace);
     cycles(&mut out, trace);
@@ -125,6 +129,116 @@ fn header(out: &mut String, trace: &Trace) {
     );
     for warning in &trace.warnings {
         let _ = writeln!(out, "warning: {warning}");
+    }
+}
+
+/// The questions a trace answers, first: how fast, what, when, which shape, does cleanup help.
+fn answers(out: &mut String, trace: &Trace) {
+    let analysis = &trace.analysis;
+    let Some(tree) = analysis.tree() else { return };
+    let shape = |fit: &SeriesFit| match fit.shape {
+        Some(Shape::Flat) => "flat",
+        Some(Shape::Plateau) => "plateau after warm-up",
+        Some(Shape::Linear) => "linear",
+        Some(Shape::Accelerating) => "accelerating",
+        Some(Shape::Unknown) | None => "unknown",
+    };
+    let _ = writeln!(
+        out,
+        "\nANSWERS ({} complete cycles after {} of warm-up, median cycle {:.1} s)",
+        tree.cycles, tree.warmup_cycles, analysis.cycle_s
+    );
+    let caveat = if tree.trustworthy {
+        ""
+    } else {
+        "  [too few cycles: not a trustworthy fit]"
+    };
+    let _ = writeln!(
+        out,
+        "  growth rate   tree PSS {}/cycle, {}/day (R² {:.2}){caveat}",
+        bytes(tree.per_cycle as i64, true),
+        bytes(tree.per_day as i64, true),
+        tree.r2
+    );
+    let fastest = analysis
+        .series
+        .iter()
+        .filter(|s| {
+            s.name != "tree.pss"
+                && !s.name.starts_with("browser.pages")
+                && !s.name.starts_with("browser.contexts")
+        })
+        .max_by(|a, b| a.per_day.total_cmp(&b.per_day));
+    if let Some(fastest) = fastest.filter(|f| f.per_cycle > 0.0) {
+        let _ = writeln!(
+            out,
+            "  what grows    {} {}/cycle ({})",
+            fastest.name,
+            bytes(fastest.per_cycle as i64, true),
+            shape(fastest)
+        );
+    }
+    for count in analysis
+        .series
+        .iter()
+        .filter(|s| s.name == "browser.pages" || s.name == "browser.contexts")
+    {
+        if count.per_cycle >= 0.5 {
+            let _ = writeln!(
+                out,
+                "                {} +{:.1}/cycle",
+                count.name, count.per_cycle
+            );
+        }
+    }
+    if !analysis.phase_growth.is_empty() {
+        let phases: Vec<String> = analysis
+            .phase_growth
+            .iter()
+            .map(|(name, growth)| format!("{name} {}", bytes(*growth as i64, true)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  when          PSS change per phase, mean: {}",
+            phases.join(", ")
+        );
+    }
+    let _ = writeln!(out, "  shape         {}", shape(tree));
+    if let Some(cleanup) = analysis
+        .phase_growth
+        .iter()
+        .find(|(name, _)| name.contains("clean"))
+    {
+        let others: f64 = analysis
+            .phase_growth
+            .iter()
+            .filter(|(n, _)| !n.contains("clean"))
+            .map(|(_, g)| g)
+            .sum();
+        let verdict = if *cleanup.1 < 0.0 {
+            "gives memory back"
+        } else {
+            "gives nothing back"
+        };
+        let _ = writeln!(
+            out,
+            "  cleanup       {verdict}: {} per cycle, against {} in the other phases",
+            bytes(*cleanup.1 as i64, true),
+            bytes(others as i64, true)
+        );
+    }
+    if let Some(budget) = &analysis.budget {
+        let _ = writeln!(
+            out,
+            "  budget        {}/day allowed, {}/day measured: {}",
+            bytes(budget.limit_per_day as i64, false),
+            bytes(budget.measured_per_day as i64, true),
+            if budget.pass {
+                "pass"
+            } else {
+                "EXCEEDED (exit 3)"
+            }
+        );
     }
 }
 

@@ -37,8 +37,10 @@ pub fn chromium_role(cmdline: &[String], comm: &str, exe: Option<&str>) -> Optio
         }
         Some(_) => Some("other".into()),
         None => {
+            // The program, not comm: Debian's /usr/bin/chromium is a shell script whose comm
+            // (and its subshells') reads "chromium" until it execs the real browser.
             let exe = exe.map(basename).unwrap_or_default();
-            [program.as_str(), exe.as_str(), comm]
+            [program.as_str(), exe.as_str()]
                 .iter()
                 .any(|name| is_browser_binary(name))
                 .then(|| "browser".into())
@@ -140,14 +142,10 @@ mod tests {
             None
         );
         // Debian's /usr/bin/chromium wrapper script is the worker's until it execs the browser.
+        let wrapper = args("/bin/sh /usr/bin/chromium --headless");
         assert_eq!(
-            chromium_role(
-                &args("/bin/sh /usr/bin/chromium --headless"),
-                "chromium",
-                None
-            )
-            .as_deref(),
-            Some("browser")
+            chromium_role(&wrapper, "chromium", Some("/usr/bin/dash")),
+            None
         );
     }
 

@@ -470,6 +470,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         cycles,
         markers: summary,
         browser: browser.summary,
+        analysis: Default::default(),
     })
 }
 

@@ -14,6 +14,7 @@ use thiserror::Error;
 pub use tracer_common::ClassFlow;
 use tracer_common::{ProcessFlows, RegionClass};
 
+pub use crate::analysis::Analysis;
 pub use crate::browser::{BrowserSummary, BrowserView};
 pub use crate::sampler::ProcSample;
 
@@ -117,6 +118,9 @@ pub struct Trace {
     /// The DevTools side: endpoint, reconnections, failed calls, notes, and the last view.
     #[serde(default)]
     pub browser: BrowserSummary,
+    /// Fits of the cycle series, the phase growth, and the budget check.
+    #[serde(default)]
+    pub analysis: Analysis,
 }
 
 /// One cycle of the worker's loop (or the part of it the trace saw, when `cut`).
@@ -438,6 +442,7 @@ mod tests {
             cycles: vec![],
             markers: MarkerSummary::default(),
             browser: BrowserSummary::default(),
+            analysis: Analysis::default(),
         };
         assert!(matches!(
             trace.write(&link),

@@ -11,6 +11,7 @@
 //! after cycle C and goes on. `--pipe` launches Chromium the way Playwright does, with
 //! `--remote-debugging-pipe` and no port, and only prints the cycles.
 
+use leaktrace_tests::arg_value;
 use std::{os::unix::process::CommandExt, process::Stdio, time::Duration};
 
 use chromiumoxide::{
@@ -22,14 +23,8 @@ use chromiumoxide::{
 };
 use futures::StreamExt;
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
 fn number(args: &[String], name: &str, default: usize) -> usize {
-    arg(args, name).map_or(default, |v| v.parse().expect("a number"))
+    arg_value(args, name).map_or(default, |v| v.parse().expect("a number"))
 }
 
 const FLAGS: [&str; 7] = [
@@ -83,8 +78,8 @@ async fn main() {
     let pages_per_context = number(&args, "--pages", 1);
     let cycles = number(&args, "--cycles", 3);
     let retain_mib = number(&args, "--retain-mb", 0);
-    let kill_after = arg(&args, "--kill-browser-after").map(|v| v.parse::<usize>().unwrap());
-    let profile = arg(&args, "--profile")
+    let kill_after = arg_value(&args, "--kill-browser-after").map(|v| v.parse::<usize>().unwrap());
+    let profile = arg_value(&args, "--profile")
         .unwrap_or_else(|| format!("/tmp/browser-worker-{}", std::process::id()));
     if args.iter().any(|a| a == "--pipe") {
         run_pipe_mode(&profile, cycles);

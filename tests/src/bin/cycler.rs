@@ -15,6 +15,7 @@
 //! `--wait-file` prints `ready <pid>` and waits for PATH to exist before starting (for attach);
 //! `--send-junk` first sends two malformed socket lines.
 
+use leaktrace_tests::arg_value;
 use std::{
     fs::OpenOptions,
     io::{BufReader, Read, Write},
@@ -24,12 +25,6 @@ use std::{
 
 const MIB: usize = 1 << 20;
 const PAGE: usize = 4096;
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
 
 fn check(ok: bool, what: &str) {
     if !ok {
@@ -129,11 +124,12 @@ impl Worker {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let cycles: usize = arg(&args, "--cycles").map_or(3, |v| v.parse().unwrap());
-    let pause = Duration::from_millis(arg(&args, "--pause-ms").map_or(300, |v| v.parse().unwrap()));
+    let cycles: usize = arg_value(&args, "--cycles").map_or(3, |v| v.parse().unwrap());
+    let pause =
+        Duration::from_millis(arg_value(&args, "--pause-ms").map_or(300, |v| v.parse().unwrap()));
     let period =
-        Duration::from_millis(arg(&args, "--period-ms").map_or(1000, |v| v.parse().unwrap()));
-    let markers = match arg(&args, "--markers").as_deref() {
+        Duration::from_millis(arg_value(&args, "--period-ms").map_or(1000, |v| v.parse().unwrap()));
+    let markers = match arg_value(&args, "--markers").as_deref() {
         Some("stdout") | None => Markers::Stdout,
         Some("socket") => {
             let path =
@@ -142,11 +138,11 @@ fn main() {
                 UnixStream::connect(path).expect("connect to the marker socket"),
             ))
         }
-        Some("log") => Markers::Log(arg(&args, "--log").expect("--log PATH")),
+        Some("log") => Markers::Log(arg_value(&args, "--log").expect("--log PATH")),
         Some("interval") => Markers::Interval,
         Some(other) => panic!("unknown --markers {other}"),
     };
-    if let Some(path) = arg(&args, "--wait-file") {
+    if let Some(path) = arg_value(&args, "--wait-file") {
         println!("ready {}", std::process::id());
         std::io::stdout().flush().unwrap();
         while !std::path::Path::new(&path).exists() {

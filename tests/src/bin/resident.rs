@@ -9,6 +9,7 @@
 //! `--exec-child-anon`, the child instead execs this fixture with `--anon N`. Every process
 //! prints `ready <pid>` once its memory is in place, then sleeps until killed.
 
+use leaktrace_tests::arg_value;
 use std::{
     ffi::CString,
     io::Write,
@@ -18,14 +19,8 @@ use std::{
 const MIB: usize = 1 << 20;
 const PAGE: usize = 4096;
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
 fn mib(args: &[String], name: &str) -> usize {
-    arg(args, name).map_or(0, |v| v.parse::<usize>().expect("a number of MiB")) * MIB
+    arg_value(args, name).map_or(0, |v| v.parse::<usize>().expect("a number of MiB")) * MIB
 }
 
 fn check(ok: bool, what: &str) {
@@ -83,7 +78,7 @@ fn main() {
         touch(shared, libc::MAP_SHARED, fd);
     }
 
-    if let Some(path) = arg(&args, "--file") {
+    if let Some(path) = arg_value(&args, "--file") {
         let len = mib(&args, "--file-mib");
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -113,7 +108,7 @@ fn main() {
     }
 
     let child_anon = mib(&args, "--child-anon");
-    let exec_anon = arg(&args, "--exec-child-anon");
+    let exec_anon = arg_value(&args, "--exec-child-anon");
     if child_anon > 0 || exec_anon.is_some() {
         let exe = CString::new(std::env::current_exe().unwrap().as_os_str().as_bytes()).unwrap();
         let exec_args: Vec<CString> = ["resident", "--anon", exec_anon.as_deref().unwrap_or("0")]

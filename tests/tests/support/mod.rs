@@ -28,6 +28,21 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// Debian's Chromium, which `cargo xtask setup` installs: true when it is there. Outside CI a
+/// missing browser skips the test with a message; in CI it is a failure.
+pub fn require_chromium(test: &str) -> bool {
+    if Path::new(CHROMIUM).exists() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: {CHROMIUM} is missing; `cargo xtask setup` installs it");
+    }
+    eprintln!("SKIPPED {test}: {CHROMIUM} missing (run `cargo xtask setup`)");
+    false
+}
+
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
 /// A fixture binary of this package.
 pub fn fixture(name: &str) -> PathBuf {
     let ledger = PathBuf::from(env!("CARGO_BIN_EXE_ledger"));

@@ -1,0 +1,473 @@
+//! Fits and answers: how fast each series grows per cycle and per day, its shape (flat,
+//! plateau after warm-up, linear, accelerating), in which phase it grows, whether cleanup gives
+//! memory back — and the budget a run can be gated on.
+//!
+//! Slopes are Theil–Sen (the median of pairwise slopes: robust to outliers, such as a GC in one
+//! cycle), with least squares beside them for R². Series are taken at cycle ends over complete
+//! cycles; the warm-up is the user's `--warmup`, or else found as the knee of a two-segment fit.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::trace::Trace;
+
+/// Fewer complete cycles than this after warm-up give no trustworthy fit.
+pub const MIN_CYCLES: usize = 5;
+const SECONDS_PER_DAY: f64 = 86_400.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    Flat,
+    /// Grows during warm-up, then flat.
+    Plateau,
+    Linear,
+    Accelerating,
+    /// Too few cycles to say.
+    Unknown,
+}
+
+/// One fitted series.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SeriesFit {
+    pub name: String,
+    /// Growth per cycle after warm-up (Theil–Sen), in the series' unit (bytes or counts).
+    pub per_cycle: f64,
+    /// `per_cycle` over a day of cycles as long as the median measured one.
+    pub per_day: f64,
+    /// Least squares over the same cycles: how well a line explains them (0..1).
+    pub r2: f64,
+    pub shape: Option<Shape>,
+    pub warmup_cycles: usize,
+    /// Complete cycles used after warm-up.
+    pub cycles: usize,
+    /// False when there were fewer than MIN_CYCLES cycles: the numbers are not to be trusted.
+    pub trustworthy: bool,
+}
+
+/// Theil–Sen slope and intercept of `ys` against 0, 1, 2, ...
+pub fn theil_sen(ys: &[f64]) -> Option<(f64, f64)> {
+    if ys.len() < 2 {
+        return None;
+    }
+    let mut slopes = Vec::with_capacity(ys.len() * (ys.len() - 1) / 2);
+    for i in 0..ys.len() {
+        for j in i + 1..ys.len() {
+            slopes.push((ys[j] - ys[i]) / (j - i) as f64);
+        }
+    }
+    let slope = median(&mut slopes)?;
+    let mut intercepts: Vec<f64> = ys
+        .iter()
+        .enumerate()
+        .map(|(i, y)| y - slope * i as f64)
+        .collect();
+    Some((slope, median(&mut intercepts)?))
+}
+
+/// Least-squares slope, intercept and R² of `ys` against 0, 1, 2, ...
+pub fn least_squares(ys: &[f64]) -> Option<(f64, f64, f64)> {
+    let n = ys.len() as f64;
+    if ys.len() < 2 {
+        return None;
+    }
+    let mean_x = (n - 1.0) / 2.0;
+    let mean_y = ys.iter().sum::<f64>() / n;
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (i, y) in ys.iter().enumerate() {
+        let (dx, dy) = (i as f64 - mean_x, y - mean_y);
+        sxy += dx * dy;
+        sxx += dx * dx;
+        syy += dy * dy;
+    }
+    let slope = sxy / sxx;
+    let r2 = if syy == 0.0 {
+        1.0
+    } else {
+        (sxy * sxy) / (sxx * syy)
+    };
+    Some((slope, mean_y - slope * mean_x, r2))
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+/// Sum of squared residuals of a least-squares line through `ys`.
+fn sse(ys: &[f64]) -> f64 {
+    match least_squares(ys) {
+        Some((slope, intercept, _)) => ys
+            .iter()
+            .enumerate()
+            .map(|(i, y)| (y - intercept - slope * i as f64).powi(2))
+            .sum(),
+        None => 0.0,
+    }
+}
+
+/// The warm-up: the knee of the best two-segment fit, when the growth before it is clearly
+/// steeper than after; 0 otherwise.
+pub fn detect_warmup(ys: &[f64], significant: f64) -> usize {
+    if ys.len() < MIN_CYCLES + 2 {
+        return 0;
+    }
+    let whole = sse(ys);
+    let mut best = (whole, 0);
+    for knee in 2..=ys.len() / 2 {
+        let split = sse(&ys[..=knee]) + sse(&ys[knee..]);
+        if split < best.0 {
+            best = (split, knee);
+        }
+    }
+    let knee = best.1;
+    if knee == 0 {
+        return 0;
+    }
+    let before = theil_sen(&ys[..=knee]).map_or(0.0, |f| f.0) * knee as f64;
+    let after = theil_sen(&ys[knee..]).map_or(0.0, |f| f.0) * (ys.len() - knee) as f64;
+    // A warm-up grows clearly, and more than everything after it.
+    if before > significant && before > 3.0 * after.max(0.0) {
+        knee
+    } else {
+        0
+    }
+}
+
+/// Fits one series of values at cycle ends.
+/// `significant`: the smallest total change over the fitted cycles that counts as growth.
+pub fn fit(
+    name: &str,
+    ys: &[f64],
+    warmup: Option<usize>,
+    cycle_s: f64,
+    significant: f64,
+) -> SeriesFit {
+    let warmup_cycles = warmup
+        .unwrap_or_else(|| detect_warmup(ys, significant))
+        .min(ys.len());
+    let post = &ys[warmup_cycles..];
+    let mut result = SeriesFit {
+        name: name.to_string(),
+        warmup_cycles,
+        cycles: post.len(),
+        trustworthy: post.len() >= MIN_CYCLES,
+        ..SeriesFit::default()
+    };
+    let (Some((slope, _)), Some((_, _, r2))) = (theil_sen(post), least_squares(post)) else {
+        result.shape = Some(Shape::Unknown);
+        return result;
+    };
+    result.per_cycle = slope;
+    result.per_day = if cycle_s > 0.0 {
+        slope * SECONDS_PER_DAY / cycle_s
+    } else {
+        0.0
+    };
+    result.r2 = r2;
+    result.shape = Some(if !result.trustworthy {
+        Shape::Unknown
+    } else if slope * post.len() as f64 <= significant {
+        let warmup_grew = warmup_cycles > 0 && ys[warmup_cycles] - ys[0] > significant;
+        if warmup_grew {
+            Shape::Plateau
+        } else {
+            Shape::Flat
+        }
+    } else {
+        let half = post.len() / 2;
+        let first = theil_sen(&post[..=half]).map_or(0.0, |f| f.0);
+        let second = theil_sen(&post[half..]).map_or(0.0, |f| f.0);
+        if second > 1.5 * first.max(0.0)
+            && (second - first) * (post.len() - half) as f64 > significant
+        {
+            Shape::Accelerating
+        } else {
+            Shape::Linear
+        }
+    });
+    result
+}
+
+/// A budget: so many bytes per day or per cycle.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    PerDay(f64),
+    PerCycle(f64),
+}
+
+impl std::str::FromStr for Budget {
+    type Err = String;
+    /// `5MiB/day`, `200KiB/cycle`, `1GiB/day`, `500MB/day`, `64KiB/hour`.
+    fn from_str(text: &str) -> Result<Budget, String> {
+        let (amount, per) = text
+            .split_once('/')
+            .ok_or("expected AMOUNT/day, AMOUNT/hour or AMOUNT/cycle")?;
+        let digits = amount
+            .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+            .trim();
+        let unit = amount[digits.len()..].trim();
+        let number: f64 = digits
+            .parse()
+            .map_err(|_| format!("{amount:?} is not an amount"))?;
+        let factor = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "k" | "kib" => 1024.0,
+            "m" | "mib" => 1024.0 * 1024.0,
+            "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+            "kb" => 1e3,
+            "mb" => 1e6,
+            "gb" => 1e9,
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+                ));
+            }
+        };
+        let bytes = number * factor;
+        match per.trim() {
+            "day" | "d" => Ok(Budget::PerDay(bytes)),
+            "hour" | "h" => Ok(Budget::PerDay(bytes * 24.0)),
+            "cycle" => Ok(Budget::PerCycle(bytes)),
+            other => Err(format!("per {other:?}: expected day, hour or cycle")),
+        }
+    }
+}
+
+/// A budget checked against the tree's growth after warm-up.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BudgetCheck {
+    pub limit_per_day: f64,
+    pub measured_per_day: f64,
+    pub pass: bool,
+}
+
+impl Budget {
+    pub fn check(self, tree: &SeriesFit, cycle_s: f64) -> BudgetCheck {
+        let limit_per_day = match self {
+            Budget::PerDay(bytes) => bytes,
+            Budget::PerCycle(bytes) if cycle_s > 0.0 => bytes * SECONDS_PER_DAY / cycle_s,
+            Budget::PerCycle(_) => f64::INFINITY,
+        };
+        BudgetCheck {
+            limit_per_day,
+            measured_per_day: tree.per_day,
+            pass: tree.per_day <= limit_per_day,
+        }
+    }
+}
+
+/// The fits of a trace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Analysis {
+    /// The median length of a complete cycle, in seconds.
+    pub cycle_s: f64,
+    pub series: Vec<SeriesFit>,
+    /// Mean change of the tree's PSS in each phase, over complete cycles past warm-up.
+    pub phase_growth: BTreeMap<String, f64>,
+    pub budget: Option<BudgetCheck>,
+}
+
+impl Analysis {
+    pub fn tree(&self) -> Option<&SeriesFit> {
+        self.series.iter().find(|s| s.name == "tree.pss")
+    }
+}
+
+/// Fits every series of the trace's complete cycles.
+pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> Analysis {
+    let cycles: Vec<_> = trace.cycles.iter().filter(|c| !c.cut).collect();
+    let mut lengths: Vec<f64> = cycles.iter().map(|c| c.end_s - c.start_s).collect();
+    let cycle_s = median(&mut lengths).unwrap_or(0.0);
+    let mut analysis = Analysis {
+        cycle_s,
+        ..Analysis::default()
+    };
+    if cycles.is_empty() {
+        return analysis;
+    }
+    const BYTES: f64 = 256.0 * 1024.0;
+    let mut add = |name: String, ys: Vec<f64>, significant: f64| {
+        analysis
+            .series
+            .push(fit(&name, &ys, warmup, cycle_s, significant));
+    };
+    add(
+        "tree.pss".into(),
+        cycles
+            .iter()
+            .map(|c| c.by_role.values().map(|r| r.pss).sum::<u64>() as f64)
+            .collect(),
+        BYTES,
+    );
+    let roles: std::collections::BTreeSet<&String> =
+        cycles.iter().flat_map(|c| c.by_role.keys()).collect();
+    for role in roles {
+        let pss = cycles
+            .iter()
+            .map(|c| c.by_role.get(role).map_or(0, |r| r.pss) as f64)
+            .collect();
+        add(format!("role.{role}.pss"), pss, BYTES);
+    }
+    let keys: std::collections::BTreeSet<&String> =
+        cycles.iter().flat_map(|c| c.worker.keys()).collect();
+    for key in keys {
+        if cycles.iter().all(|c| c.worker.contains_key(key)) {
+            add(
+                format!("worker.{key}"),
+                cycles.iter().map(|c| c.worker[key]).collect(),
+                BYTES,
+            );
+        }
+    }
+    if cycles.iter().all(|c| c.browser.is_some()) {
+        let views: Vec<_> = cycles.iter().filter_map(|c| c.browser.as_ref()).collect();
+        add(
+            "browser.pages".into(),
+            views.iter().map(|v| v.pages as f64).collect(),
+            0.5,
+        );
+        add(
+            "browser.contexts".into(),
+            views.iter().map(|v| v.contexts as f64).collect(),
+            0.5,
+        );
+        add(
+            "browser.js_heap_used".into(),
+            views.iter().map(|v| v.js_heap_used as f64).collect(),
+            BYTES,
+        );
+    }
+    let tree_warmup = analysis.tree().map_or(0, |t| t.warmup_cycles);
+    let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
+    for cycle in cycles.iter().skip(tree_warmup) {
+        for phase in &cycle.phases {
+            let entry = sums.entry(phase.name.clone()).or_default();
+            entry.0 += phase.growth.values().map(|g| g.pss as f64).sum::<f64>();
+            entry.1 += 1;
+        }
+    }
+    analysis.phase_growth = sums
+        .into_iter()
+        .map(|(name, (sum, n))| (name, sum / f64::from(n.max(1))))
+        .collect();
+    if let (Some(budget), Some(tree)) = (budget, analysis.tree()) {
+        analysis.budget = Some(budget.check(tree, cycle_s));
+    }
+    analysis
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: f64 = 1048576.0;
+
+    /// A deterministic wobble, so the tests need no random numbers.
+    fn noise(i: usize, amplitude: f64) -> f64 {
+        (((i * 7919) % 13) as f64 / 12.0 - 0.5) * 2.0 * amplitude
+    }
+
+    #[test]
+    fn finds_a_known_slope_through_noise_and_outliers() {
+        let mut ys: Vec<f64> = (0..30)
+            .map(|i| 100.0 * MIB + 2.0 * MIB * i as f64 + noise(i, 0.3 * MIB))
+            .collect();
+        ys[7] += 60.0 * MIB; // one cycle caught before a GC
+        ys[19] -= 40.0 * MIB;
+        let fit = fit("x", &ys, Some(0), 60.0, 256.0 * 1024.0);
+        assert!(
+            (fit.per_cycle - 2.0 * MIB).abs() < 0.1 * MIB,
+            "{}",
+            fit.per_cycle / MIB
+        );
+        assert!((fit.per_day - 2.0 * MIB * 1440.0).abs() < 0.1 * MIB * 1440.0);
+        assert_eq!(fit.shape, Some(Shape::Linear));
+        assert!(fit.trustworthy);
+    }
+
+    #[test]
+    fn a_plateau_after_warm_up_is_not_a_leak() {
+        let ys: Vec<f64> = (0..30)
+            .map(|i| if i < 6 { 50.0 * MIB + 20.0 * MIB * i as f64 } else { 150.0 * MIB } + noise(i, 0.05 * MIB))
+            .collect();
+        let fit = fit("x", &ys, None, 10.0, 256.0 * 1024.0);
+        assert!(
+            (4..=7).contains(&fit.warmup_cycles),
+            "warm-up {}",
+            fit.warmup_cycles
+        );
+        assert_eq!(fit.shape, Some(Shape::Plateau));
+        assert!(fit.per_cycle.abs() < 0.05 * MIB);
+    }
+
+    #[test]
+    fn accelerating_growth_is_told_from_linear() {
+        let ys: Vec<f64> = (0..30).map(|i| 0.05 * MIB * (i * i) as f64).collect();
+        assert_eq!(
+            fit("x", &ys, Some(0), 10.0, 256.0 * 1024.0).shape,
+            Some(Shape::Accelerating)
+        );
+        let flat: Vec<f64> = (0..30).map(|i| 80.0 * MIB + noise(i, 0.02 * MIB)).collect();
+        assert_eq!(
+            fit("x", &flat, Some(0), 10.0, 256.0 * 1024.0).shape,
+            Some(Shape::Flat)
+        );
+    }
+
+    #[test]
+    fn a_sawtooth_that_cleanup_resets_does_not_grow() {
+        let ys: Vec<f64> = (0..30)
+            .map(|i| 60.0 * MIB + (i % 3) as f64 * 4.0 * MIB)
+            .collect();
+        let fit = fit("x", &ys, Some(0), 10.0, 256.0 * 1024.0);
+        assert!(fit.per_cycle.abs() < 0.5 * MIB, "{}", fit.per_cycle / MIB);
+        assert_ne!(fit.shape, Some(Shape::Linear));
+    }
+
+    #[test]
+    fn too_few_cycles_give_no_trustworthy_fit() {
+        let three = fit("x", &[1.0, 2.0, 3.0], Some(0), 10.0, 0.5);
+        assert!(!three.trustworthy);
+        assert_eq!(three.shape, Some(Shape::Unknown));
+        assert_eq!(
+            fit("x", &[5.0], Some(0), 10.0, 0.5).shape,
+            Some(Shape::Unknown)
+        );
+    }
+
+    #[test]
+    fn budgets_read_like_people_write_them() {
+        assert_eq!(
+            "5MiB/day".parse::<Budget>().unwrap(),
+            Budget::PerDay(5.0 * MIB)
+        );
+        assert_eq!(
+            "200KiB/cycle".parse::<Budget>().unwrap(),
+            Budget::PerCycle(200.0 * 1024.0)
+        );
+        assert_eq!("1MB/hour".parse::<Budget>().unwrap(), Budget::PerDay(24e6));
+        assert!("5 MiB".parse::<Budget>().is_err());
+        assert!("5XB/day".parse::<Budget>().is_err());
+        let tree = SeriesFit {
+            per_day: 6.0 * MIB,
+            ..SeriesFit::default()
+        };
+        assert!(!Budget::PerDay(5.0 * MIB).check(&tree, 10.0).pass);
+        // 1 KiB per 10 s cycle is 8640 KiB per day.
+        let check = Budget::PerCycle(1024.0).check(&tree, 10.0);
+        assert_eq!((check.limit_per_day, check.pass), (8640.0 * 1024.0, true));
+    }
+}
