@@ -354,6 +354,16 @@ fn a_budget_gates_the_exit_code_on_the_fitted_growth() {
         tree.per_cycle
     );
     assert!(!trace.analysis.budget.as_ref().unwrap().pass);
+    // The worker's own processes carry the growth, its cleanup gives 1 MiB back, scrape grows.
+    assert_eq!(trace.analysis.verdict.source, "worker-heap");
+    let answers = &trace.analysis.answers;
+    assert_eq!(answers.growth_phase.as_deref(), Some("scrape"));
+    assert_eq!(answers.cleanup_helps, Some(true));
+    let cleanup = answers.cleanup_change.unwrap();
+    assert!(
+        (cleanup + MIB as f64).abs() < 0.1 * MIB as f64,
+        "cleanup {cleanup}"
+    );
     let (code, trace) = run("100MiB/cycle");
     assert_eq!(code, Some(0));
     assert!(trace.analysis.budget.unwrap().pass);

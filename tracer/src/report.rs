@@ -227,6 +227,24 @@ fn answers(out: &mut String, trace: &Trace) {
             bytes(others as i64, true)
         );
     }
+    if let Some(recreation) = analysis.answers.recreation_change {
+        let others = analysis.answers.other_cycles_change.unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "  recreation    cycles that recreated pages or contexts: {} PSS, others {}",
+            bytes(recreation as i64, true),
+            bytes(others as i64, true)
+        );
+    }
+    let verdict = &analysis.verdict;
+    if !verdict.source.is_empty() {
+        let _ = writeln!(
+            out,
+            "  verdict       {}: {}",
+            verdict.source,
+            verdict.evidence.join("; ")
+        );
+    }
     if let Some(budget) = &analysis.budget {
         let _ = writeln!(
             out,
