@@ -14,6 +14,8 @@ use crate::trace::Trace;
 
 /// Fewer complete cycles than this after warm-up give no trustworthy fit.
 pub const MIN_CYCLES: usize = 5;
+/// Below this R², a line explains too little of the cycles for their slope to be growth.
+const MIN_R2: f64 = 0.5;
 const SECONDS_PER_DAY: f64 = 86_400.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,7 +179,7 @@ pub fn fit(
     result.r2 = r2;
     result.shape = Some(if !result.trustworthy {
         Shape::Unknown
-    } else if slope * post.len() as f64 <= significant {
+    } else if slope * post.len() as f64 <= significant || r2 < MIN_R2 {
         let warmup_grew = warmup_cycles > 0 && ys[warmup_cycles] - ys[0] > significant;
         if warmup_grew {
             Shape::Plateau
@@ -260,10 +262,13 @@ impl Budget {
             Budget::PerCycle(bytes) if cycle_s > 0.0 => bytes * SECONDS_PER_DAY / cycle_s,
             Budget::PerCycle(_) => f64::INFINITY,
         };
+        // A flat series (or a plateau after warm-up) has no growth to tell from its noise, however
+        // short the cycles make the per-day figure of that noise.
+        let no_growth = matches!(tree.shape, Some(Shape::Flat | Shape::Plateau));
         BudgetCheck {
             limit_per_day,
             measured_per_day: tree.per_day,
-            pass: tree.per_day <= limit_per_day,
+            pass: no_growth || tree.per_day <= limit_per_day,
         }
     }
 }
@@ -336,8 +341,17 @@ pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> 
     if cycles.is_empty() {
         return analysis;
     }
+    // What counts as growth over the fitted cycles: for bytes, 256 KiB or 0.5% of the series'
+    // level, whichever is more (a browser's PSS wanders by more than a small process's); for
+    // counts, half a page or context.
     const BYTES: f64 = 256.0 * 1024.0;
-    let mut add = |name: String, ys: Vec<f64>, significant: f64| {
+    let mut add = |name: String, ys: Vec<f64>, floor: f64| {
+        let level = ys.iter().map(|y| y.abs()).sum::<f64>() / ys.len().max(1) as f64;
+        let significant = if floor == BYTES {
+            floor.max(0.005 * level)
+        } else {
+            floor
+        };
         analysis
             .series
             .push(fit(&name, &ys, warmup, cycle_s, significant));

@@ -64,6 +64,18 @@ enum Command {
     },
     /// Say what this machine supports and what is missing, with fixes. Exit 1 if something is.
     Doctor,
+    /// Trace the built-in leaky worker (the `zoo` fixture, driving Chromium) and print the report.
+    ///
+    /// The worker is built by `cargo xtask demo`, which also installs Chromium if it is missing.
+    Demo {
+        /// The leak to show: none, worker-heap, worker-external, pages, contexts, in-page,
+        /// accelerating, cleanup-only, sawtooth.
+        #[arg(long, default_value = "pages")]
+        leak: String,
+        /// Cycles of the worker to trace.
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(2..))]
+        cycles: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +207,34 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
     Ok(budget_exit_code(&trace))
 }
 
+/// The demo: the zoo worker next to this binary, traced over its cycles.
+fn demo(leak: &str, cycles: u32) -> Result<()> {
+    let me = std::env::current_exe().context("cannot find leaktrace's own path")?;
+    let worker = me.with_file_name("zoo");
+    if !worker.is_file() {
+        anyhow::bail!(
+            "the demo worker {} is not built: run `cargo xtask demo`",
+            worker.display()
+        );
+    }
+    if !std::path::Path::new("/usr/bin/chromium").exists() {
+        anyhow::bail!("the demo drives Chromium, which is not installed: run `cargo xtask setup`");
+    }
+    eprintln!(
+        "leaktrace demo: {cycles} cycles of a scraper whose leak is `{leak}`; the report follows."
+    );
+    let command = vec![
+        worker.display().to_string(),
+        "--leak".into(),
+        leak.into(),
+        "--cycles".into(),
+        cycles.to_string(),
+    ];
+    let mut trace = session::trace(session::Target::Run(command), session::Options::default())?;
+    trace.analysis = crate::analysis::analyze(&trace, None, None);
+    print(false, &report::render(&trace))
+}
+
 /// 3 when a budget was given and the growth exceeded it; 0 otherwise.
 fn budget_exit_code(trace: &Trace) -> ExitCode {
     match &trace.analysis.budget {
@@ -226,6 +266,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             return run_trace(session::Target::Attach(pid), &trace, false);
         }
         Command::Report { trace } => print(false, &report::render(&Trace::read(&trace)?))?,
+        Command::Demo { leak, cycles } => demo(&leak, cycles)?,
         Command::Doctor => {
             let checks = doctor::diagnose();
             print(false, &doctor::render(&checks))?;

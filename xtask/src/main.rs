@@ -31,7 +31,7 @@ enum Task {
     Build,
     /// Run every test: unit tests, and the root integration tests against the real kernel.
     Test,
-    /// Trace the built-in fixture program and print its report.
+    /// Build everything and run `leaktrace demo`: the built-in leaky worker driving Chromium.
     Demo,
     /// Time a memory-syscall storm untraced, under leaktrace and under bpftrace, side by side.
     Bench {
@@ -241,21 +241,13 @@ fn main() -> Result<()> {
                 "--package",
                 "leaktrace-tests",
             ])?;
-            let bin = workspace().join("target/release");
-            let ledger =
-                env::temp_dir().join(format!("leaktrace-demo-{}.jsonl", std::process::id()));
-            let mut leaktrace = Command::new(bin.join("leaktrace"));
+            let bin = workspace().join("target/release/leaktrace");
+            let mut leaktrace = Command::new(&bin);
             if !is_root() {
                 leaktrace = Command::new("sudo");
-                leaktrace.arg(bin.join("leaktrace"));
+                leaktrace.arg(&bin);
             }
-            let result = run(leaktrace
-                .args(["run", "--"])
-                .arg(bin.join("ledger"))
-                .arg("--ledger")
-                .arg(&ledger));
-            let _ = std::fs::remove_file(&ledger);
-            result?;
+            run(leaktrace.arg("demo"))?;
         }
         Task::Bench { rounds } => bench::run(&workspace(), rounds)?,
     }

@@ -1,0 +1,205 @@
+//! The leak zoo: each pattern of the `zoo` fixture (real Chromium, 30 cycles of scrape, cleanup
+//! and idle, marked on leaktrace's socket) must get the right verdict, a growth rate within 15%
+//! of what the fixture keeps, and the right shape, phase, cleanup and recreation answers; `none`
+//! passes a 5 MiB/day budget and a leak fails it with exit 3.
+
+mod support;
+
+use std::process::Command;
+
+use leaktrace::{analysis::Shape, trace::Trace};
+use support::{Scratch, fixture, leaktrace, require_chromium, require_root};
+
+const MIB: f64 = 1048576.0;
+const CYCLES: &str = "30";
+
+fn zoo(name: &str, leak: &str, extra: &[&str]) -> Option<(Option<i32>, Trace)> {
+    if !require_root(name) || !require_chromium(name) {
+        return None;
+    }
+    let scratch = Scratch::new(name);
+    let json = scratch.path("t.json");
+    let output = Command::new(leaktrace())
+        .args(["run", "-q", "--budget", "5MiB/day", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(fixture("zoo"))
+        .args(["--leak", leak, "--cycles", CYCLES, "--profile"])
+        .arg(scratch.path("profile"))
+        .args(extra)
+        .output()
+        .unwrap();
+    let trace = Trace::read(&json)
+        .unwrap_or_else(|e| panic!("{e:#}: {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(
+        trace.cycles.iter().filter(|c| !c.cut).count(),
+        30,
+        "{name}: all cycles complete"
+    );
+    Some((output.status.code(), trace))
+}
+
+fn series<'a>(trace: &'a Trace, name: &str) -> &'a leaktrace::analysis::SeriesFit {
+    trace
+        .analysis
+        .series
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no series {name}"))
+}
+
+fn assert_within(what: &str, measured: f64, truth: f64) {
+    assert!(
+        (measured - truth).abs() <= 0.15 * truth.abs(),
+        "{what}: {measured} against {truth} (15%)"
+    );
+}
+
+/// A leak the worker keeps itself: the verdict, the rate, and the budget's exit 3.
+fn assert_worker_leak(trace: &Trace, code: Option<i32>, source: &str, per_cycle: f64) {
+    assert_eq!(
+        trace.analysis.verdict.source, source,
+        "{:?}",
+        trace.analysis.verdict
+    );
+    assert_within(
+        "tree growth per cycle",
+        trace.analysis.answers.growth_per_cycle,
+        per_cycle,
+    );
+    assert_eq!(code, Some(3), "a leak fails a 5 MiB/day budget");
+}
+
+#[test]
+fn zoo_none_grows_only_in_warm_up_and_passes_the_budget() {
+    let Some((code, trace)) = zoo("zoo-none", "none", &[]) else {
+        return;
+    };
+    assert_eq!(
+        trace.analysis.verdict.source, "none",
+        "{:?}",
+        trace.analysis.verdict
+    );
+    assert!(matches!(
+        trace.analysis.answers.shape,
+        Some(Shape::Flat | Shape::Plateau)
+    ));
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn zoo_worker_heap() {
+    let Some((code, trace)) = zoo("zoo-worker-heap", "worker-heap", &[]) else {
+        return;
+    };
+    assert_worker_leak(&trace, code, "worker-heap", 4.0 * MIB);
+    assert_eq!(
+        series(&trace, "worker.heapUsed").per_cycle,
+        4.0 * MIB,
+        "the worker's own figure"
+    );
+    assert_eq!(trace.analysis.answers.shape, Some(Shape::Linear));
+    assert_eq!(
+        trace.analysis.answers.growth_phase.as_deref(),
+        Some("scrape")
+    );
+}
+
+#[test]
+fn zoo_worker_external() {
+    let Some((code, trace)) = zoo("zoo-worker-external", "worker-external", &[]) else {
+        return;
+    };
+    assert_worker_leak(&trace, code, "worker-external", 4.0 * MIB);
+    assert_eq!(series(&trace, "worker.external").per_cycle, 4.0 * MIB);
+}
+
+#[test]
+fn zoo_pages() {
+    let Some((code, trace)) = zoo("zoo-pages", "pages", &[]) else {
+        return;
+    };
+    assert_eq!(trace.analysis.verdict.source, "page-accumulation");
+    assert_eq!(series(&trace, "browser.pages").per_cycle, 1.0);
+    assert_eq!(code, Some(3));
+}
+
+#[test]
+fn zoo_contexts() {
+    let Some((code, trace)) = zoo("zoo-contexts", "contexts", &[]) else {
+        return;
+    };
+    assert_eq!(trace.analysis.verdict.source, "context-accumulation");
+    assert_eq!(series(&trace, "browser.contexts").per_cycle, 1.0);
+    assert_eq!(code, Some(3));
+}
+
+#[test]
+fn zoo_in_page() {
+    let Some((code, trace)) = zoo("zoo-in-page", "in-page", &[]) else {
+        return;
+    };
+    assert_eq!(
+        trace.analysis.verdict.source, "in-page-js",
+        "{:?}",
+        trace.analysis.verdict
+    );
+    // 4 MiB of doubles a cycle, plus what the growing array holds in reserve.
+    let heap = series(&trace, "browser.js_heap_used").per_cycle;
+    assert!(
+        (4.0 * MIB..=6.5 * MIB).contains(&heap),
+        "JS heap {heap} per cycle"
+    );
+    assert_eq!(code, Some(3));
+}
+
+#[test]
+fn zoo_accelerating() {
+    let Some((_, trace)) = zoo("zoo-accelerating", "accelerating", &[]) else {
+        return;
+    };
+    assert_eq!(trace.analysis.answers.shape, Some(Shape::Accelerating));
+    assert_eq!(trace.analysis.verdict.source, "worker-heap");
+}
+
+#[test]
+fn zoo_cleanup_only() {
+    let Some((code, trace)) = zoo("zoo-cleanup-only", "cleanup-only", &[]) else {
+        return;
+    };
+    assert_worker_leak(&trace, code, "worker-heap", 4.0 * MIB);
+    assert_eq!(
+        trace.analysis.answers.growth_phase.as_deref(),
+        Some("cleanup")
+    );
+    assert_eq!(trace.analysis.answers.cleanup_helps, Some(false));
+}
+
+#[test]
+fn zoo_sawtooth_cleanup_gives_it_back() {
+    let Some((code, trace)) = zoo("zoo-sawtooth", "sawtooth", &[]) else {
+        return;
+    };
+    assert_eq!(
+        trace.analysis.verdict.source, "none",
+        "{:?}",
+        trace.analysis.verdict
+    );
+    assert_eq!(trace.analysis.answers.cleanup_helps, Some(true));
+    assert_within(
+        "cleanup change",
+        trace.analysis.answers.cleanup_change.unwrap(),
+        -8.0 * MIB,
+    );
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn zoo_recreating_pages_gives_memory_back() {
+    let Some((_, trace)) = zoo("zoo-recreate", "pages", &["--recreate-every", "5"]) else {
+        return;
+    };
+    let answers = &trace.analysis.answers;
+    assert_eq!(answers.recreation_helps, Some(true), "{answers:?}");
+    assert!(answers.recreation_change.unwrap() < 0.0);
+}
