@@ -368,3 +368,36 @@ fn a_budget_gates_the_exit_code_on_the_fitted_growth() {
     assert_eq!(code, Some(0));
     assert!(trace.analysis.budget.unwrap().pass);
 }
+
+#[test]
+fn an_interim_analysis_is_printed_every_k_cycles() {
+    if !require_root("an_interim_analysis_is_printed_every_k_cycles") {
+        return;
+    }
+    let scratch = Scratch::new("cycles-interim");
+    let output = Command::new(leaktrace())
+        .args(["run", "--analyze-every", "3", "-o"])
+        .arg(scratch.path("t.json"))
+        .args(REGEX)
+        .arg("--")
+        .arg(fixture("cycler"))
+        .args(["--cycles", "7", "--markers", "stdout", "--pause-ms", "150"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let interim: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("leaktrace: after "))
+        .collect();
+    assert_eq!(interim.len(), 2, "after cycles 3 and 6: {stderr}");
+    assert!(
+        interim[0].starts_with("leaktrace: after 3 cycles: tree PSS +"),
+        "{}",
+        interim[0]
+    );
+    assert!(
+        interim[1].contains("likely source: worker-heap"),
+        "{}",
+        interim[1]
+    );
+}

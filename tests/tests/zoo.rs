@@ -150,6 +150,12 @@ fn zoo_in_page() {
         (4.0 * MIB..=6.5 * MIB).contains(&heap),
         "JS heap {heap} per cycle"
     );
+    // The growth is attributed to the site that holds it.
+    let site = series(&trace, "site.data:.js_heap_used").per_cycle;
+    assert!(
+        (4.0 * MIB..=6.5 * MIB).contains(&site),
+        "site JS heap {site} per cycle"
+    );
     assert_eq!(code, Some(3));
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::trace::Trace;
+use crate::trace::{Cycle, Trace};
 
 /// Fewer complete cycles than this after warm-up give no trustworthy fit.
 pub const MIN_CYCLES: usize = 5;
@@ -282,9 +282,59 @@ pub struct Analysis {
     pub series: Vec<SeriesFit>,
     /// Mean change of the tree's PSS in each phase, over complete cycles past warm-up.
     pub phase_growth: BTreeMap<String, f64>,
+    /// How the tree's PSS changed from one cycle end to the next: the distribution.
+    pub cycle_growth: Option<Distribution>,
     pub answers: Answers,
     pub verdict: Verdict,
     pub budget: Option<BudgetCheck>,
+}
+
+/// Quantiles of a distribution of signed byte changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Distribution {
+    pub count: u64,
+    pub min: i64,
+    pub p50: i64,
+    pub p90: i64,
+    pub p99: i64,
+    pub max: i64,
+}
+
+/// The per-cycle changes of the tree's PSS, through an HDR histogram (3 significant digits):
+/// one cycle's jump, such as a GC or a cache fill, shows in the tail, not in the median.
+fn distribution(cycles: &[&Cycle]) -> Option<Distribution> {
+    let pss: Vec<i64> = cycles
+        .iter()
+        .map(|c| c.by_role.values().map(|r| r.pss as i64).sum())
+        .collect();
+    let changes: Vec<i64> = pss.windows(2).map(|w| w[1] - w[0]).collect();
+    let min = *changes.iter().min()?;
+    // Histograms hold non-negative values: record each change shifted by the smallest.
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3).ok()?;
+    for change in &changes {
+        histogram.record((change - min) as u64).ok()?;
+    }
+    let at = |q: f64| histogram.value_at_quantile(q) as i64 + min;
+    Some(Distribution {
+        count: changes.len() as u64,
+        min,
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        max: histogram.max() as i64 + min,
+    })
+}
+
+/// The origin of a URL (scheme and host), or its scheme when it has no host (data:, about:).
+pub fn origin(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!(
+            "{scheme}://{}",
+            rest.split(['/', '?', '#']).next().unwrap_or("")
+        ),
+        None => url.split(':').next().unwrap_or(url).to_string() + ":",
+    }
 }
 
 /// The six questions of an investigation, answered with numbers.
@@ -331,7 +381,12 @@ impl Analysis {
 
 /// Fits every series of the trace's complete cycles.
 pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> Analysis {
-    let cycles: Vec<_> = trace.cycles.iter().filter(|c| !c.cut).collect();
+    analyze_cycles(&trace.cycles, warmup, budget)
+}
+
+/// The same over a list of cycles (the interim analysis of a trace still running).
+pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Budget>) -> Analysis {
+    let cycles: Vec<&Cycle> = cycles.iter().filter(|c| !c.cut).collect();
     let mut lengths: Vec<f64> = cycles.iter().map(|c| c.end_s - c.start_s).collect();
     let cycle_s = median(&mut lengths).unwrap_or(0.0);
     let mut analysis = Analysis {
@@ -401,6 +456,21 @@ pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> 
             views.iter().map(|v| v.js_heap_used as f64).collect(),
             BYTES,
         );
+        // Per site: the JS heap of every page of an origin, for origins open in every cycle.
+        let mut sites: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for (i, view) in views.iter().enumerate() {
+            for page in view.page_list.iter().filter(|p| !p.internal) {
+                let heap = sites
+                    .entry(origin(&page.url))
+                    .or_insert_with(|| vec![0.0; views.len()]);
+                heap[i] += page.js_heap_used as f64;
+            }
+        }
+        for (site, heap) in sites {
+            if heap.iter().all(|h| *h > 0.0) {
+                add(format!("site.{site}.js_heap_used"), heap, BYTES);
+            }
+        }
     }
     let tree_warmup = analysis.tree().map_or(0, |t| t.warmup_cycles);
     let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
@@ -418,6 +488,7 @@ pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> 
     if let (Some(budget), Some(tree)) = (budget, analysis.tree()) {
         analysis.budget = Some(budget.check(tree, cycle_s));
     }
+    analysis.cycle_growth = distribution(&cycles);
     analysis.answers = answers(&analysis, &cycles);
     analysis.verdict = verdict(&analysis);
     analysis
@@ -712,6 +783,43 @@ mod tests {
             ..Analysis::default()
         };
         assert_eq!(verdict(&flat).source, "none");
+    }
+
+    #[test]
+    fn sites_are_origins() {
+        assert_eq!(
+            origin("https://shop.example:8443/p/1?x=2"),
+            "https://shop.example:8443"
+        );
+        assert_eq!(origin("data:text/html,<p>hi</p>"), "data:");
+        assert_eq!(origin("about:blank"), "about:");
+    }
+
+    #[test]
+    fn the_per_cycle_distribution_keeps_one_jump_in_its_tail() {
+        let mut cycles = Vec::new();
+        for (i, pss) in [100u64, 101, 102, 103, 153, 154, 155, 156, 157, 158, 159]
+            .iter()
+            .enumerate()
+        {
+            let mut cycle = Cycle {
+                index: i as u32 + 1,
+                ..Cycle::default()
+            };
+            cycle.by_role.insert(
+                "worker".into(),
+                crate::trace::RoleTotals {
+                    pss: pss * 1024,
+                    anon: 0,
+                    count: 1,
+                },
+            );
+            cycles.push(cycle);
+        }
+        let refs: Vec<&Cycle> = cycles.iter().collect();
+        let d = distribution(&refs).unwrap();
+        assert_eq!((d.count, d.min, d.p50), (10, 1024, 1024));
+        assert!((50 * 1024 - 64..=50 * 1024 + 64).contains(&d.max), "{d:?}");
     }
 
     #[test]

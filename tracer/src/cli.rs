@@ -112,6 +112,9 @@ struct TraceArgs {
     /// Mark the first N cycles as warm-up.
     #[arg(long, value_name = "N", default_value_t = 0)]
     warmup: u32,
+    /// Print an interim analysis on stderr every K complete cycles (0: never).
+    #[arg(long, value_name = "K", default_value_t = 20)]
+    analyze_every: u32,
     /// The browser's DevTools endpoint: `auto` finds it on the traced Chromium's command line
     /// (--remote-debugging-port, DevToolsActivePort), `off`, or a ws:// or http://host:port URL.
     /// leaktrace only reads: pages, contexts, URLs, JS heaps, Chromium's process list.
@@ -184,6 +187,7 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
             cycle_every: args.cycle_every,
             cycles: args.cycles,
             warmup: args.warmup,
+            analyze_every: args.analyze_every,
         },
         cdp: args.cdp.clone(),
         redact_urls: args.redact_urls,

@@ -204,6 +204,16 @@ fn answers(out: &mut String, trace: &Trace) {
         );
     }
     let _ = writeln!(out, "  shape         {}", shape(tree));
+    if let Some(d) = &analysis.cycle_growth {
+        let _ = writeln!(
+            out,
+            "  per cycle     tree PSS change: median {}, p90 {}, max {} (min {})",
+            bytes(d.p50, true),
+            bytes(d.p90, true),
+            bytes(d.max, true),
+            bytes(d.min, true)
+        );
+    }
     if let Some(cleanup) = analysis
         .phase_growth
         .iter()

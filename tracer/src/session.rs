@@ -74,6 +74,8 @@ pub struct MarkerOptions {
     pub cycles: Option<u32>,
     /// The first cycles are warm-up.
     pub warmup: u32,
+    /// Print an interim analysis on stderr every this many cycles (0: never).
+    pub analyze_every: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -354,6 +356,8 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         target: marker_options.cycles,
         started,
         inspector,
+        analyze_every: marker_options.analyze_every,
+        warmup: marker_options.warmup,
     };
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(TICK);
@@ -474,6 +478,31 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     })
 }
 
+impl Cutting {
+    /// Every `--analyze-every` cycles, the fits so far, on stderr.
+    fn interim_analysis(&self) {
+        let done = self.timeline.complete_cycles();
+        if !self.warn
+            || self.analyze_every == 0
+            || !done.is_multiple_of(self.analyze_every as usize)
+        {
+            return;
+        }
+        let warmup = (self.warmup > 0).then_some(self.warmup as usize);
+        let analysis = crate::analysis::analyze_cycles(self.timeline.cycles(), warmup, None);
+        let Some(tree) = analysis.tree() else { return };
+        let line = format!(
+            "leaktrace: after {done} cycles: tree PSS {}/cycle, {}/day (R² {:.2}, {:?}); likely source: {}\n",
+            crate::report::bytes(tree.per_cycle as i64, true),
+            crate::report::bytes(tree.per_day as i64, true),
+            tree.r2,
+            tree.shape.unwrap_or(crate::analysis::Shape::Unknown),
+            analysis.verdict.source,
+        );
+        self.progress.pass(true, line.as_bytes());
+    }
+}
+
 /// Cuts the trace into cycles as markers come.
 struct Cutting {
     timeline: Timeline,
@@ -486,6 +515,8 @@ struct Cutting {
     target: Option<u32>,
     started: Instant,
     inspector: Option<WorkerInspector>,
+    analyze_every: u32,
+    warmup: u32,
 }
 
 impl Cutting {
@@ -533,6 +564,9 @@ impl Cutting {
         }
         if let Some(ack) = marker.ack {
             let _ = ack.send(());
+        }
+        if cycle_end {
+            self.interim_analysis();
         }
         self.target
             .is_some_and(|n| self.timeline.complete_cycles() >= n as usize)
