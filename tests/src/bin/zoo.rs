@@ -26,7 +26,7 @@ use chromiumoxide::{
     Browser, BrowserConfig, Page,
     cdp::{
         browser_protocol::target::{CreateBrowserContextParams, CreateTargetParams},
-        js_protocol::heap_profiler::CollectGarbageParams,
+        js_protocol::{heap_profiler::CollectGarbageParams, runtime::GetHeapUsageParams},
     },
 };
 use futures::StreamExt;
@@ -217,8 +217,20 @@ async fn main() {
         }
         markers.send("phase idle");
         tokio::time::sleep(Duration::from_millis(100)).await;
+        // The worker's own reading of its main page's JS heap (after a GC): the truth that
+        // leaktrace's DevTools reading is checked against.
+        main_page
+            .execute(CollectGarbageParams::default())
+            .await
+            .unwrap();
+        let page_heap = main_page
+            .execute(GetHeapUsageParams::default())
+            .await
+            .unwrap()
+            .result
+            .used_size;
         markers.send(&format!(
-            "cycle heapUsed={} external={}",
+            "cycle heapUsed={} external={} pageHeap={page_heap}",
             kept.heap_bytes, kept.external_bytes
         ));
     }
