@@ -235,6 +235,17 @@ fn report_re_renders_a_saved_trace_exactly() {
         String::from_utf8_lossy(&rendered.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    let markdown = Command::new(leaktrace())
+        .args(["report", "--markdown"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let markdown = String::from_utf8_lossy(&markdown.stdout);
+    assert!(markdown.starts_with("## leaktrace: `true`"), "{markdown}");
+    assert!(markdown.contains(&format!(
+        "```text\n{}```",
+        String::from_utf8_lossy(&output.stderr)
+    )));
 }
 
 #[test]

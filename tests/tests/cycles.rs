@@ -401,3 +401,59 @@ fn an_interim_analysis_is_printed_every_k_cycles() {
         interim[1]
     );
 }
+
+#[test]
+fn diff_says_fixed_for_the_fix_and_new_growth_the_other_way() {
+    if !require_root("diff_says_fixed_for_the_fix_and_new_growth_the_other_way") {
+        return;
+    }
+    let scratch = Scratch::new("cycles-diff");
+    let trace_of = |name: &str, extra: &[&str]| {
+        let json = scratch.path(name);
+        let mut args = vec!["--cycles", "7", "--markers", "stdout", "--pause-ms", "150"];
+        args.extend(extra);
+        let output = Command::new(leaktrace())
+            .args(["run", "-q", "-o"])
+            .arg(&json)
+            .args(REGEX)
+            .arg("--")
+            .arg(fixture("cycler"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        json
+    };
+    let (leaking, fixed) = (
+        trace_of("before.json", &[]),
+        trace_of("after.json", &["--fixed"]),
+    );
+    let diff = |before: &std::path::Path, after: &std::path::Path| {
+        let output = Command::new(leaktrace())
+            .arg("diff")
+            .arg(before)
+            .arg(after)
+            .args(["--budget", "5MiB/day"])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, text) = diff(&leaking, &fixed);
+    assert_eq!(code, Some(0), "the fixed worker is within budget: {text}");
+    assert!(text.contains("overall (tree PSS): fixed"), "{text}");
+    let tree = text.lines().find(|l| l.starts_with("tree.pss")).unwrap();
+    assert!(
+        tree.contains("+") && tree.ends_with("fixed"),
+        "both rates shown: {tree}"
+    );
+    assert!(
+        text.contains("warning: the traces ran different commands"),
+        "{text}"
+    );
+    let (code, text) = diff(&fixed, &leaking);
+    assert!(text.contains("overall (tree PSS): new growth"), "{text}");
+    assert_eq!(code, Some(3), "the leaking AFTER exceeds the budget");
+}

@@ -7,7 +7,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::{doctor, report, session, trace::Trace};
+use crate::{diff, doctor, report, session, trace::Trace};
 
 const ABOUT: &str = "Which process, and which kind of memory in it, keeps growing.";
 const LONG_ABOUT: &str = "\
@@ -61,6 +61,20 @@ enum Command {
         /// The trace file.
         #[arg(value_name = "TRACE.json")]
         trace: PathBuf,
+        /// As Markdown, to paste into an issue.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Compare two saved traces, before and after a fix: every series' rate side by side, and
+    /// whether it is fixed, improved, unchanged, regressed or new growth.
+    Diff {
+        #[arg(value_name = "BEFORE.json")]
+        before: PathBuf,
+        #[arg(value_name = "AFTER.json")]
+        after: PathBuf,
+        /// Exit 3 when AFTER's tree grows faster than RATE (5MiB/day, 200KiB/cycle).
+        #[arg(long, value_name = "RATE")]
+        budget: Option<crate::analysis::Budget>,
     },
     /// Say what this machine supports and what is missing, with fixes. Exit 1 if something is.
     Doctor,
@@ -269,7 +283,40 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             return run_trace(session::Target::Attach(pid), &trace, false);
         }
-        Command::Report { trace } => print(false, &report::render(&Trace::read(&trace)?))?,
+        Command::Report { trace, markdown } => {
+            let trace = Trace::read(&trace)?;
+            let text = report::render(&trace);
+            print(
+                false,
+                &if markdown {
+                    report::markdown(&trace, &text)
+                } else {
+                    text
+                },
+            )?;
+        }
+        Command::Diff {
+            before,
+            after,
+            budget,
+        } => {
+            let (before, after) = (Trace::read(&before)?, Trace::read(&after)?);
+            let comparison = diff::compare(&before, &after);
+            print(false, &diff::render(&before, &after, &comparison))?;
+            if let (Some(budget), Some(tree)) = (budget, after.analysis.tree()) {
+                let check = budget.check(tree, after.analysis.cycle_s);
+                print(
+                    false,
+                    &format!(
+                        "budget on AFTER: {}\n",
+                        if check.pass { "pass" } else { "EXCEEDED" }
+                    ),
+                )?;
+                if !check.pass {
+                    return Ok(ExitCode::from(3));
+                }
+            }
+        }
         Command::Demo { leak, cycles } => demo(&leak, cycles)?,
         Command::Doctor => {
             let checks = doctor::diagnose();

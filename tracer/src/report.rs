@@ -89,6 +89,37 @@ fn more_rows_note(out: &mut String, shown: usize, total: usize) {
     }
 }
 
+/// The report as Markdown: the verdict and answers on top, the full report below.
+pub fn markdown(trace: &Trace, text: &str) -> String {
+    let mut out = format!("## leaktrace: `{}`\n\n", trace.command.join(" "));
+    let analysis = &trace.analysis;
+    if let Some(tree) = analysis.tree() {
+        let _ = writeln!(
+            out,
+            "- **verdict**: {} ({})\n- **growth**: tree PSS {}/cycle, {}/day (R² {:.2}, {} cycles)",
+            analysis.verdict.source,
+            analysis.verdict.evidence.join("; "),
+            bytes(tree.per_cycle as i64, true),
+            bytes(tree.per_day as i64, true),
+            tree.r2,
+            tree.cycles
+        );
+        if let Some(budget) = &analysis.budget {
+            let _ = writeln!(
+                out,
+                "- **budget**: {}",
+                if budget.pass { "pass" } else { "exceeded" }
+            );
+        }
+        out.push('\n');
+    }
+    let _ = write!(
+        out,
+        "<details><summary>full report</summary>\n\n```text\n{text}```\n\n</details>\n"
+    );
+    out
+}
+
 pub fn render(trace: &Trace) -> String {
     let mut out = String::new();
     header(&mut out, trace);

@@ -1,7 +1,7 @@
 //! Fixture: a worker with a scripted per-cycle pattern, marking its cycles and phases.
 //!
 //! `cycler --cycles N --markers stdout|socket|log|interval [--log PATH] [--pause-ms MS]
-//!  [--period-ms MS] [--wait-file PATH] [--send-junk]`
+//!  [--period-ms MS] [--wait-file PATH] [--send-junk] [--fixed]`
 //!
 //! Every cycle k: in `scrape` it maps and touches 2 MiB of anonymous memory, and in odd cycles
 //! its child maps and touches 1 MiB of its own; in `cleanup` it unmaps 1 MiB of the 2; `idle`
@@ -13,7 +13,8 @@
 //! in the middle of each `--period-ms` (matching `--cycle-every`). Without the socket's answer,
 //! the worker pauses `--pause-ms` after each marker so the tracer's snapshot comes first.
 //! `--wait-file` prints `ready <pid>` and waits for PATH to exist before starting (for attach);
-//! `--send-junk` first sends two malformed socket lines.
+//! `--send-junk` first sends two malformed socket lines; `--fixed` runs the same script without
+//! its leak (cleanup unmaps all 2 MiB, the child keeps nothing).
 
 use leaktrace_tests::arg_value;
 use std::{
@@ -197,6 +198,8 @@ fn main() {
         pause,
         line: String::with_capacity(256),
     };
+    // `--fixed`: the same worker without its leak (cleanup unmaps all, the child keeps nothing).
+    let fixed = args.iter().any(|a| a == "--fixed");
     for k in 1..=cycles {
         if matches!(worker.markers, Markers::Interval) {
             let due = period * (k as u32 - 1) + period / 2;
@@ -204,7 +207,7 @@ fn main() {
         }
         worker.phase("scrape");
         let block = map_and_touch(2 * MIB);
-        if k % 2 == 1 {
+        if k % 2 == 1 && !fixed {
             let mut byte = [1u8; 1];
             // SAFETY: one-byte writes and reads on the pipes.
             unsafe {
@@ -219,11 +222,13 @@ fn main() {
             }
         }
         worker.phase("cleanup");
-        // SAFETY: the second half of the block mapped above.
-        check(
-            unsafe { libc::munmap(block.add(MIB).cast(), MIB) } == 0,
-            "munmap",
-        );
+        // SAFETY: the second half of the block mapped above (all of it, `--fixed`).
+        let (start, len) = if fixed {
+            (block, 2 * MIB)
+        } else {
+            (unsafe { block.add(MIB) }, MIB)
+        };
+        check(unsafe { libc::munmap(start.cast(), len) } == 0, "munmap");
         worker.phase("idle");
         worker.cycle_end(k);
         if let Markers::Log(path) = &worker.markers
