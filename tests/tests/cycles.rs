@@ -457,3 +457,65 @@ fn diff_says_fixed_for_the_fix_and_new_growth_the_other_way() {
     assert!(text.contains("overall (tree PSS): new growth"), "{text}");
     assert_eq!(code, Some(3), "the leaking AFTER exceeds the budget");
 }
+
+#[test]
+fn trace_events_open_in_perfetto_shape_and_end_on_the_reports_figures() {
+    if !require_root("trace_events_open_in_perfetto_shape_and_end_on_the_reports_figures") {
+        return;
+    }
+    let scratch = Scratch::new("cycles-trace-events");
+    let (json, events) = (scratch.path("t.json"), scratch.path("events.json"));
+    let output = Command::new(leaktrace())
+        .args(["run", "-q", "--interval", "100ms", "-o"])
+        .arg(&json)
+        .arg("--trace-events")
+        .arg(&events)
+        .args(REGEX)
+        .arg("--")
+        .arg(fixture("cycler"))
+        .args(["--cycles", "3", "--markers", "stdout", "--pause-ms", "150"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let trace = Trace::read(&json).unwrap();
+    let document: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&events).unwrap()).unwrap();
+    let events = document["traceEvents"].as_array().unwrap();
+    let counters: Vec<&serde_json::Value> = events.iter().filter(|e| e["ph"] == "C").collect();
+    assert!(counters.len() > 3);
+    for counter in &counters {
+        assert!(
+            counter["pid"].is_u64() && counter["ts"].is_number(),
+            "{counter}"
+        );
+        let args = counter["args"].as_object().unwrap();
+        assert!(
+            !args.is_empty() && args.values().all(serde_json::Value::is_number),
+            "{counter}"
+        );
+    }
+    // Every role track ends on the report's figure.
+    for (role, totals) in &trace.totals.by_role {
+        let last = counters
+            .iter()
+            .rev()
+            .find(|e| e["name"] == format!("{role} PSS"))
+            .unwrap();
+        assert_eq!(last["args"]["pss"].as_u64(), Some(totals.pss), "{role}");
+    }
+    for process in &trace.processes {
+        let last = counters
+            .iter()
+            .rev()
+            .find(|e| e["pid"] == process.pid && e["name"] == "resident")
+            .unwrap();
+        assert_eq!(last["args"]["anon"].as_u64(), Some(process.resident.anon));
+    }
+    let instants = events.iter().filter(|e| e["ph"] == "i").count();
+    let phases: usize = trace.cycles.iter().map(|c| c.phases.len()).sum();
+    assert_eq!(
+        instants,
+        trace.cycles.len() + phases,
+        "an instant per cycle end and phase start"
+    );
+}

@@ -64,6 +64,9 @@ enum Command {
         /// As Markdown, to paste into an issue.
         #[arg(long)]
         markdown: bool,
+        /// Also write Chrome Trace Event Format JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        trace_events: Option<PathBuf>,
     },
     /// Compare two saved traces, before and after a fix: every series' rate side by side, and
     /// whether it is fixed, improved, unchanged, regressed or new growth.
@@ -94,6 +97,9 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct TraceArgs {
+    /// Also write Chrome Trace Event Format JSON to FILE (open it in Perfetto or chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    trace_events: Option<PathBuf>,
     /// Write the trace as JSON (schema leaktrace/1) to FILE. Never follows a symlink.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -213,6 +219,9 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
     let mut trace = session::trace(target, options)?;
     let warmup = (args.warmup > 0).then_some(args.warmup as usize);
     trace.analysis = crate::analysis::analyze(&trace, warmup, args.budget);
+    if let Some(path) = &args.trace_events {
+        crate::trace_events::write(&trace, path)?;
+    }
     if let Some(path) = &args.output {
         trace.write(path)?;
         if args.verbose {
@@ -283,8 +292,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             return run_trace(session::Target::Attach(pid), &trace, false);
         }
-        Command::Report { trace, markdown } => {
+        Command::Report {
+            trace,
+            markdown,
+            trace_events,
+        } => {
             let trace = Trace::read(&trace)?;
+            if let Some(path) = trace_events {
+                crate::trace_events::write(&trace, &path)?;
+            }
             let text = report::render(&trace);
             print(
                 false,

@@ -21,3 +21,4 @@ pub mod session;
 pub mod target;
 pub mod timeline;
 pub mod trace;
+pub mod trace_events;

@@ -314,32 +314,9 @@ impl Trace {
     /// Writes the trace as JSON, never through a symlink; under sudo the file belongs to the
     /// invoking user.
     pub fn write(&self, path: &Path) -> Result<(), TraceFileError> {
-        let shown = path.display().to_string();
-        let write_error = |source| TraceFileError::Write {
-            path: shown.clone(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path);
-        let mut file = match file {
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return Err(TraceFileError::Symlink(shown));
-            }
-            other => other.map_err(write_error)?,
-        };
-        if let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID"))
-            && let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse())
-        {
-            fchown(&file, Some(uid), Some(gid)).map_err(write_error)?;
-        }
         let mut json = serde_json::to_vec_pretty(self).expect("a trace always serialises");
         json.push(b'\n');
-        file.write_all(&json).map_err(write_error)
+        write_file(path, &json)
     }
 
     pub fn read(path: &Path) -> Result<Trace, TraceFileError> {
@@ -366,6 +343,34 @@ impl Trace {
             source,
         })
     }
+}
+
+/// Writes a report file, never through a symlink; under sudo it belongs to the invoking user.
+pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), TraceFileError> {
+    let shown = path.display().to_string();
+    let write_error = |source| TraceFileError::Write {
+        path: shown.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path);
+    let mut file = match file {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(TraceFileError::Symlink(shown));
+        }
+        other => other.map_err(write_error)?,
+    };
+    if let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID"))
+        && let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse())
+    {
+        fchown(&file, Some(uid), Some(gid)).map_err(write_error)?;
+    }
+    file.write_all(contents).map_err(write_error)
 }
 
 /// Formats a Unix time as RFC 3339 UTC (e.g. 2026-11-29T23:20:24Z).

@@ -1,0 +1,73 @@
+//! A trace as Chrome Trace Event Format JSON (`--trace-events FILE`), which Perfetto's UI and
+//! chrome://tracing open: a counter track per role (PSS over time) and per process (resident
+//! memory when last seen), and an instant event at every cycle end and phase start.
+
+use serde_json::{Value, json};
+
+use crate::trace::Trace;
+
+/// The pid every role track is drawn under (not a real process).
+const ROLES_PID: u32 = 0;
+
+fn micros(seconds: f64) -> f64 {
+    (seconds * 1e6).round()
+}
+
+pub fn trace_events(trace: &Trace) -> Value {
+    let mut events = vec![json!({
+        "name": "process_name", "ph": "M", "pid": ROLES_PID, "ts": 0,
+        "args": {"name": "leaktrace: PSS by role"}
+    })];
+    let role_counter = |t_s: f64, role: &str, pss: u64, anon: u64| {
+        json!({"name": format!("{role} PSS"), "ph": "C", "pid": ROLES_PID, "ts": micros(t_s),
+               "args": {"pss": pss, "pss_anon": anon}})
+    };
+    for sample in &trace.samples {
+        for (role, totals) in &sample.by_role {
+            events.push(role_counter(sample.t_s, role, totals.pss, totals.anon));
+        }
+    }
+    // The totals last, so every track ends on the figures of the report.
+    for (role, totals) in &trace.totals.by_role {
+        events.push(role_counter(
+            trace.totals.pss_at_s,
+            role,
+            totals.pss,
+            totals.anon,
+        ));
+    }
+    let end = micros(trace.duration_s);
+    for process in &trace.processes {
+        events.push(
+            json!({"name": "process_name", "ph": "M", "pid": process.pid, "ts": 0,
+                           "args": {"name": format!("{} ({})", process.comm, process.role)}}),
+        );
+        let r = &process.resident;
+        events.push(json!({"name": "resident", "ph": "C", "pid": process.pid, "ts": end,
+                           "args": {"anon": r.anon, "file": r.file, "shmem": r.shmem, "swap": r.swap, "pss": process.pss}}));
+    }
+    for cycle in &trace.cycles {
+        for phase in &cycle.phases {
+            events.push(
+                json!({"name": format!("phase {}", phase.name), "ph": "i", "s": "g",
+                               "pid": ROLES_PID, "ts": micros(phase.start_s)}),
+            );
+        }
+        let name = if cycle.cut {
+            format!("cycle {} (cut)", cycle.index)
+        } else {
+            format!("cycle {} end", cycle.index)
+        };
+        events.push(
+            json!({"name": name, "ph": "i", "s": "g", "pid": ROLES_PID, "ts": micros(cycle.end_s)}),
+        );
+    }
+    json!({"traceEvents": events, "displayTimeUnit": "ms"})
+}
+
+/// Writes the events where the JSON trace would go: never through a symlink.
+pub fn write(trace: &Trace, path: &std::path::Path) -> Result<(), crate::trace::TraceFileError> {
+    let mut text = serde_json::to_vec(&trace_events(trace)).expect("events always serialise");
+    text.push(b'\n');
+    crate::trace::write_file(path, &text)
+}
