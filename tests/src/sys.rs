@@ -77,6 +77,14 @@ pub fn mmap_anon(len: usize, prot: c_int, flags: c_int) -> *mut u8 {
     unsafe { mmap(core::ptr::null_mut(), len, prot, flags, -1) }
 }
 
+/// A fresh private read-write mapping with every page written, so all of it is resident.
+pub fn map_and_touch(len: usize) -> *mut u8 {
+    let ptr = mmap_anon(len, libc::PROT_READ | libc::PROT_WRITE, 0);
+    // SAFETY: the mapping was just made, writable, and is ours.
+    unsafe { touch(ptr, len) };
+    ptr
+}
+
 /// A fresh mapping of `fd` (from offset 0) with `prot` and `flags` (never MAP_FIXED).
 pub fn mmap_fd(len: usize, prot: c_int, flags: c_int, fd: c_int) -> *mut u8 {
     assert_eq!(

@@ -190,7 +190,8 @@ pub fn fit(
         let half = post.len() / 2;
         let first = theil_sen(&post[..=half]).map_or(0.0, |f| f.0);
         let second = theil_sen(&post[half..]).map_or(0.0, |f| f.0);
-        if second > 1.5 * first.max(0.0)
+        // Twice the slope: Chromium's own creep can tilt a linear leak's second half by half again.
+        if second > 2.0 * first.max(0.0)
             && (second - first) * (post.len() - half) as f64 > significant
         {
             Shape::Accelerating

@@ -16,7 +16,7 @@
 //! `--send-junk` first sends two malformed socket lines; `--fixed` runs the same script without
 //! its leak (cleanup unmaps all 2 MiB, the child keeps nothing).
 
-use leaktrace_tests::arg_value;
+use leaktrace_tests::{arg_value, sys::map_and_touch};
 use std::{
     fs::OpenOptions,
     io::{BufReader, Read, Write},
@@ -25,32 +25,11 @@ use std::{
 };
 
 const MIB: usize = 1 << 20;
-const PAGE: usize = 4096;
 
 fn check(ok: bool, what: &str) {
     if !ok {
         eprintln!("cycler: {what}: {}", std::io::Error::last_os_error());
         std::process::exit(70);
-    }
-}
-
-fn map_and_touch(len: usize) -> *mut u8 {
-    // SAFETY: a fresh private mapping; writes stay inside it.
-    unsafe {
-        let ptr = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        check(ptr != libc::MAP_FAILED, "mmap");
-        let ptr = ptr as *mut u8;
-        for offset in (0..len).step_by(PAGE) {
-            std::ptr::write_volatile(ptr.add(offset), 1);
-        }
-        ptr
     }
 }
 

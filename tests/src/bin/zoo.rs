@@ -30,7 +30,7 @@ use chromiumoxide::{
     },
 };
 use futures::StreamExt;
-use leaktrace_tests::arg_value;
+use leaktrace_tests::{arg_value, sys::map_and_touch};
 
 const MIB: usize = 1 << 20;
 const PAGE: usize = 4096;
@@ -72,22 +72,7 @@ impl Kept {
     }
 
     fn external(&mut self, bytes: usize) {
-        // SAFETY: a fresh private mapping, written inside its bounds.
-        unsafe {
-            let ptr = libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(ptr, libc::MAP_FAILED);
-            for offset in (0..bytes).step_by(PAGE) {
-                *(ptr as *mut u8).add(offset) = 1;
-            }
-            self.mappings.push((ptr, bytes));
-        }
+        self.mappings.push((map_and_touch(bytes).cast(), bytes));
         self.external_bytes += bytes;
     }
 
