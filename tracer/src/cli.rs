@@ -67,6 +67,9 @@ enum Command {
         /// Also write Chrome Trace Event Format JSON to FILE.
         #[arg(long, value_name = "FILE")]
         trace_events: Option<PathBuf>,
+        /// Also write one self-contained HTML page with plots to FILE.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
     /// Compare two saved traces, before and after a fix: every series' rate side by side, and
     /// whether it is fixed, improved, unchanged, regressed or new growth.
@@ -296,8 +299,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             trace,
             markdown,
             trace_events,
+            html,
         } => {
             let trace = Trace::read(&trace)?;
+            if let Some(path) = html {
+                crate::trace::write_file(&path, crate::html::render_html(&trace).as_bytes())?;
+            }
             if let Some(path) = trace_events {
                 crate::trace_events::write(&trace, &path)?;
             }

@@ -10,6 +10,7 @@ pub mod browser;
 pub mod cli;
 pub mod diff;
 pub mod doctor;
+pub mod html;
 pub mod kernel;
 pub mod markers;
 pub mod processes;

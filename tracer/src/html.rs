@@ -1,0 +1,309 @@
+//! `leaktrace report --html FILE`: one self-contained page (no scripts, no network, no web
+//! fonts) with the answers and verdict on top, then plots drawn by plotters as inline SVG: each
+//! role's resident memory over the cycles (PSS, and the anonymous part of it), page and context
+//! counts, the pages' JS heap; then the process table and the lost-event counters.
+//!
+//! Every plot is a `<figure class="plot" data-series=...>` whose points are SVG circles, one per
+//! complete cycle, so a reader (or a test) can count them in the DOM.
+
+use std::fmt::Write as _;
+
+use plotters::prelude::*;
+
+use crate::{
+    report::{bytes, render},
+    trace::{Cycle, Trace},
+};
+
+const WIDTH: u32 = 640;
+const HEIGHT: u32 = 240;
+
+/// Escapes text for HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One line plot over the cycles, with a point per cycle and dashed marks at `marks` (cycle
+/// indices where pages or contexts were recreated); the warm-up is shaded. A drawing error
+/// leaves what was drawn so far.
+fn plot(
+    title: &str,
+    unit: &str,
+    cycles: &[u32],
+    values: &[f64],
+    under: Option<&[f64]>,
+    warmup: usize,
+    marks: &[u32],
+) -> String {
+    let mut svg = String::new();
+    let _ = draw(&mut svg, title, unit, cycles, values, under, warmup, marks);
+    svg
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one plot's data and marks, passed straight through from plot()"
+)]
+fn draw(
+    svg: &mut String,
+    title: &str,
+    unit: &str,
+    cycles: &[u32],
+    values: &[f64],
+    under: Option<&[f64]>,
+    warmup: usize,
+    marks: &[u32],
+) -> Result<(), String> {
+    let root = SVGBackend::with_string(svg, (WIDTH, HEIGHT)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (x0, x1) = (
+        *cycles.first().unwrap_or(&1) as f64 - 0.5,
+        *cycles.last().unwrap_or(&1) as f64 + 0.5,
+    );
+    let top = values.iter().cloned().fold(0.0_f64, f64::max).max(1.0) * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(28)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1, 0.0..top)
+        .map_err(|e| err(&e))?;
+    let label = |v: &f64| {
+        if unit == "bytes" {
+            bytes(*v as i64, false)
+        } else {
+            format!("{v:.0}")
+        }
+    };
+    chart
+        .configure_mesh()
+        .x_desc("cycle")
+        .y_desc(unit)
+        .y_label_formatter(&label)
+        .draw()
+        .map_err(|e| err(&e))?;
+    if warmup > 0 {
+        let end = cycles.get(warmup - 1).map_or(x0, |c| *c as f64 + 0.5);
+        let shade = Rectangle::new([(x0, 0.0), (end, top)], RGBColor(240, 240, 240).filled());
+        chart
+            .draw_series(std::iter::once(shade))
+            .map_err(|e| err(&e))?;
+    }
+    for mark in marks {
+        let x = *mark as f64 - 0.5;
+        let line = DashedLineSeries::new([(x, 0.0), (x, top)], 4, 4, RGBColor(200, 80, 0).into());
+        chart.draw_series(line).map_err(|e| err(&e))?;
+    }
+    if let Some(under) = under {
+        let points = cycles.iter().zip(under).map(|(c, v)| (*c as f64, *v));
+        chart
+            .draw_series(LineSeries::new(
+                points,
+                RGBColor(120, 160, 220).stroke_width(1),
+            ))
+            .map_err(|e| err(&e))?;
+    }
+    let points: Vec<(f64, f64)> = cycles
+        .iter()
+        .zip(values)
+        .map(|(c, v)| (*c as f64, *v))
+        .collect();
+    chart
+        .draw_series(LineSeries::new(
+            points.clone(),
+            RGBColor(30, 90, 180).stroke_width(2),
+        ))
+        .map_err(|e| err(&e))?;
+    let dots = points
+        .into_iter()
+        .map(|p| Circle::new(p, 3, RGBColor(30, 90, 180).filled()));
+    chart.draw_series(dots).map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
+fn figure(out: &mut String, series: &str, svg: &str) {
+    let _ = writeln!(
+        out,
+        "<figure class=\"plot\" data-series=\"{}\">{svg}</figure>",
+        escape(series)
+    );
+}
+
+/// Cycles where the page or context count fell: recreation points.
+fn recreations(cycles: &[&Cycle]) -> Vec<u32> {
+    cycles
+        .windows(2)
+        .filter_map(|w| {
+            let (a, b) = (w[0].browser.as_ref()?, w[1].browser.as_ref()?);
+            (b.pages < a.pages || b.contexts < a.contexts).then_some(w[1].index)
+        })
+        .collect()
+}
+
+pub fn render_html(trace: &Trace) -> String {
+    let cycles: Vec<&Cycle> = trace.cycles.iter().filter(|c| !c.cut).collect();
+    let index: Vec<u32> = cycles.iter().map(|c| c.index).collect();
+    let warmup = trace.analysis.tree().map_or(0, |t| t.warmup_cycles);
+    let marks = recreations(&cycles);
+    let mut out = String::new();
+    let title = format!("leaktrace: {}", escape(&trace.command.join(" ")));
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n<style>\
+         body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}\
+         figure{{display:inline-block;margin:8px}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}\
+         pre{{background:#f6f6f6;padding:12px;overflow:auto}}</style></head><body>\n<h1>{title}</h1>\n"
+    );
+    let verdict = &trace.analysis.verdict;
+    if !verdict.source.is_empty() {
+        let _ = writeln!(
+            out,
+            "<p class=\"verdict\"><b>verdict: {}</b> — {}</p>",
+            escape(&verdict.source),
+            escape(&verdict.evidence.join("; "))
+        );
+    }
+    // The answers as the terminal shows them, then the plots.
+    let text = render(trace);
+    let answers: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("ANSWERS"))
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    if !answers.is_empty() {
+        let _ = writeln!(out, "<pre class=\"answers\">{}</pre>", escape(&answers));
+    }
+    if !cycles.is_empty() {
+        let _ = writeln!(
+            out,
+            "<h2>Resident memory per role over the cycles (PSS; the lighter line is its anonymous part)</h2>"
+        );
+        let roles: std::collections::BTreeSet<&String> =
+            cycles.iter().flat_map(|c| c.by_role.keys()).collect();
+        for role in roles {
+            let pss: Vec<f64> = cycles
+                .iter()
+                .map(|c| c.by_role.get(role).map_or(0, |r| r.pss) as f64)
+                .collect();
+            let anon: Vec<f64> = cycles
+                .iter()
+                .map(|c| c.by_role.get(role).map_or(0, |r| r.anon) as f64)
+                .collect();
+            let svg = plot(
+                &format!("{role}: PSS"),
+                "bytes",
+                &index,
+                &pss,
+                Some(&anon),
+                warmup,
+                &marks,
+            );
+            figure(&mut out, &format!("role.{role}.pss"), &svg);
+        }
+        if cycles.iter().all(|c| c.browser.is_some()) {
+            let _ = writeln!(out, "<h2>The browser</h2>");
+            let views: Vec<_> = cycles.iter().filter_map(|c| c.browser.as_ref()).collect();
+            let pages: Vec<f64> = views.iter().map(|v| v.pages as f64).collect();
+            let contexts: Vec<f64> = views.iter().map(|v| v.contexts as f64).collect();
+            let heap: Vec<f64> = views.iter().map(|v| v.js_heap_used as f64).collect();
+            figure(
+                &mut out,
+                "browser.pages",
+                &plot(
+                    "pages (the line below: contexts)",
+                    "count",
+                    &index,
+                    &pages,
+                    Some(&contexts),
+                    warmup,
+                    &marks,
+                ),
+            );
+            figure(
+                &mut out,
+                "browser.js_heap_used",
+                &plot(
+                    "JS heap of the pages",
+                    "bytes",
+                    &index,
+                    &heap,
+                    None,
+                    warmup,
+                    &marks,
+                ),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "<h2>Processes</h2>\n<table><tr><th>pid</th><th>ppid</th><th>role</th><th>command</th><th>state</th><th>PSS</th><th>anon</th><th>file</th><th>shmem</th><th>peak anon</th></tr>"
+    );
+    for p in &trace.processes {
+        let state = if p.exited {
+            p.exit_code
+                .map_or("exited".to_string(), |c| format!("exit {c}"))
+        } else {
+            "running".into()
+        };
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            p.pid,
+            p.ppid,
+            escape(&p.role),
+            escape(&p.comm),
+            bytes(p.pss as i64, false),
+            bytes(p.resident.anon as i64, false),
+            bytes(p.resident.file as i64, false),
+            bytes(p.resident.shmem as i64, false),
+            bytes(p.resident_peak.anon as i64, false)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "</table>\n<h2>Lost events</h2>\n<table class=\"lost\"><tr><th>reason</th><th>count</th></tr>"
+    );
+    for (reason, count) in &trace.events_lost {
+        let _ = writeln!(out, "<tr><td>{}</td><td>{count}</td></tr>", escape(reason));
+    }
+    let _ = writeln!(
+        out,
+        "</table>\n<h2>The full report</h2>\n<pre>{}</pre>\n</body></html>",
+        escape(&text)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plot_has_one_point_per_cycle() {
+        let svg = plot(
+            "x",
+            "bytes",
+            &[1, 2, 3, 4],
+            &[1.0, 2.0, 3.0, 4.0],
+            Some(&[0.5; 4]),
+            1,
+            &[3],
+        );
+        assert_eq!(svg.matches("<circle").count(), 4, "{svg}");
+        assert!(!svg.contains("http://") || svg.contains("xmlns=\"http://www.w3.org/2000/svg\""));
+    }
+
+    #[test]
+    fn html_text_is_escaped() {
+        assert_eq!(
+            escape("<a href=\"x\">&</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+        );
+    }
+}
