@@ -1,7 +1,8 @@
 //! `leaktrace report --html FILE`: one self-contained page (no scripts, no network, no web
 //! fonts) with the answers and verdict on top, then plots drawn by plotters as inline SVG: each
-//! role's resident memory over the cycles (PSS, and the anonymous part of it), page and context
-//! counts, the pages' JS heap; then the process table and the lost-event counters.
+//! role's resident memory over the cycles (PSS stacked as its anonymous part and the rest), page
+//! and context counts, the pages' JS heap, with warm-up, recreation points and phase starts
+//! marked; then the process table and the lost-event counters.
 //!
 //! Every plot is a `<figure class="plot" data-series=...>` whose points are SVG circles, one per
 //! complete cycle, so a reader (or a test) can count them in the DOM.
@@ -26,27 +27,32 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// One line plot over the cycles, with a point per cycle and dashed marks at `marks` (cycle
-/// indices where pages or contexts were recreated); the warm-up is shaded. A drawing error
-/// leaves what was drawn so far.
+/// What every plot marks on its cycle axis.
+struct Marks {
+    /// Warm-up cycles, shaded.
+    warmup: usize,
+    /// Cycles that recreated pages or contexts, dashed.
+    recreations: Vec<u32>,
+    /// Where phases start: cycle k spans (k-1, k], so a phase starting at a fraction f of it
+    /// sits at k-1+f. Ticked along the bottom.
+    phases: Vec<f64>,
+}
+
+/// One plot over the cycles, with a point per cycle; with `under`, the values are drawn stacked
+/// as `under` and the rest above it. A drawing error leaves what was drawn so far.
 fn plot(
     title: &str,
     unit: &str,
     cycles: &[u32],
     values: &[f64],
     under: Option<&[f64]>,
-    warmup: usize,
-    marks: &[u32],
+    marks: &Marks,
 ) -> String {
     let mut svg = String::new();
-    let _ = draw(&mut svg, title, unit, cycles, values, under, warmup, marks);
+    let _ = draw(&mut svg, title, unit, cycles, values, under, marks);
     svg
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one plot's data and marks, passed straight through from plot()"
-)]
 fn draw(
     svg: &mut String,
     title: &str,
@@ -54,14 +60,13 @@ fn draw(
     cycles: &[u32],
     values: &[f64],
     under: Option<&[f64]>,
-    warmup: usize,
-    marks: &[u32],
+    marks: &Marks,
 ) -> Result<(), String> {
     let root = SVGBackend::with_string(svg, (WIDTH, HEIGHT)).into_drawing_area();
     let err = |e: &dyn std::fmt::Display| e.to_string();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (x0, x1) = (
-        *cycles.first().unwrap_or(&1) as f64 - 0.5,
+        *cycles.first().unwrap_or(&1) as f64 - 1.0,
         *cycles.last().unwrap_or(&1) as f64 + 0.5,
     );
     let top = values.iter().cloned().fold(0.0_f64, f64::max).max(1.0) * 1.1;
@@ -86,25 +91,33 @@ fn draw(
         .y_label_formatter(&label)
         .draw()
         .map_err(|e| err(&e))?;
-    if warmup > 0 {
-        let end = cycles.get(warmup - 1).map_or(x0, |c| *c as f64 + 0.5);
+    if marks.warmup > 0 {
+        let end = cycles.get(marks.warmup - 1).map_or(x0, |c| *c as f64);
         let shade = Rectangle::new([(x0, 0.0), (end, top)], RGBColor(240, 240, 240).filled());
         chart
             .draw_series(std::iter::once(shade))
             .map_err(|e| err(&e))?;
     }
-    for mark in marks {
-        let x = *mark as f64 - 0.5;
+    // Stacked: the anonymous part below, the rest of PSS (file-backed and shared) above it.
+    if let Some(under) = under {
+        let total = cycles.iter().zip(values).map(|(c, v)| (*c as f64, *v));
+        chart
+            .draw_series(AreaSeries::new(total, 0.0, RGBColor(200, 215, 240)))
+            .map_err(|e| err(&e))?;
+        let anon = cycles.iter().zip(under).map(|(c, v)| (*c as f64, *v));
+        chart
+            .draw_series(AreaSeries::new(anon, 0.0, RGBColor(140, 175, 225)))
+            .map_err(|e| err(&e))?;
+    }
+    for mark in &marks.recreations {
+        let x = *mark as f64 - 1.0;
         let line = DashedLineSeries::new([(x, 0.0), (x, top)], 4, 4, RGBColor(200, 80, 0).into());
         chart.draw_series(line).map_err(|e| err(&e))?;
     }
-    if let Some(under) = under {
-        let points = cycles.iter().zip(under).map(|(c, v)| (*c as f64, *v));
+    for x in marks.phases.iter().filter(|x| (x0..=x1).contains(*x)) {
+        let tick = PathElement::new([(*x, 0.0), (*x, top * 0.04)], RGBColor(90, 90, 90));
         chart
-            .draw_series(LineSeries::new(
-                points,
-                RGBColor(120, 160, 220).stroke_width(1),
-            ))
+            .draw_series(std::iter::once(tick))
             .map_err(|e| err(&e))?;
     }
     let points: Vec<(f64, f64)> = cycles
@@ -147,8 +160,20 @@ fn recreations(cycles: &[&Cycle]) -> Vec<u32> {
 pub fn render_html(trace: &Trace) -> String {
     let cycles: Vec<&Cycle> = trace.cycles.iter().filter(|c| !c.cut).collect();
     let index: Vec<u32> = cycles.iter().map(|c| c.index).collect();
-    let warmup = trace.analysis.tree().map_or(0, |t| t.warmup_cycles);
-    let marks = recreations(&cycles);
+    let phases = cycles
+        .iter()
+        .flat_map(|c| {
+            let span = (c.end_s - c.start_s).max(1e-9);
+            c.phases
+                .iter()
+                .map(move |p| c.index as f64 - 1.0 + (p.start_s - c.start_s) / span)
+        })
+        .collect();
+    let marks = Marks {
+        warmup: trace.analysis.tree().map_or(0, |t| t.warmup_cycles),
+        recreations: recreations(&cycles),
+        phases,
+    };
     let mut out = String::new();
     let title = format!("leaktrace: {}", escape(&trace.command.join(" ")));
     let _ = write!(
@@ -182,7 +207,7 @@ pub fn render_html(trace: &Trace) -> String {
     if !cycles.is_empty() {
         let _ = writeln!(
             out,
-            "<h2>Resident memory per role over the cycles (PSS; the lighter line is its anonymous part)</h2>"
+            "<h2>Resident memory per role over the cycles</h2><p>PSS at each cycle end, its anonymous part darker; warm-up shaded, recreation points dashed, phase starts ticked along the axis.</p>"
         );
         let roles: std::collections::BTreeSet<&String> =
             cycles.iter().flat_map(|c| c.by_role.keys()).collect();
@@ -196,12 +221,11 @@ pub fn render_html(trace: &Trace) -> String {
                 .map(|c| c.by_role.get(role).map_or(0, |r| r.anon) as f64)
                 .collect();
             let svg = plot(
-                &format!("{role}: PSS"),
+                &format!("{role}: PSS (darker: anonymous)"),
                 "bytes",
                 &index,
                 &pss,
                 Some(&anon),
-                warmup,
                 &marks,
             );
             figure(&mut out, &format!("role.{role}.pss"), &svg);
@@ -221,22 +245,13 @@ pub fn render_html(trace: &Trace) -> String {
                     &index,
                     &pages,
                     Some(&contexts),
-                    warmup,
                     &marks,
                 ),
             );
             figure(
                 &mut out,
                 "browser.js_heap_used",
-                &plot(
-                    "JS heap of the pages",
-                    "bytes",
-                    &index,
-                    &heap,
-                    None,
-                    warmup,
-                    &marks,
-                ),
+                &plot("JS heap of the pages", "bytes", &index, &heap, None, &marks),
             );
         }
     }
@@ -286,14 +301,18 @@ mod tests {
 
     #[test]
     fn a_plot_has_one_point_per_cycle() {
+        let marks = Marks {
+            warmup: 1,
+            recreations: vec![3],
+            phases: vec![0.2, 1.5],
+        };
         let svg = plot(
             "x",
             "bytes",
             &[1, 2, 3, 4],
             &[1.0, 2.0, 3.0, 4.0],
             Some(&[0.5; 4]),
-            1,
-            &[3],
+            &marks,
         );
         assert_eq!(svg.matches("<circle").count(), 4, "{svg}");
         assert!(!svg.contains("http://") || svg.contains("xmlns=\"http://www.w3.org/2000/svg\""));
