@@ -55,7 +55,8 @@ fn assert_within(what: &str, measured: f64, truth: f64) {
     );
 }
 
-/// A leak the worker keeps itself: the verdict, the rate, and the budget's exit 3.
+/// A leak the worker keeps itself: the verdict, the rate of the worker's own processes (the
+/// tree adds Chromium's own creep, which grows more when the machine is busy), and exit 3.
 fn assert_worker_leak(trace: &Trace, code: Option<i32>, source: &str, per_cycle: f64) {
     assert_eq!(
         trace.analysis.verdict.source, source,
@@ -63,9 +64,13 @@ fn assert_worker_leak(trace: &Trace, code: Option<i32>, source: &str, per_cycle:
         trace.analysis.verdict
     );
     assert_within(
-        "tree growth per cycle",
-        trace.analysis.answers.growth_per_cycle,
+        "worker PSS growth per cycle",
+        series(trace, "role.worker.pss").per_cycle,
         per_cycle,
+    );
+    assert!(
+        trace.analysis.answers.growth_per_cycle >= 0.85 * per_cycle,
+        "the tree grows at least as much"
     );
     assert_eq!(code, Some(3), "a leak fails a 5 MiB/day budget");
 }
@@ -98,7 +103,7 @@ fn zoo_worker_heap() {
         4.0 * MIB,
         "the worker's own figure"
     );
-    assert_eq!(trace.analysis.answers.shape, Some(Shape::Linear));
+    assert_eq!(series(&trace, "role.worker.pss").shape, Some(Shape::Linear));
     assert_eq!(
         trace.analysis.answers.growth_phase.as_deref(),
         Some("scrape")

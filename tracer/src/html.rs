@@ -253,6 +253,36 @@ pub fn render_html(trace: &Trace) -> String {
                 "browser.js_heap_used",
                 &plot("JS heap of the pages", "bytes", &index, &heap, None, &marks),
             );
+            // Per page: the five largest pages open in every cycle.
+            let last = views
+                .last()
+                .map(|v| v.page_list.as_slice())
+                .unwrap_or_default();
+            let mut pages: Vec<_> = last.iter().filter(|p| !p.internal).collect();
+            pages.sort_by_key(|p| std::cmp::Reverse(p.js_heap_used));
+            for page in pages.into_iter().take(5) {
+                let heap: Option<Vec<f64>> = views
+                    .iter()
+                    .map(|v| {
+                        v.page_list
+                            .iter()
+                            .find(|p| p.target_id == page.target_id)
+                            .map(|p| p.js_heap_used as f64)
+                    })
+                    .collect();
+                if let Some(heap) = heap {
+                    let title: String = format!("JS heap of {}", page.url)
+                        .chars()
+                        .take(70)
+                        .collect();
+                    let svg = plot(&title, "bytes", &index, &heap, None, &marks);
+                    figure(
+                        &mut out,
+                        &format!("page.{}.js_heap_used", page.target_id),
+                        &svg,
+                    );
+                }
+            }
         }
     }
     let _ = writeln!(
