@@ -325,6 +325,18 @@ fn page_size() -> u64 {
     (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u64
 }
 
+/// The kernel's counters (pages) from a /proc sample (bytes): the other direction of
+/// `Tracked::resident_bytes`, to seed a process that predates the trace.
+pub fn resident_pages(sample: &ProcSample, rss: RssIndices) -> Resident {
+    let page = page_size();
+    let mut last = [0; tracer_common::RSS_COUNTERS];
+    last[rss.anon] = sample.rss_anon / page;
+    last[rss.file] = sample.rss_file / page;
+    last[rss.shmem] = sample.rss_shmem / page;
+    last[rss.swap] = sample.vm_swap / page;
+    Resident { last, peak: last }
+}
+
 fn comm(raw: &[u8; 16]) -> String {
     let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()

@@ -20,13 +20,13 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
-use tracer_common::{LostReason, Resident};
+use tracer_common::LostReason;
 
 use crate::{
     browser::{BrowserReader, BrowserView, CdpMode, WorkerInspector},
     kernel::{self, Kernel, KernelError, RssIndices},
     markers::{self, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket},
-    processes::{ProcessTable, SampleSeries, Snapshot},
+    processes::{self, ProcessTable, SampleSeries, Snapshot},
     progress::Progress,
     sampler,
     target::{self, Identity, LaunchIo, ProcInfo, TargetError},
@@ -644,23 +644,12 @@ fn seed_tree(collectors: &mut Collectors) -> Result<(), SessionError> {
             // Counters that never change while we watch still need a value: /proc shows the
             // same ones the kernel programs read.
             if let Some(sample) = sampler::sample(info.pid) {
-                kernel.seed_resident(info.pid, resident_pages(&sample, kernel.rss))?;
+                kernel.seed_resident(info.pid, processes::resident_pages(&sample, kernel.rss))?;
             }
         }
         collectors.table.add(info);
     }
     Ok(())
-}
-
-fn resident_pages(sample: &sampler::ProcSample, rss: RssIndices) -> Resident {
-    // SAFETY: sysconf has no preconditions.
-    let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u64;
-    let mut last = [0; tracer_common::RSS_COUNTERS];
-    last[rss.anon] = sample.rss_anon / page;
-    last[rss.file] = sample.rss_file / page;
-    last[rss.shmem] = sample.rss_shmem / page;
-    last[rss.swap] = sample.vm_swap / page;
-    Resident { last, peak: last }
 }
 
 fn attached_command(pid: u32) -> Vec<String> {
