@@ -10,9 +10,11 @@
 //!   allocation-free JSON line writer.
 //! - [`sys`]: thin, allocation-free syscall wrappers used by the fixtures.
 //! - [`args`]: allocation-free command-line parsing for the fixtures.
+//! - [`proc`]: independent readings of /proc (descendants, smaps_rollup) to check against.
 
 pub mod args;
 pub mod model;
+pub mod proc;
 pub mod record;
 pub mod sys;
 

@@ -11,40 +11,8 @@ use std::{
 };
 
 use leaktrace::trace::Trace;
+use leaktrace_tests::proc::{descendants, rollup};
 use support::{CHROMIUM, Scratch, leaktrace, require_chromium, require_root, spawn, wait_for_line};
-
-fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The comm field may hold spaces: the fields after it start past the last ')'.
-    stat.rsplit(')')
-        .next()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// Every live descendant of `root`, from /proc.
-fn descendants(root: u32) -> Vec<u32> {
-    let all: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        let children: Vec<u32> = all
-            .iter()
-            .copied()
-            .filter(|&p| ppid(p) == Some(parent) && !found.contains(&p))
-            .collect();
-        found.extend(children);
-        i += 1;
-    }
-    found.remove(0);
-    found
-}
 
 /// The role the test reads from a process's command line, independently of leaktrace.
 fn role_from_cmdline(pid: u32) -> Option<String> {
@@ -70,12 +38,6 @@ fn role_from_cmdline(pid: u32) -> Option<String> {
         None if args[0].ends_with("/chromium") => "browser".into(),
         None => "worker".into(),
     })
-}
-
-fn pss(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("Pss:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
 #[test]
@@ -135,7 +97,7 @@ fn chromium_roles_and_tree_pss_match_an_independent_reading() {
     let mut expected_roles = BTreeMap::new();
     let mut expected_pss = 0;
     for pid in descendants(leaktrace_pid) {
-        if let (Some(role), Some(pss)) = (role_from_cmdline(pid), pss(pid)) {
+        if let (Some(role), Some(pss)) = (role_from_cmdline(pid), rollup(pid, "Pss")) {
             expected_roles.insert(pid, role);
             expected_pss += pss;
         }

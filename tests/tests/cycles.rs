@@ -391,7 +391,7 @@ fn an_interim_analysis_is_printed_every_k_cycles() {
         .collect();
     assert_eq!(interim.len(), 2, "after cycles 3 and 6: {stderr}");
     assert!(
-        interim[0].starts_with("leaktrace: after 3 cycles: tree PSS +"),
+        interim[0].starts_with("leaktrace: after 3 cycles: tree owned PSS +"),
         "{}",
         interim[0]
     );
@@ -443,8 +443,8 @@ fn diff_says_fixed_for_the_fix_and_new_growth_the_other_way() {
     };
     let (code, text) = diff(&leaking, &fixed);
     assert_eq!(code, Some(0), "the fixed worker is within budget: {text}");
-    assert!(text.contains("overall (tree PSS): fixed"), "{text}");
-    let tree = text.lines().find(|l| l.starts_with("tree.pss")).unwrap();
+    assert!(text.contains("overall (tree owned PSS): fixed"), "{text}");
+    let tree = text.lines().find(|l| l.starts_with("tree.owned")).unwrap();
     assert!(
         tree.contains("+") && tree.ends_with("fixed"),
         "both rates shown: {tree}"
@@ -454,7 +454,10 @@ fn diff_says_fixed_for_the_fix_and_new_growth_the_other_way() {
         "{text}"
     );
     let (code, text) = diff(&fixed, &leaking);
-    assert!(text.contains("overall (tree PSS): new growth"), "{text}");
+    assert!(
+        text.contains("overall (tree owned PSS): new growth"),
+        "{text}"
+    );
     assert_eq!(code, Some(3), "the leaking AFTER exceeds the budget");
 }
 

@@ -1,6 +1,6 @@
 //! The command line: parse, run the library, print, and map errors to exit codes.
 //!
-//! Exit codes: 0 ok, 1 error, 2 usage error (from clap), 3 budget exceeded (later).
+//! Exit codes: 0 ok, 1 error, 2 usage error (from clap), 3 budget exceeded.
 
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -78,7 +78,7 @@ enum Command {
         before: PathBuf,
         #[arg(value_name = "AFTER.json")]
         after: PathBuf,
-        /// Exit 3 when AFTER's tree grows faster than RATE (5MiB/day, 200KiB/cycle).
+        /// Exit 3 when AFTER's tree (its owned PSS) grows faster than RATE (5MiB/day, 200KiB/cycle).
         #[arg(long, value_name = "RATE")]
         budget: Option<crate::analysis::Budget>,
     },
@@ -150,8 +150,8 @@ struct TraceArgs {
     /// every cycle end becomes the worker figures inspect.heapUsed and inspect.heapTotal.
     #[arg(long, value_name = "URL")]
     worker_inspect: Option<String>,
-    /// Fail (exit 3) when the tree's PSS grows faster than RATE after warm-up: 5MiB/day,
-    /// 200KiB/cycle, 1MB/hour.
+    /// Fail (exit 3) when the PSS the tree owns (anonymous and shared memory; file-backed pages
+    /// are page cache) grows faster than RATE after warm-up: 5MiB/day, 200KiB/cycle, 1MB/hour.
     #[arg(long, value_name = "RATE")]
     budget: Option<crate::analysis::Budget>,
     /// Say more about what leaktrace is doing, on stderr.

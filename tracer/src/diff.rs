@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, fmt::Write as _};
 use serde::Serialize;
 
 use crate::{
-    analysis::{SeriesFit, Shape},
+    analysis::{SeriesFit, Shape, TREE},
     report::bytes,
     trace::Trace,
 };
@@ -90,7 +90,8 @@ pub fn compare(before: &Trace, after: &Trace) -> Comparison {
     for (label, trace) in [("before", before), ("after", after)] {
         if trace.analysis.tree().is_none() {
             warnings.push(format!(
-                "the {label} trace has no cycles to fit: its rates are missing"
+                "the {label} trace has no fit of the tree's owned PSS (no complete cycles, or \
+                 written by an older leaktrace): its rates are missing"
             ));
         }
     }
@@ -122,10 +123,10 @@ pub fn compare(before: &Trace, after: &Trace) -> Comparison {
         })
         .collect();
     // The tree first, then the rest by name.
-    rows.sort_by_key(|r| (r.name != "tree.pss", r.name.clone()));
+    rows.sort_by_key(|r| (r.name != TREE, r.name.clone()));
     let overall = rows
         .iter()
-        .find(|r| r.name == "tree.pss")
+        .find(|r| r.name == TREE)
         .map_or(Change::Unchanged, |r| r.change);
     Comparison {
         rows,
@@ -164,7 +165,11 @@ pub fn render(before: &Trace, after: &Trace, comparison: &Comparison) -> String 
             row.change.name()
         );
     }
-    let _ = writeln!(out, "overall (tree PSS): {}", comparison.overall.name());
+    let _ = writeln!(
+        out,
+        "overall (tree owned PSS): {}",
+        comparison.overall.name()
+    );
     out
 }
 

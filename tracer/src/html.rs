@@ -13,7 +13,7 @@ use plotters::prelude::*;
 
 use crate::{
     report::{bytes, render},
-    trace::{Cycle, Trace},
+    trace::{Cycle, RoleTotals, Trace},
 };
 
 const WIDTH: u32 = 640;
@@ -207,7 +207,7 @@ pub fn render_html(trace: &Trace) -> String {
     if !cycles.is_empty() {
         let _ = writeln!(
             out,
-            "<h2>Resident memory per role over the cycles</h2><p>PSS at each cycle end, its anonymous part darker; warm-up shaded, recreation points dashed, phase starts ticked along the axis.</p>"
+            "<h2>Resident memory per role over the cycles</h2><p>PSS at each cycle end; darker, the part the processes own (anonymous and shared memory, what growth is judged on), lighter, file-backed pages; warm-up shaded, recreation points dashed, phase starts ticked along the axis.</p>"
         );
         let roles: std::collections::BTreeSet<&String> =
             cycles.iter().flat_map(|c| c.by_role.keys()).collect();
@@ -216,16 +216,16 @@ pub fn render_html(trace: &Trace) -> String {
                 .iter()
                 .map(|c| c.by_role.get(role).map_or(0, |r| r.pss) as f64)
                 .collect();
-            let anon: Vec<f64> = cycles
+            let owned: Vec<f64> = cycles
                 .iter()
-                .map(|c| c.by_role.get(role).map_or(0, |r| r.anon) as f64)
+                .map(|c| c.by_role.get(role).map_or(0, RoleTotals::owned) as f64)
                 .collect();
             let svg = plot(
-                &format!("{role}: PSS (darker: anonymous)"),
+                &format!("{role}: PSS (darker: owned)"),
                 "bytes",
                 &index,
                 &pss,
-                Some(&anon),
+                Some(&owned),
                 &marks,
             );
             figure(&mut out, &format!("role.{role}.pss"), &svg);

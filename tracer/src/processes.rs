@@ -193,10 +193,10 @@ impl ProcessTable {
             peak.rss_shmem = peak.rss_shmem.max(sample.rss_shmem);
             peak.vm_swap = peak.vm_swap.max(sample.vm_swap);
             peak.pss = peak.pss.max(sample.pss);
-            let totals = by_role.entry(process.role.clone()).or_default();
-            totals.pss += sample.pss;
-            totals.anon += sample.pss_anon;
-            totals.count += 1;
+            by_role
+                .entry(process.role.clone())
+                .or_default()
+                .add(&sample);
         }
         TreeSample {
             t_s,
@@ -241,8 +241,7 @@ impl ProcessTable {
                         (true, Some(sample)) => ResidentBytes::from_status(&sample),
                         (true, None) => p.resident_bytes(rss).0,
                     },
-                    pss: sample.pss,
-                    pss_anon: sample.pss_anon,
+                    pss: sample,
                 }
             })
             .collect();
@@ -310,8 +309,8 @@ pub struct ProcessState {
     pub live: bool,
     pub flows: ProcessFlows,
     pub resident: ResidentBytes,
-    pub pss: u64,
-    pub pss_anon: u64,
+    /// The smaps_rollup figures (zero for a process no longer live).
+    pub pss: ProcSample,
 }
 
 /// Every process's state at one boundary.

@@ -43,18 +43,19 @@ impl Progress {
         }
     }
 
-    /// `pss_at_cycle_ends`: the tree's PSS at the end of each complete cycle so far.
-    pub fn update(&self, elapsed: Duration, pss_now: u64, pss_at_cycle_ends: &[u64]) {
+    /// `owned_at_cycle_ends`: the PSS the tree owns (growth is judged on it) at the end of each
+    /// complete cycle so far.
+    pub fn update(&self, elapsed: Duration, pss_now: u64, owned_at_cycle_ends: &[u64]) {
         let Some(bar) = &self.bar else { return };
-        let done = pss_at_cycle_ends.len();
+        let done = owned_at_cycle_ends.len();
         let cycle = match self.target_cycles {
             Some(target) => format!("cycle {} of {target}", done + 1),
             None => format!("cycle {}", done + 1),
         };
-        let growth = match (pss_at_cycle_ends.first(), pss_at_cycle_ends.last()) {
+        let growth = match (owned_at_cycle_ends.first(), owned_at_cycle_ends.last()) {
             (Some(first), Some(last)) if done >= 2 => {
                 let per_cycle = (*last as i64 - *first as i64) / (done as i64 - 1);
-                format!(", {}/cycle so far", bytes(per_cycle, true))
+                format!(", owned {}/cycle so far", bytes(per_cycle, true))
             }
             _ => String::new(),
         };

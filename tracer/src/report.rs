@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use tracer_common::RegionClass;
 
 use crate::{
-    analysis::{SeriesFit, Shape},
+    analysis::{SeriesFit, Shape, TREE},
     trace::{ClassFlow, Growth, Process, Trace},
 };
 
@@ -96,7 +96,7 @@ pub fn markdown(trace: &Trace, text: &str) -> String {
     if let Some(tree) = analysis.tree() {
         let _ = writeln!(
             out,
-            "- **verdict**: {} ({})\n- **growth**: tree PSS {}/cycle, {}/day (R² {:.2}, {} cycles)",
+            "- **verdict**: {} ({})\n- **growth**: tree owned PSS {}/cycle, {}/day (R² {:.2}, {} cycles)",
             analysis.verdict.source,
             analysis.verdict.evidence.join("; "),
             bytes(tree.per_cycle as i64, true),
@@ -186,7 +186,7 @@ fn answers(out: &mut String, trace: &Trace) {
     };
     let _ = writeln!(
         out,
-        "  growth rate   tree PSS {}/cycle, {}/day (R² {:.2}){caveat}",
+        "  growth rate   tree owned PSS {}/cycle, {}/day (R² {:.2}){caveat}",
         bytes(tree.per_cycle as i64, true),
         bytes(tree.per_day as i64, true),
         tree.r2
@@ -195,7 +195,7 @@ fn answers(out: &mut String, trace: &Trace) {
         .series
         .iter()
         .filter(|s| {
-            s.name != "tree.pss"
+            ![TREE, "tree.pss"].contains(&s.name.as_str())
                 && !s.name.starts_with("browser.pages")
                 && !s.name.starts_with("browser.contexts")
         })
@@ -238,7 +238,7 @@ fn answers(out: &mut String, trace: &Trace) {
     if let Some(d) = &analysis.cycle_growth {
         let _ = writeln!(
             out,
-            "  per cycle     tree PSS change: median {}, p90 {}, max {} (min {})",
+            "  per cycle     tree owned PSS change: median {}, p90 {}, max {} (min {})",
             bytes(d.p50, true),
             bytes(d.p90, true),
             bytes(d.max, true),
@@ -343,8 +343,8 @@ fn cycles(out: &mut String, trace: &Trace) {
     );
     let _ = writeln!(
         out,
-        "{:>4} {:>8} {:>7} {:>10} {:>9} {:>10} {:>10}  WORKER FIGURES",
-        "#", "START S", "LEN S", "TREE PSS", "PSS", "ANON", "FLOWS NET"
+        "{:>4} {:>8} {:>7} {:>10} {:>9} {:>9} {:>10} {:>10}  WORKER FIGURES",
+        "#", "START S", "LEN S", "TREE PSS", "PSS", "OWNED", "ANON", "FLOWS NET"
     );
     for cycle in &trace.cycles {
         let pss: u64 = cycle.by_role.values().map(|r| r.pss).sum();
@@ -365,41 +365,44 @@ fn cycles(out: &mut String, trace: &Trace) {
         };
         let _ = writeln!(
             out,
-            "{:>4} {:>8.1} {:>7.1} {:>10} {:>9} {:>10} {:>10}  {}{flag}",
+            "{:>4} {:>8.1} {:>7.1} {:>10} {:>9} {:>9} {:>10} {:>10}  {}{flag}",
             cycle.index,
             cycle.start_s,
             cycle.end_s - cycle.start_s,
             size(pss),
             bytes(total_growth(&cycle.growth, |g| g.pss), true),
+            bytes(total_growth(&cycle.growth, Growth::owned), true),
             bytes(total_growth(&cycle.growth, |g| g.resident.anon), true),
             bytes(net, true),
             figures.join(" ")
         );
     }
     // Per phase, the mean over complete cycles past warm-up: where the growth happens.
-    let mut phases: BTreeMap<&str, (i64, i64, u32)> = BTreeMap::new();
+    let mut phases: BTreeMap<&str, (i64, i64, i64, u32)> = BTreeMap::new();
     for cycle in trace.cycles.iter().filter(|c| !c.cut && !c.warmup) {
         for phase in &cycle.phases {
             let entry = phases.entry(&phase.name).or_default();
             entry.0 += total_growth(&phase.growth, |g| g.pss);
-            entry.1 += total_growth(&phase.growth, |g| g.resident.anon);
-            entry.2 += 1;
+            entry.1 += total_growth(&phase.growth, Growth::owned);
+            entry.2 += total_growth(&phase.growth, |g| g.resident.anon);
+            entry.3 += 1;
         }
     }
     if !phases.is_empty() {
         let _ = writeln!(
             out,
-            "{:<16} {:>7} {:>10} {:>10}",
-            "PHASE (mean)", "CYCLES", "PSS", "ANON"
+            "{:<16} {:>7} {:>10} {:>10} {:>10}",
+            "PHASE (mean)", "CYCLES", "PSS", "OWNED", "ANON"
         );
-        for (name, (pss, anon, count)) in phases {
+        for (name, (pss, owned, anon, count)) in phases {
             let n = i64::from(count.max(1));
             let _ = writeln!(
                 out,
-                "{:<16} {:>7} {:>10} {:>10}",
+                "{:<16} {:>7} {:>10} {:>10} {:>10}",
                 truncate(name, 16),
                 count,
                 bytes(pss / n, true),
+                bytes(owned / n, true),
                 bytes(anon / n, true)
             );
         }

@@ -350,7 +350,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     let mut cutting = Cutting {
         timeline: Timeline::new(marker_options.warmup, t0, start),
         summary,
-        pss_at_cycle_ends: Vec::new(),
+        owned_at_cycle_ends: Vec::new(),
         progress: progress.clone(),
         warn: options.warn,
         target: marker_options.cycles,
@@ -396,7 +396,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             _ = sample_tick.tick() => {
                 let sample = collectors.sample();
                 follow_browser(&collectors, &mut browser, options.warn, cutting.summary.cycles_seen == 0).await;
-                cutting.progress.update(started.elapsed(), sample.pss, &cutting.pss_at_cycle_ends);
+                cutting.progress.update(started.elapsed(), sample.pss, &cutting.owned_at_cycle_ends);
             }
             _ = tick.tick() => {
                 collectors.follow();
@@ -492,7 +492,7 @@ impl Cutting {
         let analysis = crate::analysis::analyze_cycles(self.timeline.cycles(), warmup, None);
         let Some(tree) = analysis.tree() else { return };
         let line = format!(
-            "leaktrace: after {done} cycles: tree PSS {}/cycle, {}/day (R² {:.2}, {:?}); likely source: {}\n",
+            "leaktrace: after {done} cycles: tree owned PSS {}/cycle, {}/day (R² {:.2}, {:?}); likely source: {}\n",
             crate::report::bytes(tree.per_cycle as i64, true),
             crate::report::bytes(tree.per_day as i64, true),
             tree.r2,
@@ -508,7 +508,7 @@ struct Cutting {
     timeline: Timeline,
     summary: MarkerSummary,
     /// The tree's PSS at each cycle end, for the progress line.
-    pss_at_cycle_ends: Vec<u64>,
+    owned_at_cycle_ends: Vec<u64>,
     progress: Progress,
     warn: bool,
     /// `--cycles`.
@@ -543,9 +543,12 @@ impl Cutting {
         let (now, snapshot, sample) = collectors.snapshot();
         if marker.boundary == Boundary::CycleEnd {
             self.summary.cycles_seen += 1;
-            self.pss_at_cycle_ends.push(sample.pss);
-            self.progress
-                .update(self.started.elapsed(), sample.pss, &self.pss_at_cycle_ends);
+            self.owned_at_cycle_ends.push(sample.owned());
+            self.progress.update(
+                self.started.elapsed(),
+                sample.pss,
+                &self.owned_at_cycle_ends,
+            );
         } else {
             self.summary.phases_seen += 1;
         }

@@ -13,6 +13,7 @@ use tracer_common::RegionClass;
 use crate::{
     browser::BrowserView,
     processes::{ProcessState, Snapshot},
+    sampler::ProcSample,
     trace::{self, Cycle, Growth, Phase, RoleTotals},
 };
 
@@ -164,10 +165,10 @@ impl OpenCycle {
 fn by_role(snapshot: &Snapshot) -> BTreeMap<String, RoleTotals> {
     let mut roles: BTreeMap<String, RoleTotals> = BTreeMap::new();
     for process in snapshot.processes.iter().filter(|p| p.live) {
-        let totals = roles.entry(process.role.clone()).or_default();
-        totals.pss += process.pss;
-        totals.anon += process.pss_anon;
-        totals.count += 1;
+        roles
+            .entry(process.role.clone())
+            .or_default()
+            .add(&process.pss);
     }
     roles
 }
@@ -206,8 +207,13 @@ pub fn growth(start: &Snapshot, end: &Snapshot) -> BTreeMap<String, Growth> {
         growth.resident.file += change(after.resident.file, before.map(|b| b.resident.file));
         growth.resident.shmem += change(after.resident.shmem, before.map(|b| b.resident.shmem));
         growth.resident.swap += change(after.resident.swap, before.map(|b| b.resident.swap));
-        growth.pss += change(after.pss, before.map(|b| b.pss));
-        growth.pss_anon += change(after.pss_anon, before.map(|b| b.pss_anon));
+        let pss = |figure: fn(&ProcSample) -> u64| {
+            change(figure(&after.pss), before.map(|b| figure(&b.pss)))
+        };
+        growth.pss += pss(|s| s.pss);
+        growth.pss_anon += pss(|s| s.pss_anon);
+        growth.pss_shmem += pss(|s| s.pss_shmem);
+        growth.pss_file += pss(|s| s.pss_file);
     }
     roles
 }
@@ -246,8 +252,11 @@ mod tests {
                 anon: resident_anon,
                 ..Default::default()
             },
-            pss: resident_anon,
-            pss_anon: resident_anon,
+            pss: ProcSample {
+                pss: resident_anon,
+                pss_anon: resident_anon,
+                ..Default::default()
+            },
         }
     }
 

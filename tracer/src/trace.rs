@@ -166,6 +166,15 @@ pub struct Growth {
     pub resident: ResidentChange,
     pub pss: i64,
     pub pss_anon: i64,
+    pub pss_shmem: i64,
+    pub pss_file: i64,
+}
+
+impl Growth {
+    /// The change of the PSS the processes own (see `RoleTotals::owned`).
+    pub fn owned(&self) -> i64 {
+        self.pss_anon + self.pss_shmem
+    }
 }
 
 /// A change of resident memory, in bytes.
@@ -240,7 +249,31 @@ pub struct RoleTotals {
     pub pss: u64,
     /// Sum of Pss_Anon.
     pub anon: u64,
+    /// Sum of Pss_Shmem.
+    pub shmem: u64,
+    /// Sum of Pss_File.
+    pub file: u64,
     pub count: u64,
+}
+
+impl RoleTotals {
+    /// Counts one live process.
+    pub fn add(&mut self, sample: &ProcSample) {
+        self.pss += sample.pss;
+        self.anon += sample.pss_anon;
+        self.shmem += sample.pss_shmem;
+        self.file += sample.pss_file;
+        self.count += 1;
+    }
+
+    /// The PSS of the memory the processes made: anonymous and shared-memory pages. Growth is
+    /// judged on this. File-backed pages are left out: they are reclaimable page cache, and
+    /// their PSS share moves whenever a process outside the tree maps the same files (another
+    /// Chromium starting takes a hundred megabytes off this tree's PSS, and gives it back when
+    /// it exits).
+    pub fn owned(&self) -> u64 {
+        self.anon + self.shmem
+    }
 }
 
 /// The whole tree at one /proc sample.
@@ -251,6 +284,13 @@ pub struct TreeSample {
     pub t_s: f64,
     pub pss: u64,
     pub by_role: BTreeMap<String, RoleTotals>,
+}
+
+impl TreeSample {
+    /// The PSS the whole tree owns (see `RoleTotals::owned`).
+    pub fn owned(&self) -> u64 {
+        self.by_role.values().map(RoleTotals::owned).sum()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -12,9 +12,11 @@
 //! - `cleanup-only`: keeps 4 MiB per cycle, in the cleanup phase;
 //! - `sawtooth`: takes 8 MiB in scrape and gives it all back in cleanup.
 //!
-//! `zoo --leak PATTERN --cycles N [--recreate-every K] [--profile DIR]`. With
+//! `zoo --leak PATTERN --cycles N [--recreate-every K] [--profile DIR] [--proc-truth]`. With
 //! `--recreate-every K`, every K cycles it closes the pages and contexts it kept and starts
-//! over. Without LEAKTRACE_MARKER it prints the markers instead.
+//! over. With `--proc-truth`, every cycle marker carries `treeOwned=`: the PSS its own process
+//! tree owns (Pss_Anon + Pss_Shmem), read from /proc just before the marker, for the tests to
+//! check leaktrace against. Without LEAKTRACE_MARKER it prints the markers instead.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -30,7 +32,7 @@ use chromiumoxide::{
     },
 };
 use futures::StreamExt;
-use leaktrace_tests::{arg_value, sys::map_and_touch};
+use leaktrace_tests::{arg_value, proc::tree_owned_pss, sys::map_and_touch};
 
 const MIB: usize = 1 << 20;
 const PAGE: usize = 4096;
@@ -108,6 +110,7 @@ async fn main() {
     let cycles: usize = arg_value(&args, "--cycles").map_or(30, |v| v.parse().unwrap());
     let recreate_every: Option<usize> =
         arg_value(&args, "--recreate-every").map(|v| v.parse().unwrap());
+    let proc_truth = args.iter().any(|a| a == "--proc-truth");
     let profile =
         arg_value(&args, "--profile").unwrap_or_else(|| format!("/tmp/zoo-{}", std::process::id()));
     let mut markers = Markers(
@@ -214,10 +217,14 @@ async fn main() {
             .unwrap()
             .result
             .used_size;
-        markers.send(&format!(
+        let mut cycle = format!(
             "cycle heapUsed={} external={} pageHeap={page_heap}",
             kept.heap_bytes, kept.external_bytes
-        ));
+        );
+        if proc_truth {
+            cycle += &format!(" treeOwned={}", tree_owned_pss(std::process::id()));
+        }
+        markers.send(&cycle);
     }
     let _ = browser.close().await;
     let _ = browser.wait().await;

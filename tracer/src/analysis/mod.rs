@@ -5,6 +5,8 @@
 //! Slopes are Theil–Sen (the median of pairwise slopes: robust to outliers, such as a GC in one
 //! cycle), with least squares beside them for R². Series are taken at cycle ends over complete
 //! cycles; the warm-up is the user's `--warmup`, or else found as the knee of a two-segment fit.
+//! The tree's growth (answers, verdict, budget) is judged on the PSS it owns (`tree.owned`):
+//! anonymous and shared-memory pages, not file-backed ones (see `RoleTotals::owned`).
 //!
 //! [`fit`] fits one series; [`verdict`] turns the fits into answers and a verdict.
 
@@ -20,7 +22,10 @@ pub use self::{
     fit::{MIN_CYCLES, SeriesFit, Shape, detect_warmup, fit, least_squares, theil_sen},
     verdict::{Answers, Verdict},
 };
-use crate::trace::{Cycle, Trace};
+use crate::trace::{Cycle, RoleTotals, Trace};
+
+/// The series growth is judged on: the PSS the whole tree owns.
+pub const TREE: &str = "tree.owned";
 
 /// A budget: so many bytes per day or per cycle.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -101,9 +106,9 @@ pub struct Analysis {
     /// The median length of a complete cycle, in seconds.
     pub cycle_s: f64,
     pub series: Vec<SeriesFit>,
-    /// Mean change of the tree's PSS in each phase, over complete cycles past warm-up.
+    /// Mean change of the tree's owned PSS in each phase, over complete cycles past warm-up.
     pub phase_growth: BTreeMap<String, f64>,
-    /// How the tree's PSS changed from one cycle end to the next: the distribution.
+    /// How the tree's owned PSS changed from one cycle end to the next: the distribution.
     pub cycle_growth: Option<Distribution>,
     pub answers: Answers,
     pub verdict: Verdict,
@@ -122,12 +127,12 @@ pub struct Distribution {
     pub max: i64,
 }
 
-/// The per-cycle changes of the tree's PSS, through an HDR histogram (3 significant digits):
+/// The per-cycle changes of the tree's owned PSS, through an HDR histogram (3 significant digits):
 /// one cycle's jump, such as a GC or a cache fill, shows in the tail, not in the median.
 fn distribution(cycles: &[&Cycle]) -> Option<Distribution> {
     let pss: Vec<i64> = cycles
         .iter()
-        .map(|c| c.by_role.values().map(|r| r.pss as i64).sum())
+        .map(|c| c.by_role.values().map(|r| r.owned() as i64).sum())
         .collect();
     let changes: Vec<i64> = pss.windows(2).map(|w| w[1] - w[0]).collect();
     let min = *changes.iter().min()?;
@@ -160,7 +165,7 @@ pub fn origin(url: &str) -> String {
 
 impl Analysis {
     pub fn tree(&self) -> Option<&SeriesFit> {
-        self.series.iter().find(|s| s.name == "tree.pss")
+        self.series.iter().find(|s| s.name == TREE)
     }
 }
 
@@ -196,22 +201,26 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
             .series
             .push(fit(&name, &ys, warmup, cycle_s, significant));
     };
-    add(
-        "tree.pss".into(),
+    // The tree: its PSS as people know it, the part it owns (what growth is judged on, see
+    // `RoleTotals::owned`), and the shared-memory and file-backed parts for question 2.
+    let tree = |part: fn(&RoleTotals) -> u64| -> Vec<f64> {
         cycles
             .iter()
-            .map(|c| c.by_role.values().map(|r| r.pss).sum::<u64>() as f64)
-            .collect(),
-        BYTES,
-    );
+            .map(|c| c.by_role.values().map(part).sum::<u64>() as f64)
+            .collect()
+    };
+    add(TREE.into(), tree(RoleTotals::owned), BYTES);
+    add("tree.pss".into(), tree(|r| r.pss), BYTES);
+    add("tree.shmem".into(), tree(|r| r.shmem), BYTES);
+    add("tree.file".into(), tree(|r| r.file), BYTES);
     let roles: std::collections::BTreeSet<&String> =
         cycles.iter().flat_map(|c| c.by_role.keys()).collect();
     for role in roles {
-        let pss = cycles
+        let owned = cycles
             .iter()
-            .map(|c| c.by_role.get(role).map_or(0, |r| r.pss) as f64)
+            .map(|c| c.by_role.get(role).map_or(0, RoleTotals::owned) as f64)
             .collect();
-        add(format!("role.{role}.pss"), pss, BYTES);
+        add(format!("role.{role}.owned"), owned, BYTES);
     }
     let keys: std::collections::BTreeSet<&String> =
         cycles.iter().flat_map(|c| c.worker.keys()).collect();
@@ -262,7 +271,7 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
     for cycle in cycles.iter().skip(tree_warmup) {
         for phase in &cycle.phases {
             let entry = sums.entry(phase.name.clone()).or_default();
-            entry.0 += phase.growth.values().map(|g| g.pss as f64).sum::<f64>();
+            entry.0 += phase.growth.values().map(|g| g.owned() as f64).sum::<f64>();
             entry.1 += 1;
         }
     }
@@ -308,10 +317,11 @@ mod tests {
             };
             cycle.by_role.insert(
                 "worker".into(),
-                crate::trace::RoleTotals {
+                RoleTotals {
                     pss: pss * 1024,
-                    anon: 0,
+                    anon: pss * 1024,
                     count: 1,
+                    ..RoleTotals::default()
                 },
             );
             cycles.push(cycle);

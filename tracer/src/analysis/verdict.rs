@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Analysis,
+    Analysis, TREE,
     fit::{SeriesFit, Shape},
 };
 use crate::trace::Cycle;
@@ -12,22 +12,23 @@ use crate::trace::Cycle;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Answers {
-    /// 1. The tree's PSS growth per cycle and per day, with R² and whether the fit is trustworthy.
+    /// 1. The growth of the PSS the tree owns, per cycle and per day, with R² and whether the
+    ///    fit is trustworthy.
     pub growth_per_cycle: f64,
     pub growth_per_day: f64,
     pub r2: f64,
     pub trustworthy: bool,
     /// 2. The series that grow, fastest first.
     pub growing: Vec<String>,
-    /// 3. The phase with the largest mean PSS growth, if it grows.
+    /// 3. The phase with the largest mean growth of owned PSS, if it grows.
     pub growth_phase: Option<String>,
     /// 4. The tree's shape, and its warm-up.
     pub shape: Option<Shape>,
     pub warmup_cycles: usize,
-    /// 5. The mean PSS change of the cleanup phase (negative: it gives memory back).
+    /// 5. The mean owned-PSS change of the cleanup phase (negative: it gives memory back).
     pub cleanup_change: Option<f64>,
     pub cleanup_helps: Option<bool>,
-    /// 6. The mean PSS change of cycles where pages or contexts were recreated (their count
+    /// 6. The mean owned-PSS change of cycles where pages or contexts were recreated (their count
     ///    dropped), against the others.
     pub recreation_change: Option<f64>,
     pub other_cycles_change: Option<f64>,
@@ -52,7 +53,8 @@ pub(super) fn answers(analysis: &Analysis, cycles: &[&Cycle]) -> Answers {
         .series
         .iter()
         .filter(|s| {
-            s.name != "tree.pss" && matches!(s.shape, Some(Shape::Linear | Shape::Accelerating))
+            ![TREE, "tree.pss"].contains(&s.name.as_str())
+                && matches!(s.shape, Some(Shape::Linear | Shape::Accelerating))
         })
         .collect();
     growing.sort_by(|a, b| b.per_day.total_cmp(&a.per_day));
@@ -69,14 +71,14 @@ pub(super) fn answers(analysis: &Analysis, cycles: &[&Cycle]) -> Answers {
         .map(|(_, g)| *g);
     // Recreation: a cycle whose page or context count fell below the previous cycle's.
     let count = |c: &Cycle| c.browser.as_ref().map(|b| (b.pages, b.contexts));
-    let pss = |c: &Cycle| c.growth.values().map(|g| g.pss as f64).sum::<f64>();
+    let owned = |c: &Cycle| c.growth.values().map(|g| g.owned() as f64).sum::<f64>();
     let (mut recreated, mut others) = (Vec::new(), Vec::new());
     for pair in cycles.windows(2) {
         match (count(pair[0]), count(pair[1])) {
             (Some(before), Some(after)) if after.0 < before.0 || after.1 < before.1 => {
-                recreated.push(pss(pair[1]))
+                recreated.push(owned(pair[1]))
             }
-            (Some(_), Some(_)) => others.push(pss(pair[1])),
+            (Some(_), Some(_)) => others.push(owned(pair[1])),
             _ => {}
         }
     }
@@ -116,7 +118,7 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
         return Verdict {
             source: "none".into(),
             evidence: vec![format!(
-                "tree PSS is {shape} after {} warm-up cycles ({:+.0} B/cycle)",
+                "the tree's owned PSS is {shape} after {} warm-up cycles ({:+.0} B/cycle)",
                 tree.warmup_cycles, tree.per_cycle
             )],
         };
@@ -125,7 +127,7 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
     let share = |fit: &SeriesFit| fit.per_cycle / tree.per_cycle.max(1.0);
     let evidence = |fit: &SeriesFit, unit: &str| {
         format!(
-            "{} grows {:+.1}{unit}/cycle (R² {:.2}), tree PSS {:+.0} B/cycle",
+            "{} grows {:+.1}{unit}/cycle (R² {:.2}), tree owned PSS {:+.0} B/cycle",
             fit.name, fit.per_cycle, fit.r2, tree.per_cycle
         )
     };
@@ -164,9 +166,9 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
         _ => {}
     }
     let roles = [
-        ("role.worker.pss", "worker-heap"),
-        ("role.renderer.pss", "renderer-native"),
-        ("role.browser.pss", "browser-process"),
+        ("role.worker.owned", "worker-heap"),
+        ("role.renderer.owned", "renderer-native"),
+        ("role.browser.owned", "browser-process"),
     ];
     let largest = roles
         .iter()
@@ -204,7 +206,7 @@ mod tests {
 
     #[test]
     fn the_verdict_follows_counts_first_then_the_figure_or_role_that_grows() {
-        let tree = series("tree.pss", 4.0 * MIB, Shape::Linear);
+        let tree = series(TREE, 4.0 * MIB, Shape::Linear);
         let verdict_of = |more: Vec<SeriesFit>| {
             let analysis = Analysis {
                 series: [vec![tree.clone()], more].concat(),
@@ -246,17 +248,17 @@ mod tests {
         );
         assert_eq!(
             verdict_of(vec![
-                series("role.renderer.pss", 3.0 * MIB, Shape::Linear),
-                series("role.worker.pss", 0.5 * MIB, Shape::Linear)
+                series("role.renderer.owned", 3.0 * MIB, Shape::Linear),
+                series("role.worker.owned", 0.5 * MIB, Shape::Linear)
             ]),
             "renderer-native"
         );
         assert_eq!(
-            verdict_of(vec![series("role.browser.pss", 3.0 * MIB, Shape::Linear)]),
+            verdict_of(vec![series("role.browser.owned", 3.0 * MIB, Shape::Linear)]),
             "browser-process"
         );
         let flat = Analysis {
-            series: vec![series("tree.pss", 0.0, Shape::Plateau)],
+            series: vec![series(TREE, 0.0, Shape::Plateau)],
             ..Analysis::default()
         };
         assert_eq!(verdict(&flat).source, "none");
