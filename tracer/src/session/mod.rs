@@ -7,6 +7,9 @@
 //! a last sample, drains the kernel side and returns a complete trace. A command leaktrace
 //! started is never left running: on any other stop it gets SIGTERM, then SIGKILL after a grace
 //! period, and so do descendants that outlive it.
+//!
+//! [`collectors`]: what a snapshot is made of (kernel, process table, browser);
+//! [`cutting`]: markers into cycles and phases; [`stop`]: nothing we start is left behind.
 
 use std::{
     collections::BTreeMap,
@@ -22,16 +25,24 @@ use tokio::{
 };
 use tracer_common::LostReason;
 
+mod collectors;
+mod cutting;
+mod stop;
+
+use self::{
+    collectors::{Collectors, follow_browser, read_browser},
+    cutting::{Cutting, marker_sources},
+    stop::{stop_command, stop_leftovers},
+};
 use crate::{
-    browser::{BrowserReader, BrowserView, CdpMode, WorkerInspector},
-    kernel::{self, Kernel, KernelError, RssIndices},
+    browser::{BrowserReader, CdpMode, WorkerInspector},
+    kernel::{self, Kernel, KernelError},
     markers::{self, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket},
-    processes::{self, ProcessTable, SampleSeries, Snapshot},
+    processes::{ProcessTable, SampleSeries},
     progress::Progress,
-    sampler,
     target::{self, Identity, LaunchIo, ProcInfo, TargetError},
     timeline::{Boundary, Timeline},
-    trace::{self, EndReason, MarkerSummary, SCHEMA, Trace, TreeSample},
+    trace::{self, EndReason, MarkerSummary, SCHEMA, Trace},
 };
 
 /// How often the ring buffer is drained (and, without eBPF, /proc searched for new processes).
@@ -141,71 +152,6 @@ fn ebpf_off_reason(options: &Options) -> Option<&'static str> {
         Some("leaktrace is not root")
     } else {
         None
-    }
-}
-
-/// Every collector, and the clock they share.
-struct Collectors {
-    kernel: Option<Kernel>,
-    table: ProcessTable,
-    series: SampleSeries,
-    /// The last sample that found the tree alive: what the totals report once the worker exits.
-    last_alive: Option<TreeSample>,
-    started: Instant,
-    root_pid: u32,
-}
-
-impl Collectors {
-    fn elapsed(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
-    }
-
-    fn rss(&self) -> Option<RssIndices> {
-        self.kernel.as_ref().map(|k| k.rss)
-    }
-
-    /// Takes in what happened since the last tick: kernel events, or /proc without eBPF.
-    fn follow(&mut self) {
-        match &mut self.kernel {
-            Some(kernel) => {
-                let mut events = Vec::new();
-                kernel.drain_events(|event| events.push(event));
-                for event in &events {
-                    self.table.on_event(event, kernel);
-                }
-            }
-            None => {
-                if let Ok(tree) = target::process_tree(self.root_pid) {
-                    tree.into_iter().for_each(|info| self.table.add(info));
-                }
-                for pid in self.table.live_pids() {
-                    if !target::is_alive(pid) {
-                        self.table.mark_gone(pid);
-                    }
-                }
-            }
-        }
-    }
-
-    /// A /proc sample of every live process, kept in the bounded series.
-    fn sample(&mut self) -> TreeSample {
-        self.follow();
-        let sample = self.table.sample(self.elapsed());
-        self.series.push(sample.clone());
-        if !sample.by_role.is_empty() {
-            self.last_alive = Some(sample.clone());
-        }
-        self.table.reap();
-        sample
-    }
-
-    /// Everything every collector knows now, for a cycle or phase boundary.
-    fn snapshot(&mut self) -> (f64, Snapshot, TreeSample) {
-        let sample = self.sample();
-        if let Some(kernel) = &mut self.kernel {
-            self.table.collect_kernel(kernel);
-        }
-        (sample.t_s, self.table.snapshot(self.rss()), sample)
     }
 }
 
@@ -319,9 +265,9 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         Target::Attach(pid) => {
             collectors.root_pid = *pid;
             collectors.table = ProcessTable::new(*pid);
-            seed_tree(&mut collectors)?;
+            collectors.seed_tree()?;
             // A child forked while we were seeding: look once more.
-            seed_tree(&mut collectors)?;
+            collectors.seed_tree()?;
             ("attach", attached_command(*pid), None)
         }
     };
@@ -478,152 +424,6 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     })
 }
 
-impl Cutting {
-    /// Every `--analyze-every` cycles, the fits so far, on stderr.
-    fn interim_analysis(&self) {
-        let done = self.timeline.complete_cycles();
-        if !self.warn
-            || self.analyze_every == 0
-            || !done.is_multiple_of(self.analyze_every as usize)
-        {
-            return;
-        }
-        let warmup = (self.warmup > 0).then_some(self.warmup as usize);
-        let analysis = crate::analysis::analyze_cycles(self.timeline.cycles(), warmup, None);
-        let Some(tree) = analysis.tree() else { return };
-        let line = format!(
-            "leaktrace: after {done} cycles: tree owned PSS {}/cycle, {}/day (R² {:.2}, {:?}); likely source: {}\n",
-            crate::report::bytes(tree.per_cycle as i64, true),
-            crate::report::bytes(tree.per_day as i64, true),
-            tree.r2,
-            tree.shape.unwrap_or(crate::analysis::Shape::Unknown),
-            analysis.verdict.source,
-        );
-        self.progress.pass(true, line.as_bytes());
-    }
-}
-
-/// Cuts the trace into cycles as markers come.
-struct Cutting {
-    timeline: Timeline,
-    summary: MarkerSummary,
-    /// The tree's PSS at each cycle end, for the progress line.
-    owned_at_cycle_ends: Vec<u64>,
-    progress: Progress,
-    warn: bool,
-    /// `--cycles`.
-    target: Option<u32>,
-    started: Instant,
-    inspector: Option<WorkerInspector>,
-    analyze_every: u32,
-    warmup: u32,
-}
-
-impl Cutting {
-    /// Takes one marker event; true once `--cycles` complete cycles are in.
-    async fn on_event(
-        &mut self,
-        collectors: &mut Collectors,
-        browser: &mut BrowserReader,
-        event: MarkerEvent,
-    ) -> bool {
-        let marker = match event {
-            MarkerEvent::Marker(marker) => marker,
-            MarkerEvent::Malformed(reason) => {
-                self.summary.malformed += 1;
-                if self.summary.malformed == 1 && self.warn {
-                    let warning = format!(
-                        "leaktrace: warning: ignored a marker ({reason}); further ones are only counted\n"
-                    );
-                    self.progress.pass(true, warning.as_bytes());
-                }
-                return false;
-            }
-        };
-        let (now, snapshot, sample) = collectors.snapshot();
-        if marker.boundary == Boundary::CycleEnd {
-            self.summary.cycles_seen += 1;
-            self.owned_at_cycle_ends.push(sample.owned());
-            self.progress.update(
-                self.started.elapsed(),
-                sample.pss,
-                &self.owned_at_cycle_ends,
-            );
-        } else {
-            self.summary.phases_seen += 1;
-        }
-        let cycle_end = marker.boundary == Boundary::CycleEnd;
-        let mut values = marker.values;
-        if cycle_end && let Some(inspector) = &mut self.inspector {
-            values.extend(inspector.read().await);
-        }
-        self.timeline
-            .on_boundary(marker.boundary, now, snapshot, values);
-        if cycle_end {
-            follow_browser(collectors, browser, self.warn, false).await;
-            if let Some(view) = read_browser(collectors, browser).await {
-                self.timeline.attach_browser(view);
-            }
-        }
-        if let Some(ack) = marker.ack {
-            let _ = ack.send(());
-        }
-        if cycle_end {
-            self.interim_analysis();
-        }
-        self.target
-            .is_some_and(|n| self.timeline.complete_cycles() >= n as usize)
-    }
-}
-
-fn marker_sources(rules: &LineRules, options: &MarkerOptions, socket: bool) -> Vec<String> {
-    let mut sources = Vec::new();
-    if !rules.is_empty() && options.cycle_log.is_none() {
-        sources.push("regex".to_string());
-    }
-    if socket {
-        sources.push("socket".to_string());
-    }
-    if options.cycle_log.is_some() {
-        sources.push("log".to_string());
-    }
-    if options.cycle_every.is_some() {
-        sources.push("interval".to_string());
-    }
-    sources
-}
-
-/// Connects to the browser when one shows up, and without cycles keeps the last view fresh.
-async fn follow_browser(
-    collectors: &Collectors,
-    browser: &mut BrowserReader,
-    warn: bool,
-    read: bool,
-) {
-    let browsers: Vec<_> = collectors
-        .table
-        .live_with_role("browser")
-        .into_iter()
-        .filter_map(|pid| {
-            let id = sampler::identity(pid)?;
-            Some((pid, id.cmdline, sampler::home_of(pid)))
-        })
-        .collect();
-    browser.ensure_connected(&browsers, warn).await;
-    if read {
-        read_browser(collectors, browser).await;
-    }
-}
-
-/// Reads the browser's view, with leaktrace's role for each of Chromium's processes.
-async fn read_browser(collectors: &Collectors, browser: &mut BrowserReader) -> Option<BrowserView> {
-    let mut view = browser.read().await?;
-    for process in &mut view.processes {
-        process.role = collectors.table.role_of_pid(process.pid);
-    }
-    Some(view)
-}
-
 async fn tick_every(every: &mut Option<tokio::time::Interval>) {
     match every {
         Some(every) => {
@@ -640,73 +440,8 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn seed_tree(collectors: &mut Collectors) -> Result<(), SessionError> {
-    for info in target::process_tree(collectors.root_pid)? {
-        if let Some(kernel) = collectors.kernel.as_mut() {
-            kernel.track(info.pid)?;
-            // Counters that never change while we watch still need a value: /proc shows the
-            // same ones the kernel programs read.
-            if let Some(sample) = sampler::sample(info.pid) {
-                kernel.seed_resident(info.pid, processes::resident_pages(&sample, kernel.rss))?;
-            }
-        }
-        collectors.table.add(info);
-    }
-    Ok(())
-}
-
 fn attached_command(pid: u32) -> Vec<String> {
     procfs::process::Process::new(pid as i32)
         .and_then(|p| p.cmdline())
         .unwrap_or_default()
-}
-
-/// SIGTERM to every traced process still alive, SIGKILL to those alive after the grace period.
-async fn stop_leftovers(collectors: &mut Collectors) {
-    for next_signal in [libc::SIGTERM, libc::SIGKILL] {
-        let leftovers = collectors.table.live();
-        let signalled = leftovers
-            .iter()
-            .filter(|(pid, start)| target::signal_if_same(*pid, *start, next_signal))
-            .count();
-        if signalled == 0 {
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + KILL_GRACE;
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(TICK).await;
-            collectors.follow();
-            collectors.table.reap();
-            if collectors
-                .table
-                .live()
-                .iter()
-                .all(|(pid, _)| !target::is_alive(*pid))
-            {
-                return;
-            }
-        }
-    }
-}
-
-/// Stops a command the session launched. After Ctrl-C the terminal already sent it SIGINT, so
-/// it first gets a grace period; otherwise SIGTERM at once. SIGKILL ends the escalation.
-async fn stop_command(
-    pid: u32,
-    status_rx: &mut tokio::sync::oneshot::Receiver<std::io::Result<ExitStatus>>,
-    ended_by: EndReason,
-) -> Option<i32> {
-    let escalation: &[i32] = if ended_by == EndReason::Interrupted {
-        &[libc::SIGTERM, libc::SIGKILL]
-    } else {
-        target::signal(pid, libc::SIGTERM);
-        &[libc::SIGKILL]
-    };
-    for next_signal in escalation {
-        if let Ok(waited) = tokio::time::timeout(KILL_GRACE, &mut *status_rx).await {
-            return waited.ok()?.ok().map(status_code);
-        }
-        target::signal(pid, *next_signal);
-    }
-    status_rx.await.ok()?.ok().map(status_code)
 }

@@ -1,0 +1,129 @@
+//! Every collector of a session (the kernel programs, the process table and its /proc samples,
+//! the browser's view) and the clock they share: what a boundary snapshot is made of.
+
+use std::time::Instant;
+
+use super::SessionError;
+use crate::{
+    browser::{BrowserReader, BrowserView},
+    kernel::{Kernel, RssIndices},
+    processes::{self, ProcessTable, SampleSeries, Snapshot},
+    sampler, target,
+    trace::TreeSample,
+};
+
+/// Every collector, and the clock they share.
+pub(super) struct Collectors {
+    pub(super) kernel: Option<Kernel>,
+    pub(super) table: ProcessTable,
+    pub(super) series: SampleSeries,
+    /// The last sample that found the tree alive: what the totals report once the worker exits.
+    pub(super) last_alive: Option<TreeSample>,
+    pub(super) started: Instant,
+    pub(super) root_pid: u32,
+}
+
+impl Collectors {
+    pub(super) fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    pub(super) fn rss(&self) -> Option<RssIndices> {
+        self.kernel.as_ref().map(|k| k.rss)
+    }
+
+    /// Takes in what happened since the last tick: kernel events, or /proc without eBPF.
+    pub(super) fn follow(&mut self) {
+        match &mut self.kernel {
+            Some(kernel) => {
+                let mut events = Vec::new();
+                kernel.drain_events(|event| events.push(event));
+                for event in &events {
+                    self.table.on_event(event, kernel);
+                }
+            }
+            None => {
+                if let Ok(tree) = target::process_tree(self.root_pid) {
+                    tree.into_iter().for_each(|info| self.table.add(info));
+                }
+                for pid in self.table.live_pids() {
+                    if !target::is_alive(pid) {
+                        self.table.mark_gone(pid);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A /proc sample of every live process, kept in the bounded series.
+    pub(super) fn sample(&mut self) -> TreeSample {
+        self.follow();
+        let sample = self.table.sample(self.elapsed());
+        self.series.push(sample.clone());
+        if !sample.by_role.is_empty() {
+            self.last_alive = Some(sample.clone());
+        }
+        self.table.reap();
+        sample
+    }
+
+    /// Everything every collector knows now, for a cycle or phase boundary.
+    pub(super) fn snapshot(&mut self) -> (f64, Snapshot, TreeSample) {
+        let sample = self.sample();
+        if let Some(kernel) = &mut self.kernel {
+            self.table.collect_kernel(kernel);
+        }
+        (sample.t_s, self.table.snapshot(self.rss()), sample)
+    }
+
+    /// Tracks the attached process and its live descendants, from /proc.
+    pub(super) fn seed_tree(&mut self) -> Result<(), SessionError> {
+        for info in target::process_tree(self.root_pid)? {
+            if let Some(kernel) = self.kernel.as_mut() {
+                kernel.track(info.pid)?;
+                // Counters that never change while we watch still need a value: /proc shows the
+                // same ones the kernel programs read.
+                if let Some(sample) = sampler::sample(info.pid) {
+                    kernel
+                        .seed_resident(info.pid, processes::resident_pages(&sample, kernel.rss))?;
+                }
+            }
+            self.table.add(info);
+        }
+        Ok(())
+    }
+}
+
+/// Connects to the browser when one shows up, and without cycles keeps the last view fresh.
+pub(super) async fn follow_browser(
+    collectors: &Collectors,
+    browser: &mut BrowserReader,
+    warn: bool,
+    read: bool,
+) {
+    let browsers: Vec<_> = collectors
+        .table
+        .live_with_role("browser")
+        .into_iter()
+        .filter_map(|pid| {
+            let id = sampler::identity(pid)?;
+            Some((pid, id.cmdline, sampler::home_of(pid)))
+        })
+        .collect();
+    browser.ensure_connected(&browsers, warn).await;
+    if read {
+        read_browser(collectors, browser).await;
+    }
+}
+
+/// Reads the browser's view, with leaktrace's role for each of Chromium's processes.
+pub(super) async fn read_browser(
+    collectors: &Collectors,
+    browser: &mut BrowserReader,
+) -> Option<BrowserView> {
+    let mut view = browser.read().await?;
+    for process in &mut view.processes {
+        process.role = collectors.table.role_of_pid(process.pid);
+    }
+    Some(view)
+}

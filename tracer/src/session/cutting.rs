@@ -1,0 +1,136 @@
+//! Cutting the trace into the worker's cycles as markers come: a snapshot of every collector
+//! at each boundary, the browser's view at each cycle end, the progress line and the interim
+//! analysis.
+
+use std::time::Instant;
+
+use super::{
+    MarkerOptions,
+    collectors::{Collectors, follow_browser, read_browser},
+};
+use crate::{
+    browser::{BrowserReader, WorkerInspector},
+    markers::{LineRules, MarkerEvent},
+    progress::Progress,
+    timeline::{Boundary, Timeline},
+    trace::MarkerSummary,
+};
+
+/// Cuts the trace into cycles as markers come.
+pub(super) struct Cutting {
+    pub(super) timeline: Timeline,
+    pub(super) summary: MarkerSummary,
+    /// The tree's PSS at each cycle end, for the progress line.
+    pub(super) owned_at_cycle_ends: Vec<u64>,
+    pub(super) progress: Progress,
+    pub(super) warn: bool,
+    /// `--cycles`.
+    pub(super) target: Option<u32>,
+    pub(super) started: Instant,
+    pub(super) inspector: Option<WorkerInspector>,
+    pub(super) analyze_every: u32,
+    pub(super) warmup: u32,
+}
+
+impl Cutting {
+    /// Takes one marker event; true once `--cycles` complete cycles are in.
+    pub(super) async fn on_event(
+        &mut self,
+        collectors: &mut Collectors,
+        browser: &mut BrowserReader,
+        event: MarkerEvent,
+    ) -> bool {
+        let marker = match event {
+            MarkerEvent::Marker(marker) => marker,
+            MarkerEvent::Malformed(reason) => {
+                self.summary.malformed += 1;
+                if self.summary.malformed == 1 && self.warn {
+                    let warning = format!(
+                        "leaktrace: warning: ignored a marker ({reason}); further ones are only counted\n"
+                    );
+                    self.progress.pass(true, warning.as_bytes());
+                }
+                return false;
+            }
+        };
+        let (now, snapshot, sample) = collectors.snapshot();
+        if marker.boundary == Boundary::CycleEnd {
+            self.summary.cycles_seen += 1;
+            self.owned_at_cycle_ends.push(sample.owned());
+            self.progress.update(
+                self.started.elapsed(),
+                sample.pss,
+                &self.owned_at_cycle_ends,
+            );
+        } else {
+            self.summary.phases_seen += 1;
+        }
+        let cycle_end = marker.boundary == Boundary::CycleEnd;
+        let mut values = marker.values;
+        if cycle_end && let Some(inspector) = &mut self.inspector {
+            values.extend(inspector.read().await);
+        }
+        self.timeline
+            .on_boundary(marker.boundary, now, snapshot, values);
+        if cycle_end {
+            follow_browser(collectors, browser, self.warn, false).await;
+            if let Some(view) = read_browser(collectors, browser).await {
+                self.timeline.attach_browser(view);
+            }
+        }
+        if let Some(ack) = marker.ack {
+            let _ = ack.send(());
+        }
+        if cycle_end {
+            self.interim_analysis();
+        }
+        self.target
+            .is_some_and(|n| self.timeline.complete_cycles() >= n as usize)
+    }
+}
+
+pub(super) fn marker_sources(
+    rules: &LineRules,
+    options: &MarkerOptions,
+    socket: bool,
+) -> Vec<String> {
+    let mut sources = Vec::new();
+    if !rules.is_empty() && options.cycle_log.is_none() {
+        sources.push("regex".to_string());
+    }
+    if socket {
+        sources.push("socket".to_string());
+    }
+    if options.cycle_log.is_some() {
+        sources.push("log".to_string());
+    }
+    if options.cycle_every.is_some() {
+        sources.push("interval".to_string());
+    }
+    sources
+}
+
+impl Cutting {
+    /// Every `--analyze-every` cycles, the fits so far, on stderr.
+    fn interim_analysis(&self) {
+        let done = self.timeline.complete_cycles();
+        if !self.warn
+            || self.analyze_every == 0
+            || !done.is_multiple_of(self.analyze_every as usize)
+        {
+            return;
+        }
+        let warmup = (self.warmup > 0).then_some(self.warmup as usize);
+        let analysis = crate::analysis::analyze_cycles(self.timeline.cycles(), warmup, None);
+        let Some(tree) = analysis.tree() else { return };
+        let line = format!(
+            "leaktrace: after {done} cycles: tree owned PSS {}/cycle, {}/day (R² {:.2}, {:?}); likely source: {}\n",
+            crate::report::bytes(tree.per_cycle as i64, true),
+            crate::report::bytes(tree.per_day as i64, true),
+            tree.r2,
+            tree.shape.unwrap_or(crate::analysis::Shape::Unknown),
+            analysis.verdict.source,
+        );
+        self.progress.pass(true, line.as_bytes());
+    }
+}
