@@ -8,7 +8,7 @@ mod support;
 use std::{collections::BTreeSet, process::Command};
 
 use leaktrace::trace::{EndReason, Trace};
-use support::{Scratch, fixture, leaktrace, require_chromium, require_root};
+use support::{Scratch, fixture, leaktrace, require_chromium, require_root, succeeded};
 
 const CYCLE: [&str; 2] = ["--cycle-regex", r"cycle \d+ done"];
 
@@ -277,28 +277,23 @@ fn a_node_workers_own_heap_comes_through_its_inspector() {
     let json = scratch.path("t.json");
     let port = free_port();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/node_worker.js");
-    let output = Command::new(leaktrace())
-        .args(["run", "-q", "-o"])
-        .arg(&json)
-        .args(CYCLE)
-        .args([
-            "--worker-inspect",
-            &format!("http://127.0.0.1:{port}"),
-            "--",
-        ])
-        .args([
-            "node",
-            "--expose-gc",
-            &format!("--inspect=127.0.0.1:{port}"),
-        ])
-        .arg(&script)
-        .args(["8", "4"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    succeeded(
+        Command::new(leaktrace())
+            .args(["run", "-q", "-o"])
+            .arg(&json)
+            .args(CYCLE)
+            .args([
+                "--worker-inspect",
+                &format!("http://127.0.0.1:{port}"),
+                "--",
+            ])
+            .args([
+                "node",
+                "--expose-gc",
+                &format!("--inspect=127.0.0.1:{port}"),
+            ])
+            .arg(&script)
+            .args(["8", "4"]),
     );
     let trace = Trace::read(&json).unwrap();
     let complete: Vec<_> = trace.cycles.iter().filter(|c| !c.cut).collect();

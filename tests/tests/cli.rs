@@ -11,7 +11,9 @@ use std::{
 
 use leaktrace::trace::{EndReason, Trace};
 use leaktrace_tests::read_ledger;
-use support::{Scratch, fixture, leaktrace, leaktrace_run, require_root, spawn, wait_for_line};
+use support::{
+    Scratch, fixture, leaktrace, leaktrace_run, require_root, spawn, succeeded, wait_for_line,
+};
 
 const NOBODY: u32 = 65534;
 
@@ -36,12 +38,7 @@ fn ledger_run(
         .arg("--ledger")
         .arg(&ledger);
     command.envs(env.iter().copied());
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&mut command);
     let lines = read_ledger(&ledger);
     let root = lines.iter().find(|l| l.role == "root").unwrap();
     assert!(

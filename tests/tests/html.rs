@@ -16,7 +16,7 @@ use chromiumoxide::{
 };
 use futures::StreamExt;
 use leaktrace::trace::Trace;
-use support::{Scratch, fixture, leaktrace, require_chromium, require_root};
+use support::{Scratch, fixture, leaktrace, require_chromium, require_root, succeeded};
 
 #[test]
 fn the_html_report_is_self_contained_with_a_point_per_cycle_for_every_role() {
@@ -26,41 +26,31 @@ fn the_html_report_is_self_contained_with_a_point_per_cycle_for_every_role() {
     }
     let scratch = Scratch::new("html");
     let (json, html) = (scratch.path("t.json"), scratch.path("report.html"));
-    let traced = Command::new(leaktrace())
-        .args(["run", "-q", "--cycle-regex", r"cycle \d+ done", "-o"])
-        .arg(&json)
-        .arg("--")
-        .arg(fixture("browser_worker"))
-        .args([
-            "--contexts",
-            "1",
-            "--pages",
-            "2",
-            "--cycles",
-            "4",
-            "--retain-mb",
-            "4",
-            "--profile",
-        ])
-        .arg(scratch.path("worker-profile"))
-        .output()
-        .unwrap();
-    assert!(
-        traced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&traced.stderr)
+    succeeded(
+        Command::new(leaktrace())
+            .args(["run", "-q", "--cycle-regex", r"cycle \d+ done", "-o"])
+            .arg(&json)
+            .arg("--")
+            .arg(fixture("browser_worker"))
+            .args([
+                "--contexts",
+                "1",
+                "--pages",
+                "2",
+                "--cycles",
+                "4",
+                "--retain-mb",
+                "4",
+                "--profile",
+            ])
+            .arg(scratch.path("worker-profile")),
     );
-    let rendered = Command::new(leaktrace())
-        .arg("report")
-        .arg(&json)
-        .arg("--html")
-        .arg(&html)
-        .output()
-        .unwrap();
-    assert!(
-        rendered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rendered.stderr)
+    succeeded(
+        Command::new(leaktrace())
+            .arg("report")
+            .arg(&json)
+            .arg("--html")
+            .arg(&html),
     );
     let trace = Trace::read(&json).unwrap();
     let complete: Vec<_> = trace.cycles.iter().filter(|c| !c.cut).collect();

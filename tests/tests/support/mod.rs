@@ -117,6 +117,18 @@ impl Drop for Guard {
     }
 }
 
+/// Runs a command to completion; its failure fails the test with its stderr.
+pub fn succeeded(command: &mut Command) -> Output {
+    let output = command.output().expect("run the command");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// Runs leaktrace to completion and reads the trace it wrote to `json`.
 pub fn leaktrace_run(args: &[&str], json: &Path) -> (Output, Trace) {
     let output = Command::new(leaktrace())
