@@ -230,7 +230,7 @@ fn answers(out: &mut String, trace: &Trace) {
             .collect();
         let _ = writeln!(
             out,
-            "  when          PSS change per phase, mean: {}",
+            "  when          owned PSS change per phase, mean: {}",
             phases.join(", ")
         );
     }
@@ -272,7 +272,7 @@ fn answers(out: &mut String, trace: &Trace) {
         let others = analysis.answers.other_cycles_change.unwrap_or(0.0);
         let _ = writeln!(
             out,
-            "  recreation    cycles that recreated pages or contexts: {} PSS, others {}",
+            "  recreation    cycles that recreated pages or contexts: {} owned PSS, others {}",
             bytes(recreation as i64, true),
             bytes(others as i64, true)
         );
