@@ -504,7 +504,12 @@ fn trace_events_open_in_perfetto_shape_and_end_on_the_reports_figures() {
             .rev()
             .find(|e| e["name"] == format!("{role} PSS"))
             .unwrap();
-        assert_eq!(last["args"]["pss"].as_u64(), Some(totals.pss), "{role}");
+        assert_eq!(
+            last["args"]["owned"].as_u64(),
+            Some(totals.owned()),
+            "{role}"
+        );
+        assert_eq!(last["args"]["file"].as_u64(), Some(totals.file), "{role}");
     }
     for process in &trace.processes {
         let last = counters

@@ -1,10 +1,11 @@
 //! A trace as Chrome Trace Event Format JSON (`--trace-events FILE`), which Perfetto's UI and
-//! chrome://tracing open: a counter track per role (PSS over time) and per process (resident
+//! chrome://tracing open: a counter track per role (PSS over time, stacked as the part the role
+//! owns, anonymous and shared memory, and the file-backed rest) and per process (resident
 //! memory when last seen), and an instant event at every cycle end and phase start.
 
 use serde_json::{Value, json};
 
-use crate::trace::Trace;
+use crate::trace::{RoleTotals, Trace};
 
 /// The pid every role track is drawn under (not a real process).
 const ROLES_PID: u32 = 0;
@@ -18,23 +19,19 @@ pub fn trace_events(trace: &Trace) -> Value {
         "name": "process_name", "ph": "M", "pid": ROLES_PID, "ts": 0,
         "args": {"name": "leaktrace: PSS by role"}
     })];
-    let role_counter = |t_s: f64, role: &str, pss: u64, anon: u64| {
+    // Counter args are drawn stacked: owned + file is the role's PSS.
+    let role_counter = |t_s: f64, role: &str, totals: &RoleTotals| {
         json!({"name": format!("{role} PSS"), "ph": "C", "pid": ROLES_PID, "ts": micros(t_s),
-               "args": {"pss": pss, "pss_anon": anon}})
+               "args": {"owned": totals.owned(), "file": totals.file}})
     };
     for sample in &trace.samples {
         for (role, totals) in &sample.by_role {
-            events.push(role_counter(sample.t_s, role, totals.pss, totals.anon));
+            events.push(role_counter(sample.t_s, role, totals));
         }
     }
     // The totals last, so every track ends on the figures of the report.
     for (role, totals) in &trace.totals.by_role {
-        events.push(role_counter(
-            trace.totals.pss_at_s,
-            role,
-            totals.pss,
-            totals.anon,
-        ));
+        events.push(role_counter(trace.totals.pss_at_s, role, totals));
     }
     let end = micros(trace.duration_s);
     for process in &trace.processes {
