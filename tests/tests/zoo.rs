@@ -1,7 +1,8 @@
 //! The leak zoo: each pattern of the `zoo` fixture (real Chromium, 30 cycles of scrape, cleanup
 //! and idle, marked on leaktrace's socket) must get the right verdict, a growth rate within 15%
 //! of what the fixture keeps, and the right shape, phase, cleanup and recreation answers; `none`
-//! passes a 5 MiB/day budget and a leak fails it with exit 3. Two of them run beside an
+//! passes a 5 MiB/day budget and a leak fails it with exit 3, and `diff` of a leak against its
+//! fix says `fixed`. Two of them run beside an
 //! unrelated Chromium, which moves the tree's file-backed PSS but not what it owns.
 
 mod support;
@@ -304,4 +305,52 @@ fn zoo_recreating_pages_gives_memory_back() {
     let answers = &trace.analysis.answers;
     assert_eq!(answers.recreation_helps, Some(true), "{answers:?}");
     assert!(answers.recreation_change.unwrap() < 0.0);
+}
+
+/// Measure, fix, measure again: `diff` of the worker-heap leak against the same worker without
+/// it says `fixed` and shows both rates; the other way round it says `new growth` and fails the
+/// budget with exit 3.
+#[test]
+fn zoo_diff_of_a_leak_against_its_fix() {
+    let name = "zoo-diff";
+    let (Some((_, leaking)), Some((_, fixed))) = (
+        zoo(&format!("{name}-before"), "worker-heap", &[]),
+        zoo(&format!("{name}-after"), "none", &[]),
+    ) else {
+        return;
+    };
+    let scratch = Scratch::new(name);
+    let (before, after) = (scratch.path("before.json"), scratch.path("after.json"));
+    std::fs::write(&before, serde_json::to_vec(&leaking).unwrap()).unwrap();
+    std::fs::write(&after, serde_json::to_vec(&fixed).unwrap()).unwrap();
+    let diff = |before: &std::path::Path, after: &std::path::Path| {
+        let output = Command::new(leaktrace())
+            .arg("diff")
+            .arg(before)
+            .arg(after)
+            .args(["--budget", "5MiB/day"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), text)
+    };
+    let (code, text) = diff(&before, &after);
+    assert!(text.contains("overall (tree owned PSS): fixed"), "{text}");
+    let tree: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("tree.owned"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert!(
+        tree.len() == 4 && tree[1].starts_with('+') && tree[3] == "fixed",
+        "both rates shown, the leak's growing: {tree:?}"
+    );
+    assert_eq!(code, Some(0), "the fixed worker is within budget: {text}");
+    let (code, text) = diff(&after, &before);
+    assert!(
+        text.contains("overall (tree owned PSS): new growth"),
+        "{text}"
+    );
+    assert_eq!(code, Some(3), "the leaking AFTER exceeds the budget");
 }
