@@ -2,8 +2,9 @@
 //! and idle, marked on leaktrace's socket) must get the right verdict, a growth rate within 15%
 //! of what the fixture keeps, and the right shape, phase, cleanup and recreation answers; `none`
 //! passes a 5 MiB/day budget and a leak fails it with exit 3, and `diff` of a leak against its
-//! fix says `fixed`. Two of them run beside an
-//! unrelated Chromium, which moves the tree's file-backed PSS but not what it owns.
+//! fix says `fixed`. Every pattern's tree growth matches the fixture's own /proc reading, and
+//! two run beside an unrelated Chromium, which moves the tree's file-backed PSS but not what it
+//! owns.
 
 mod support;
 
