@@ -309,19 +309,23 @@ fn resident_by_role(out: &mut String, trace: &Trace) {
         size(trace.totals.pss),
         trace.totals.pss_at_s
     );
+    // PSS = anon + shmem + file; owned = anon + shmem, what growth is judged on.
     let _ = writeln!(
         out,
-        "{:<26} {:>6} {:>10} {:>10}",
-        "ROLE", "PROCS", "PSS", "PSS ANON"
+        "{:<26} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "ROLE", "PROCS", "PSS", "OWNED", "ANON", "SHMEM", "FILE"
     );
     for (role, totals) in &trace.totals.by_role {
         let _ = writeln!(
             out,
-            "{:<26} {:>6} {:>10} {:>10}",
+            "{:<26} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
             role,
             totals.count,
             size(totals.pss),
-            size(totals.anon)
+            size(totals.owned()),
+            size(totals.anon),
+            size(totals.shmem),
+            size(totals.file)
         );
     }
 }
