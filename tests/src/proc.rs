@@ -1,6 +1,8 @@
 //! Independent readings of /proc, for the tests and fixtures that check leaktrace against what
 //! the kernel says at the same moment (plain text parsing, none of leaktrace's code).
 
+use std::collections::BTreeMap;
+
 /// The parent of `pid`, from /proc/PID/stat.
 pub fn ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -38,18 +40,26 @@ pub fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
-/// One field of /proc/PID/smaps_rollup (`Pss`, `Pss_Anon`, ...), in bytes; None if the process
-/// is gone.
-pub fn rollup(pid: u32, field: &str) -> Option<u64> {
+/// The fields of /proc/PID/smaps_rollup (`Pss`, `Pss_Anon`, ...), in bytes; None if the
+/// process is gone.
+pub fn rollup(pid: u32) -> Option<BTreeMap<String, u64>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let line = text.lines().find(|l| l.split(':').next() == Some(field))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    Some(
+        text.lines()
+            .filter_map(|line| {
+                let (field, rest) = line.split_once(':')?;
+                let kib: u64 = rest.split_whitespace().next()?.parse().ok()?;
+                Some((field.to_string(), kib * 1024))
+            })
+            .collect(),
+    )
 }
 
 /// The PSS that `root` and its descendants own: Pss_Anon + Pss_Shmem, summed.
 pub fn tree_owned_pss(root: u32) -> u64 {
     std::iter::once(root)
         .chain(descendants(root))
-        .filter_map(|pid| Some(rollup(pid, "Pss_Anon")? + rollup(pid, "Pss_Shmem")?))
+        .filter_map(rollup)
+        .map(|fields| fields["Pss_Anon"] + fields["Pss_Shmem"])
         .sum()
 }

@@ -97,7 +97,10 @@ fn chromium_roles_and_tree_pss_match_an_independent_reading() {
     let mut expected_roles = BTreeMap::new();
     let mut expected_pss = 0;
     for pid in descendants(leaktrace_pid) {
-        if let (Some(role), Some(pss)) = (role_from_cmdline(pid), rollup(pid, "Pss")) {
+        if let (Some(role), Some(pss)) = (
+            role_from_cmdline(pid),
+            rollup(pid).map(|fields| fields["Pss"]),
+        ) {
             expected_roles.insert(pid, role);
             expected_pss += pss;
         }

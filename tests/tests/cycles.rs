@@ -12,7 +12,10 @@ use std::{
 };
 
 use leaktrace::trace::{Cycle, EndReason, Trace};
-use support::{Scratch, fixture, leaktrace, leaktrace_run, require_root, spawn, wait_for_line};
+use support::{
+    Scratch, diff_within_5mib_a_day, fixture, leaktrace, leaktrace_run, require_root, spawn,
+    wait_for_line,
+};
 
 const MIB: u64 = 1 << 20;
 const REGEX: [&str; 4] = [
@@ -428,20 +431,7 @@ fn diff_says_fixed_for_the_fix_and_new_growth_the_other_way() {
         trace_of("before.json", &[]),
         trace_of("after.json", &["--fixed"]),
     );
-    let diff = |before: &std::path::Path, after: &std::path::Path| {
-        let output = Command::new(leaktrace())
-            .arg("diff")
-            .arg(before)
-            .arg(after)
-            .args(["--budget", "5MiB/day"])
-            .output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-        )
-    };
-    let (code, text) = diff(&leaking, &fixed);
+    let (code, text) = diff_within_5mib_a_day(&leaking, &fixed);
     assert_eq!(code, Some(0), "the fixed worker is within budget: {text}");
     assert!(text.contains("overall (tree owned PSS): fixed"), "{text}");
     let tree = text.lines().find(|l| l.starts_with("tree.owned")).unwrap();
@@ -453,7 +443,7 @@ fn diff_says_fixed_for_the_fix_and_new_growth_the_other_way() {
         text.contains("warning: the traces ran different commands"),
         "{text}"
     );
-    let (code, text) = diff(&fixed, &leaking);
+    let (code, text) = diff_within_5mib_a_day(&fixed, &leaking);
     assert!(
         text.contains("overall (tree owned PSS): new growth"),
         "{text}"

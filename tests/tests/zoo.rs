@@ -17,7 +17,9 @@ use leaktrace::{
     analysis::{Shape, theil_sen},
     trace::Trace,
 };
-use support::{Scratch, fixture, leaktrace, require_chromium, require_root, spawn};
+use support::{
+    Scratch, diff_within_5mib_a_day, fixture, leaktrace, require_chromium, require_root, spawn,
+};
 
 const MIB: f64 = 1048576.0;
 const CYCLES: &str = "30";
@@ -324,18 +326,7 @@ fn zoo_diff_of_a_leak_against_its_fix() {
     let (before, after) = (scratch.path("before.json"), scratch.path("after.json"));
     std::fs::write(&before, serde_json::to_vec(&leaking).unwrap()).unwrap();
     std::fs::write(&after, serde_json::to_vec(&fixed).unwrap()).unwrap();
-    let diff = |before: &std::path::Path, after: &std::path::Path| {
-        let output = Command::new(leaktrace())
-            .arg("diff")
-            .arg(before)
-            .arg(after)
-            .args(["--budget", "5MiB/day"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        (output.status.code(), text)
-    };
-    let (code, text) = diff(&before, &after);
+    let (code, text) = diff_within_5mib_a_day(&before, &after);
     assert!(text.contains("overall (tree owned PSS): fixed"), "{text}");
     let tree: Vec<&str> = text
         .lines()
@@ -348,7 +339,7 @@ fn zoo_diff_of_a_leak_against_its_fix() {
         "both rates shown, the leak's growing: {tree:?}"
     );
     assert_eq!(code, Some(0), "the fixed worker is within budget: {text}");
-    let (code, text) = diff(&after, &before);
+    let (code, text) = diff_within_5mib_a_day(&after, &before);
     assert!(
         text.contains("overall (tree owned PSS): new growth"),
         "{text}"

@@ -129,6 +129,21 @@ pub fn succeeded(command: &mut Command) -> Output {
     output
 }
 
+/// `leaktrace diff BEFORE AFTER --budget 5MiB/day`: its exit code and its report.
+pub fn diff_within_5mib_a_day(before: &Path, after: &Path) -> (Option<i32>, String) {
+    let output = Command::new(leaktrace())
+        .arg("diff")
+        .arg(before)
+        .arg(after)
+        .args(["--budget", "5MiB/day"])
+        .output()
+        .expect("run leaktrace diff");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
 /// Runs leaktrace to completion and reads the trace it wrote to `json`.
 pub fn leaktrace_run(args: &[&str], json: &Path) -> (Output, Trace) {
     let output = Command::new(leaktrace())
