@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use tracer_common::RegionClass;
 
 use crate::{
-    analysis::{SeriesFit, Shape, TREE},
+    analysis::{SeriesFit, Shape, is_whole_tree},
     trace::{ClassFlow, Growth, Process, Trace},
 };
 
@@ -195,7 +195,7 @@ fn answers(out: &mut String, trace: &Trace) {
         .series
         .iter()
         .filter(|s| {
-            ![TREE, "tree.pss"].contains(&s.name.as_str())
+            !is_whole_tree(&s.name)
                 && !s.name.starts_with("browser.pages")
                 && !s.name.starts_with("browser.contexts")
         })

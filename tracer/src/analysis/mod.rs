@@ -27,6 +27,11 @@ use crate::trace::{Cycle, RoleTotals, Trace};
 /// The series growth is judged on: the PSS the whole tree owns.
 pub const TREE: &str = "tree.owned";
 
+/// The whole tree's own series (owned, and all of its PSS): what grows, not where it grows.
+pub fn is_whole_tree(series: &str) -> bool {
+    series == TREE || series == "tree.pss"
+}
+
 /// A budget: so many bytes per day or per cycle.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Budget {
@@ -129,12 +134,12 @@ pub struct Distribution {
 
 /// The per-cycle changes of the tree's owned PSS, through an HDR histogram (3 significant digits):
 /// one cycle's jump, such as a GC or a cache fill, shows in the tail, not in the median.
-fn distribution(cycles: &[&Cycle]) -> Option<Distribution> {
-    let pss: Vec<i64> = cycles
-        .iter()
-        .map(|c| c.by_role.values().map(|r| r.owned() as i64).sum())
+/// `at_cycle_ends`: whole bytes, one value per cycle.
+fn distribution(at_cycle_ends: &[f64]) -> Option<Distribution> {
+    let changes: Vec<i64> = at_cycle_ends
+        .windows(2)
+        .map(|w| w[1] as i64 - w[0] as i64)
         .collect();
-    let changes: Vec<i64> = pss.windows(2).map(|w| w[1] - w[0]).collect();
     let min = *changes.iter().min()?;
     // Histograms hold non-negative values: record each change shifted by the smallest.
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3).ok()?;
@@ -209,7 +214,9 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
             .map(|c| c.by_role.values().map(part).sum::<u64>() as f64)
             .collect()
     };
-    add(TREE.into(), tree(RoleTotals::owned), BYTES);
+    let owned = tree(RoleTotals::owned);
+    analysis.cycle_growth = distribution(&owned);
+    add(TREE.into(), owned, BYTES);
     add("tree.pss".into(), tree(|r| r.pss), BYTES);
     add("tree.shmem".into(), tree(|r| r.shmem), BYTES);
     add("tree.file".into(), tree(|r| r.file), BYTES);
@@ -282,7 +289,6 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
     if let (Some(budget), Some(tree)) = (budget, analysis.tree()) {
         analysis.budget = Some(budget.check(tree, cycle_s));
     }
-    analysis.cycle_growth = distribution(&cycles);
     analysis.answers = verdict::answers(&analysis, &cycles);
     analysis.verdict = verdict::verdict(&analysis);
     analysis
@@ -306,28 +312,11 @@ mod tests {
 
     #[test]
     fn the_per_cycle_distribution_keeps_one_jump_in_its_tail() {
-        let mut cycles = Vec::new();
-        for (i, pss) in [100u64, 101, 102, 103, 153, 154, 155, 156, 157, 158, 159]
-            .iter()
-            .enumerate()
-        {
-            let mut cycle = Cycle {
-                index: i as u32 + 1,
-                ..Cycle::default()
-            };
-            cycle.by_role.insert(
-                "worker".into(),
-                RoleTotals {
-                    pss: pss * 1024,
-                    anon: pss * 1024,
-                    count: 1,
-                    ..RoleTotals::default()
-                },
-            );
-            cycles.push(cycle);
-        }
-        let refs: Vec<&Cycle> = cycles.iter().collect();
-        let d = distribution(&refs).unwrap();
+        let kib = [
+            100.0, 101.0, 102.0, 103.0, 153.0, 154.0, 155.0, 156.0, 157.0, 158.0, 159.0,
+        ];
+        let bytes: Vec<f64> = kib.iter().map(|k| k * 1024.0).collect();
+        let d = distribution(&bytes).unwrap();
         assert_eq!((d.count, d.min, d.p50), (10, 1024, 1024));
         assert!((50 * 1024 - 64..=50 * 1024 + 64).contains(&d.max), "{d:?}");
     }

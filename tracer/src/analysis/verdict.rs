@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Analysis, TREE,
+    Analysis,
     fit::{SeriesFit, Shape},
+    is_whole_tree,
 };
 use crate::trace::Cycle;
 
@@ -53,8 +54,7 @@ pub(super) fn answers(analysis: &Analysis, cycles: &[&Cycle]) -> Answers {
         .series
         .iter()
         .filter(|s| {
-            ![TREE, "tree.pss"].contains(&s.name.as_str())
-                && matches!(s.shape, Some(Shape::Linear | Shape::Accelerating))
+            !is_whole_tree(&s.name) && matches!(s.shape, Some(Shape::Linear | Shape::Accelerating))
         })
         .collect();
     growing.sort_by(|a, b| b.per_day.total_cmp(&a.per_day));
@@ -189,6 +189,7 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::TREE;
 
     const MIB: f64 = 1048576.0;
 
