@@ -14,12 +14,21 @@ const CYCLE: [&str; 2] = ["--cycle-regex", r"cycle \d+ done"];
 
 /// Runs the worker under leaktrace; returns the trace, the worker's stdout and leaktrace's stderr.
 fn traced(scratch: &Scratch, worker_args: &[&str]) -> (Trace, String, String) {
+    traced_with(scratch, &[], worker_args)
+}
+
+fn traced_with(
+    scratch: &Scratch,
+    leaktrace_args: &[&str],
+    worker_args: &[&str],
+) -> (Trace, String, String) {
     let json = scratch.path("t.json");
     let profile = scratch.path("profile");
     let output = Command::new(leaktrace())
         .args(["run", "-o"])
         .arg(&json)
         .args(CYCLE)
+        .args(leaktrace_args)
         .arg("--")
         .arg(fixture("browser_worker"))
         .args(worker_args)
@@ -109,8 +118,9 @@ fn a_page_retaining_js_data_shows_its_heap_growing_and_its_renderer() {
     }
     let scratch = Scratch::new("cdp-heap");
     let retained: u64 = 8 << 20;
-    let (trace, _, _) = traced(
+    let (trace, _, _) = traced_with(
         &scratch,
+        &["--page-renderers"],
         &[
             "--contexts",
             "1",

@@ -358,7 +358,11 @@ fn a_budget_gates_the_exit_code_on_the_fitted_growth() {
     );
     assert!(!trace.analysis.budget.as_ref().unwrap().pass);
     // The worker's own processes carry the growth, its cleanup gives 1 MiB back, scrape grows.
-    assert_eq!(trace.analysis.verdict.source, "worker-heap");
+    // Its heapUsed figure grows 1000 B a cycle: that does not explain 1.5 MiB, so the verdict
+    // names the worker without claiming its heap.
+    let verdict = &trace.analysis.verdict;
+    assert_eq!(verdict.source, "worker", "{verdict:?}");
+    assert!(verdict.evidence[1].contains("heapUsed"), "{verdict:?}");
     let answers = &trace.analysis.answers;
     assert_eq!(answers.growth_phase.as_deref(), Some("scrape"));
     assert_eq!(answers.cleanup_helps, Some(true));

@@ -122,6 +122,13 @@ struct TraceArgs {
     /// Start a phase at each matching line, named by the group `phase`, else the first group.
     #[arg(long, value_name = "RE")]
     phase_regex: Option<String>,
+    /// Take the worker's own figures from any line of its output (or --cycle-log) matching RE:
+    /// each named group is a figure of the cycle under way, and may carry a unit (12.5MB,
+    /// 3.2 MiB, 4096). E.g. for a line `mem heapUsed=45.6MB external=1.2MB`:
+    /// 'heapUsed=(?P<heapUsed>\S+) external=(?P<external>\S+)'. heapUsed, external and
+    /// arrayBuffers tell the worker's JS heap from its off-heap memory in the verdict.
+    #[arg(long, value_name = "RE")]
+    figures_regex: Option<String>,
     /// Follow this log's appends for markers (surviving rotation): lines matching the regexes,
     /// or without them lines `cycle` / `phase NAME`. For attach mode.
     #[arg(long, value_name = "FILE")]
@@ -146,6 +153,11 @@ struct TraceArgs {
     /// Record page URLs without their query strings and fragments.
     #[arg(long)]
     redact_urls: bool,
+    /// Find which renderer process holds each page. No DevTools call says; the way that works
+    /// (a one-off timeline trace per page) starts Chromium's tracing service, a utility process
+    /// that stays in the traced browser and grows: off unless asked for.
+    #[arg(long)]
+    page_renderers: bool,
     /// A Node worker's inspector (`node --inspect=HOST:PORT`): its Runtime.getHeapUsage at
     /// every cycle end becomes the worker figures inspect.heapUsed and inspect.heapTotal.
     #[arg(long, value_name = "URL")]
@@ -206,6 +218,7 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
         markers: session::MarkerOptions {
             cycle_regex: args.cycle_regex.clone(),
             phase_regex: args.phase_regex.clone(),
+            figures_regex: args.figures_regex.clone(),
             cycle_log: args.cycle_log.clone(),
             cycle_every: args.cycle_every,
             cycles: args.cycles,
@@ -214,6 +227,7 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
         },
         cdp: args.cdp.clone(),
         redact_urls: args.redact_urls,
+        page_renderers: args.page_renderers,
         worker_inspect: args.worker_inspect.clone(),
     };
     if args.verbose {

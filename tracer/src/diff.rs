@@ -137,7 +137,7 @@ pub fn compare(before: &Trace, after: &Trace) -> Comparison {
 
 pub fn render(before: &Trace, after: &Trace, comparison: &Comparison) -> String {
     let mut out = String::new();
-    let cycles = |t: &Trace| t.cycles.iter().filter(|c| !c.cut).count();
+    let cycles = |t: &Trace| t.cycles.iter().filter(|c| c.is_measured()).count();
     let _ = writeln!(
         out,
         "leaktrace diff: before `{}` ({} cycles), after `{}` ({} cycles)",

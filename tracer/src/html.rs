@@ -158,7 +158,7 @@ fn recreations(cycles: &[&Cycle]) -> Vec<u32> {
 }
 
 pub fn render_html(trace: &Trace) -> String {
-    let cycles: Vec<&Cycle> = trace.cycles.iter().filter(|c| !c.cut).collect();
+    let cycles: Vec<&Cycle> = trace.cycles.iter().filter(|c| c.is_measured()).collect();
     let index: Vec<u32> = cycles.iter().map(|c| c.index).collect();
     let phases = cycles
         .iter()
@@ -185,11 +185,11 @@ pub fn render_html(trace: &Trace) -> String {
          pre{{background:#f6f6f6;padding:12px;overflow:auto}}</style></head><body>\n<h1>{title}</h1>\n"
     );
     let verdict = &trace.analysis.verdict;
-    if !verdict.source.is_empty() {
+    if !verdict.evidence.is_empty() {
         let _ = writeln!(
             out,
             "<p class=\"verdict\"><b>verdict: {}</b> — {}</p>",
-            escape(&verdict.source),
+            escape(verdict.source.name()),
             escape(&verdict.evidence.join("; "))
         );
     }

@@ -9,7 +9,12 @@
 //! - `--cycle-every DURATION`.
 //!
 //! Any marker line may carry the worker's own figures as `key=value` (numbers), which become
-//! series of their own. Input that cannot be understood is counted, never fatal.
+//! series of their own; `--figures-regex` takes them from any line through named groups, with
+//! units (`heapUsed=45.6MB`). Input that cannot be understood is counted, never fatal.
+//!
+//! Markers from output lines are asynchronous: the worker does not wait for leaktrace, and may
+//! close its browser or exit in the next breath. So the line's reader takes the boundary's
+//! [`Reading`] of the tree itself, the moment it reads the line, before handing the marker on.
 
 use std::{
     collections::BTreeMap,
@@ -28,7 +33,10 @@ use tokio::{
     sync::{mpsc::UnboundedSender, oneshot},
 };
 
-use crate::timeline::Boundary;
+use crate::{
+    sampler::{self, LivePids, Reading},
+    timeline::Boundary,
+};
 
 #[derive(Debug, Error)]
 pub enum MarkerError {
@@ -44,6 +52,8 @@ pub enum MarkerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--figures-regex has no named group: name each figure, as in `heapUsed=(?P<heapUsed>\\S+)`")]
+    UnnamedFigures,
     #[error("cannot open --cycle-log {path}")]
     Log {
         path: String,
@@ -59,12 +69,20 @@ pub struct Marker {
     pub values: BTreeMap<String, f64>,
     /// Answered once the boundary's snapshot is taken (socket markers).
     pub ack: Option<oneshot::Sender<()>>,
+    /// When the marker was read (CLOCK_BOOTTIME).
+    pub at_ns: u64,
+    /// The tree's memory, read as soon as the marker was (output lines); None when the session
+    /// reads it itself (socket markers wait for their answer; timer and log markers).
+    pub reading: Option<Reading>,
 }
 
 /// What a source sends the session.
 #[derive(Debug)]
 pub enum MarkerEvent {
     Marker(Marker),
+    /// The worker's figures from a line that is not a marker (`--figures-regex`): they go with
+    /// the cycle under way.
+    Figures(BTreeMap<String, f64>),
     /// Input that could not be understood, with a sample of it.
     Malformed(String),
 }
@@ -100,6 +118,28 @@ pub fn key_values(text: &str) -> (BTreeMap<String, f64>, Vec<String>) {
     (values, bad)
 }
 
+/// An amount with an optional unit: `4096`, `12.5MB`, `3.2 MiB`, `1.2GB`, `64k`. B, KB, MB,
+/// GB, TB are decimal; KiB, MiB, GiB, TiB (and K, M, G) binary; any case.
+pub fn parse_amount(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = text[digits.len()..].to_ascii_lowercase();
+    let number: f64 = digits.trim().parse().ok()?;
+    let factor = match unit.as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    Some(number * factor).filter(|n| n.is_finite())
+}
+
 /// A line of the socket protocol: `cycle [k=v ...]` or `phase NAME [k=v ...]`.
 pub fn parse_protocol_line(line: &str) -> Result<(Boundary, BTreeMap<String, f64>), String> {
     let mut words = line.split_whitespace();
@@ -124,21 +164,35 @@ pub fn parse_protocol_line(line: &str) -> Result<(Boundary, BTreeMap<String, f64
 pub struct LineRules {
     cycle: Option<Regex>,
     phase: Option<Regex>,
+    /// `--figures-regex`: each named group of a matching line is a figure.
+    figures: Option<Regex>,
     /// Without regexes, read lines in the socket protocol (`cycle`, `phase NAME`) and ignore
     /// the rest: a log holds other lines too.
     protocol: bool,
 }
 
 impl LineRules {
-    pub fn new(cycle: Option<&str>, phase: Option<&str>) -> Result<LineRules, MarkerError> {
+    pub fn new(
+        cycle: Option<&str>,
+        phase: Option<&str>,
+        figures: Option<&str>,
+    ) -> Result<LineRules, MarkerError> {
         let compile = |flag, pattern: Option<&str>| {
             pattern
                 .map(|p| Regex::new(p).map_err(|source| MarkerError::Regex { flag, source }))
                 .transpose()
         };
+        let figures = compile("figures-regex", figures)?;
+        if figures
+            .as_ref()
+            .is_some_and(|re| re.capture_names().flatten().next().is_none())
+        {
+            return Err(MarkerError::UnnamedFigures);
+        }
         Ok(LineRules {
             cycle: compile("cycle-regex", cycle)?,
             phase: compile("phase-regex", phase)?,
+            figures,
             protocol: false,
         })
     }
@@ -149,8 +203,34 @@ impl LineRules {
         self
     }
 
+    /// No regex for markers (figures alone end no cycle).
     pub fn is_empty(&self) -> bool {
         self.cycle.is_none() && self.phase.is_none()
+    }
+
+    /// Whether the command's output must be read: for markers or for figures.
+    pub fn reads_lines(&self) -> bool {
+        !self.is_empty() || self.figures.is_some()
+    }
+
+    /// The figures of a line matching `--figures-regex`, and the groups whose text is not an
+    /// amount.
+    fn figures(&self, line: &str) -> (BTreeMap<String, f64>, Vec<String>) {
+        let (mut values, mut bad) = (BTreeMap::new(), Vec::new());
+        let Some(captures) = self.figures.as_ref().and_then(|re| re.captures(line)) else {
+            return (values, bad);
+        };
+        for name in self.figures.iter().flat_map(|re| re.capture_names().flatten()) {
+            if let Some(text) = captures.name(name) {
+                match parse_amount(text.as_str()) {
+                    Some(value) => {
+                        values.insert(name.to_string(), value);
+                    }
+                    None => bad.push(format!("{name}={:?}", text.as_str())),
+                }
+            }
+        }
+        (values, bad)
     }
 
     /// The markers in one line: a phase start (named by the group `phase`, else the first
@@ -163,8 +243,23 @@ impl LineRules {
             };
         }
         let mut events = Vec::new();
+        let (figures, bad) = self.figures(line);
+        if let Some(bad) = bad.first() {
+            events.push(MarkerEvent::Malformed(format!(
+                "--figures-regex matched {bad}, which is not an amount"
+            )));
+        }
         // Free text: `key=value` tokens that are not numbers are just words here.
-        let (values, _) = key_values(line);
+        let (mut values, _) = key_values(line);
+        let is_marker = self.phase.as_ref().is_some_and(|re| re.is_match(line))
+            || self.cycle.as_ref().is_some_and(|re| re.is_match(line));
+        if !is_marker {
+            if !figures.is_empty() {
+                events.push(MarkerEvent::Figures(figures));
+            }
+            return events;
+        }
+        values.extend(figures);
         if let Some(captures) = self.phase.as_ref().and_then(|re| re.captures(line)) {
             let name = captures
                 .name("phase")
@@ -190,6 +285,8 @@ fn marker(
         boundary,
         values,
         ack,
+        at_ns: sampler::boot_ns(),
+        reading: None,
     })
 }
 
@@ -303,12 +400,15 @@ pub fn follow_log(path: &Path, rules: LineRules, events: Sender) -> Result<(), M
 }
 
 /// Copies a stream of the command's output through unchanged, scanning its lines for markers.
-/// Runs on its own thread (blocking reads); `write` forwards each chunk as it comes.
+/// Runs on its own thread (blocking reads); `write` forwards each chunk as it comes. A marker
+/// gets its reading of `tree` here, at once (the output it is in waits for it, the worker does
+/// not: the pipe holds 64 KiB).
 pub fn pass_through(
     mut from: impl Read + Send + 'static,
     mut write: impl FnMut(&[u8]) + Send + 'static,
     rules: LineRules,
     events: Sender,
+    tree: LivePids,
 ) {
     std::thread::spawn(move || {
         let mut buffer = [0u8; 8192];
@@ -321,7 +421,13 @@ pub fn pass_through(
             pending.extend_from_slice(&buffer[..n]);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                for event in rules.scan(String::from_utf8_lossy(&line).trim_end()) {
+                let mut reading = None;
+                for mut event in rules.scan(String::from_utf8_lossy(&line).trim_end()) {
+                    if let MarkerEvent::Marker(marker) = &mut event {
+                        // One reading for a line that both starts a phase and ends a cycle.
+                        let reading = reading.get_or_insert_with(|| tree.read(marker.at_ns));
+                        marker.reading = Some(reading.clone());
+                    }
                     let _ = events.send(event);
                 }
             }
@@ -371,7 +477,8 @@ mod tests {
 
     #[test]
     fn regex_rules_name_phases_by_group_and_end_cycles() {
-        let rules = LineRules::new(Some(r"cycle \d+ done"), Some(r"phase (?P<phase>\w+)")).unwrap();
+        let rules =
+            LineRules::new(Some(r"cycle \d+ done"), Some(r"phase (?P<phase>\w+)"), None).unwrap();
         let kinds = |line: &str| -> Vec<String> {
             rules
                 .scan(line)
@@ -379,6 +486,7 @@ mod tests {
                 .map(|e| match e {
                     MarkerEvent::Marker(m) => format!("{:?} {:?}", m.boundary, m.values),
                     MarkerEvent::Malformed(r) => format!("malformed {r}"),
+                    MarkerEvent::Figures(f) => format!("figures {f:?}"),
                 })
                 .collect()
         };
@@ -393,10 +501,55 @@ mod tests {
             1,
             "words in a log line are not figures"
         );
-        let first_group = LineRules::new(None, Some(r"== (\w+) ==")).unwrap();
+        let first_group = LineRules::new(None, Some(r"== (\w+) =="), None).unwrap();
         assert!(
             matches!(&first_group.scan("== idle ==")[0], MarkerEvent::Marker(m) if m.boundary == Boundary::PhaseStart("idle".into()))
         );
-        assert!(LineRules::new(Some("("), None).is_err());
+        assert!(LineRules::new(Some("("), None, None).is_err());
+    }
+
+    #[test]
+    fn amounts_take_decimal_and_binary_units() {
+        assert_eq!(parse_amount("4096"), Some(4096.0));
+        assert_eq!(parse_amount("12.5MB"), Some(12.5e6));
+        assert_eq!(parse_amount("3.2 MiB"), Some(3.2 * 1048576.0));
+        assert_eq!(parse_amount("1.2GB"), Some(1.2e9));
+        assert_eq!(parse_amount("2KiB"), Some(2048.0));
+        assert_eq!(parse_amount("7kb"), Some(7000.0));
+        assert_eq!(parse_amount("512 B"), Some(512.0));
+        assert_eq!(parse_amount("5 parsecs"), None);
+        assert_eq!(parse_amount("MB"), None);
+    }
+
+    #[test]
+    fn figures_come_from_any_matching_line_by_named_group() {
+        let rules = LineRules::new(
+            Some(r"cycle \d+ done"),
+            None,
+            Some(r"heapUsed=(?P<heapUsed>\S+) .*external=(?P<external>\S+)"),
+        )
+        .unwrap();
+        let events = rules.scan("mem rss=120.0MB heapUsed=45.6MB heapTotal=50.0MB external=1.2MB");
+        let [MarkerEvent::Figures(figures)] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            figures,
+            &BTreeMap::from([("heapUsed".into(), 45.6e6), ("external".into(), 1.2e6)])
+        );
+        // On a marker line the figures go with the marker.
+        let events = rules.scan("cycle 3 done heapUsed=2KiB x external=1");
+        let [MarkerEvent::Marker(marker)] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(marker.values["heapUsed"], 2048.0);
+        assert_eq!(marker.values["external"], 1.0);
+        let bad = rules.scan("heapUsed=lots and external=1MB");
+        assert!(matches!(&bad[0], MarkerEvent::Malformed(m) if m.contains("heapUsed")));
+        assert!(matches!(
+            LineRules::new(None, None, Some(r"heap=(\d+)")),
+            Err(MarkerError::UnnamedFigures)
+        ));
+        assert!(rules.scan("unrelated line").is_empty());
     }
 }

@@ -9,7 +9,7 @@ use tracer_common::{LifecycleEvent, LifecycleKind, ProcessFlows, Resident};
 use crate::{
     kernel::{Kernel, RssIndices},
     roles,
-    sampler::{self, ProcSample},
+    sampler::{self, ProcSample, Reading},
     target::ProcInfo,
     trace::{Process, ResidentBytes, RoleTotals, TreeSample},
 };
@@ -20,6 +20,10 @@ struct Tracked {
     role: String,
     exited: bool,
     exit_code: Option<i32>,
+    /// When it exited (CLOCK_BOOTTIME): from the kernel's event, or when /proc found it gone.
+    exited_ns: Option<u64>,
+    /// Whether the last round of samples read it: what a boundary snapshot counts as live.
+    sampled: bool,
     flows: ProcessFlows,
     /// The kernel's counters, in pages (eBPF only).
     resident: Option<Resident>,
@@ -71,6 +75,8 @@ impl ProcessTable {
             role,
             exited: false,
             exit_code: None,
+            exited_ns: None,
+            sampled: false,
             flows: ProcessFlows::default(),
             resident: None,
             last_sample: None,
@@ -80,15 +86,29 @@ impl ProcessTable {
 
     /// The role from /proc when the process is still there, else from its parent.
     fn role_of(&self, pid: u32, ppid: u32, comm: &str) -> String {
-        let parent_role = self
-            .live
-            .get(&ppid)
-            .map(|&i| self.processes[i].role.as_str());
         let chromium = match sampler::identity(pid) {
             Some(id) => roles::chromium_role(&id.cmdline, &id.comm, id.exe.as_deref()),
             None => roles::chromium_role(&[], comm, None),
         };
+        self.role_with(chromium, pid, ppid)
+    }
+
+    fn role_with(&self, chromium: Option<String>, pid: u32, ppid: u32) -> String {
+        let parent_role = self
+            .live
+            .get(&ppid)
+            .map(|&i| self.processes[i].role.as_str());
         roles::role(chromium, pid == self.root_pid, parent_role)
+    }
+
+    /// The role from /proc again (a process may have exec'd, or set its command line since),
+    /// or None when /proc no longer shows it: a role is never guessed from a gone process.
+    fn current_role(&self, index: usize) -> Option<String> {
+        let info = &self.processes[index].info;
+        // An exiting process (a zombie) has no command line left to tell.
+        let id = sampler::identity(info.pid).filter(|id| !id.cmdline.is_empty())?;
+        let chromium = roles::chromium_role(&id.cmdline, &id.comm, id.exe.as_deref());
+        Some(self.role_with(chromium, info.pid, info.ppid))
     }
 
     /// Takes in one kernel event; an exiting process's counters are collected at once, before
@@ -104,9 +124,12 @@ impl ProcessTable {
             }),
             k if k == LifecycleKind::Exec as u32 => {
                 if let Some(&index) = self.live.get(&event.tgid) {
-                    let ppid = self.processes[index].info.ppid;
-                    self.processes[index].role = self.role_of(event.tgid, ppid, &comm);
+                    // A launcher that execs (Debian's /usr/bin/chromium script) becomes what
+                    // it runs.
                     self.processes[index].info.comm = comm;
+                    if let Some(role) = self.current_role(index) {
+                        self.processes[index].role = role;
+                    }
                 }
             }
             k if k == LifecycleKind::Exit as u32 => {
@@ -114,6 +137,7 @@ impl ProcessTable {
                     self.to_reap.push(event.tgid);
                     let process = &mut self.processes[index];
                     process.exited = true;
+                    process.exited_ns = Some(event.time_ns);
                     process.exit_code = Some(exit_code(event.exit_code as i32));
                     if let Some(flows) = kernel.take_flows(event.tgid) {
                         process.flows = flows;
@@ -152,6 +176,7 @@ impl ProcessTable {
         if let Some(index) = self.live.remove(&pid) {
             self.to_reap.push(pid);
             self.processes[index].exited = true;
+            self.processes[index].exited_ns = Some(sampler::boot_ns());
         }
     }
 
@@ -174,18 +199,33 @@ impl ProcessTable {
 
     /// Samples every live process from /proc and returns the tree's totals at this moment.
     pub fn sample(&mut self, t_s: f64) -> TreeSample {
+        self.sample_with(t_s, &Reading::default())
+    }
+
+    /// The same, taking each process's figures from `reading` where it has them: a boundary's
+    /// reading, taken when its marker was read. A process the reading saw counts as live at the
+    /// boundary even if it has exited since.
+    pub fn sample_with(&mut self, t_s: f64, reading: &Reading) -> TreeSample {
         let mut by_role: BTreeMap<String, RoleTotals> = BTreeMap::new();
-        let live: Vec<(u32, usize)> = self.live.iter().map(|(p, i)| (*p, *i)).collect();
-        for (pid, index) in live {
-            let Some(sample) = sampler::sample(pid) else {
+        let at_ns = reading.at_ns;
+        for index in 0..self.processes.len() {
+            let process = &self.processes[index];
+            let exited_after_reading = process.exited_ns.is_some_and(|t| at_ns > 0 && t >= at_ns);
+            let sample = match reading.samples.get(&process.info.pid) {
+                Some(sample) if !process.exited || exited_after_reading => Some(*sample),
+                _ if process.exited => None,
+                _ => sampler::sample(process.info.pid),
+            };
+            let Some(sample) = sample else {
+                self.processes[index].sampled = false;
                 continue;
             };
-            let ppid = self.processes[index].info.ppid;
-            let comm = self.processes[index].info.comm.clone();
             // Chromium's children can be told apart only once their command line is set.
-            let role = self.role_of(pid, ppid, &comm);
+            if let Some(role) = self.current_role(index) {
+                self.processes[index].role = role;
+            }
             let process = &mut self.processes[index];
-            process.role = role;
+            process.sampled = true;
             process.last_sample = Some(sample);
             let peak = &mut process.peak_sample;
             peak.rss_anon = peak.rss_anon.max(sample.rss_anon);
@@ -202,6 +242,42 @@ impl ProcessTable {
             t_s,
             pss: by_role.values().map(|r| r.pss).sum(),
             by_role,
+        }
+    }
+
+    /// Whether the tree tore down right after a marker read at `at_ns`: among the processes
+    /// alive then, the root or a browser, or most of them, exited within `window_ns`. A worker
+    /// that closes its browser in the next breath after its marker makes Chromium free its
+    /// pages and end its renderers before (or while) their memory is read: such a boundary
+    /// measures the shutdown, not the cycle.
+    pub fn teardown_after(&self, at_ns: u64, window_ns: u64) -> Option<String> {
+        let alive = |p: &&Tracked| {
+            (p.info.start_time * 1e9) as u64 <= at_ns && p.exited_ns.is_none_or(|t| t >= at_ns)
+        };
+        let alive_at_marker = self.processes.iter().filter(alive).count();
+        let gone: Vec<&Tracked> = self
+            .processes
+            .iter()
+            .filter(alive)
+            .filter(|p| p.exited_ns.is_some_and(|t| t - at_ns <= window_ns))
+            .collect();
+        let after_ms = |p: &Tracked| p.exited_ns.unwrap_or(at_ns).saturating_sub(at_ns) / 1_000_000;
+        let key = gone
+            .iter()
+            .find(|p| p.info.pid == self.root_pid || p.role == "browser");
+        match key {
+            Some(p) => Some(format!(
+                "the {} (pid {}) exited {} ms after the marker",
+                if p.info.pid == self.root_pid { "worker" } else { "browser" },
+                p.info.pid,
+                after_ms(p)
+            )),
+            None if gone.len() * 2 > alive_at_marker => Some(format!(
+                "{} of the {alive_at_marker} processes alive at the marker exited within {} ms of it",
+                gone.len(),
+                window_ns / 1_000_000
+            )),
+            None => None,
         }
     }
 
@@ -226,7 +302,9 @@ impl ProcessTable {
             .processes
             .iter()
             .map(|p| {
-                let live = !p.exited;
+                // Live at the boundary: read by its sample round (which may have been taken
+                // when the marker was read, before a process exited).
+                let live = p.sampled;
                 let sample = p.last_sample.filter(|_| live).unwrap_or_default();
                 ProcessState {
                     key: (p.info.pid, p.info.start_time.to_bits()),

@@ -278,7 +278,7 @@ fn answers(out: &mut String, trace: &Trace) {
         );
     }
     let verdict = &analysis.verdict;
-    if !verdict.source.is_empty() {
+    if !verdict.evidence.is_empty() {
         let _ = writeln!(
             out,
             "  verdict       {}: {}",
@@ -362,6 +362,8 @@ fn cycles(out: &mut String, trace: &Trace) {
             .collect();
         let flag = if cycle.cut {
             " cut"
+        } else if cycle.teardown {
+            " teardown (left out)"
         } else if cycle.warmup {
             " warm-up"
         } else {
@@ -381,10 +383,19 @@ fn cycles(out: &mut String, trace: &Trace) {
             figures.join(" ")
         );
     }
+    // One line per cycle left out of the fits because its end saw the tree tear down.
+    for cycle in trace.cycles.iter().filter(|c| c.teardown) {
+        let _ = writeln!(
+            out,
+            "cycle {} is left out of every fit: {}",
+            cycle.index,
+            cycle.teardown_reason.as_deref().unwrap_or("the tree tore down")
+        );
+    }
     // Per phase, the mean over complete cycles past warm-up: where the growth happens.
     let mut phases: BTreeMap<&str, (i64, i64, i64, u32)> = BTreeMap::new();
-    for cycle in trace.cycles.iter().filter(|c| !c.cut && !c.warmup) {
-        for phase in &cycle.phases {
+    for cycle in trace.cycles.iter().filter(|c| c.is_measured() && !c.warmup) {
+        for phase in cycle.phases.iter().filter(|p| !p.teardown) {
             let entry = phases.entry(&phase.name).or_default();
             entry.0 += total_growth(&phase.growth, |g| g.pss);
             entry.1 += total_growth(&phase.growth, Growth::owned);

@@ -2,6 +2,11 @@
 //! among the processes that share them, so sums over a tree are honest) and `status` (the
 //! kernel's resident counters). A process vanishing mid-read is normal and yields nothing.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
 use serde::{Deserialize, Serialize};
 
 /// One process's memory at one moment, in bytes.
@@ -25,23 +30,102 @@ pub struct ProcSample {
 /// zombie, which has no memory left to show).
 pub fn sample(pid: u32) -> Option<ProcSample> {
     let process = procfs::process::Process::new(pid as i32).ok()?;
-    let rollup = process.smaps_rollup().ok()?;
-    let totals = &rollup.memory_map_rollup.0.first()?.extension.map;
-    let field = |name: &str| totals.get(name).copied().unwrap_or(0);
+    let mut sample = status(&process)?;
+    add_rollup(&process, &mut sample).then_some(sample)
+}
+
+/// The kernel's resident counters from `/proc/PID/status`: cheap (no mmap lock) and exact to
+/// the page (the per-CPU parts are summed since Linux 6.16).
+fn status(process: &procfs::process::Process) -> Option<ProcSample> {
     let status = process.status().ok()?;
     let kib = |value: Option<u64>| value.unwrap_or(0) * 1024;
     Some(ProcSample {
-        rss: field("Rss"),
-        pss: field("Pss"),
-        pss_anon: field("Pss_Anon"),
-        pss_file: field("Pss_File"),
-        pss_shmem: field("Pss_Shmem"),
-        swap: field("Swap"),
         rss_anon: kib(status.rssanon),
         rss_file: kib(status.rssfile),
         rss_shmem: kib(status.rssshmem),
         vm_swap: kib(status.vmswap),
+        ..ProcSample::default()
     })
+}
+
+/// Adds the PSS figures of `/proc/PID/smaps_rollup` (which walks every mapping under the
+/// process's mmap lock: ~2 ms for a renderer); false if the process is gone.
+fn add_rollup(process: &procfs::process::Process, sample: &mut ProcSample) -> bool {
+    let Ok(rollup) = process.smaps_rollup() else {
+        return false;
+    };
+    let Some(totals) = rollup.memory_map_rollup.0.first() else {
+        return false;
+    };
+    let field = |name: &str| totals.extension.map.get(name).copied().unwrap_or(0);
+    sample.rss = field("Rss");
+    sample.pss = field("Pss");
+    sample.pss_anon = field("Pss_Anon");
+    sample.pss_file = field("Pss_File");
+    sample.pss_shmem = field("Pss_Shmem");
+    sample.swap = field("Swap");
+    true
+}
+
+/// Now, on CLOCK_BOOTTIME: the clock of the kernel programs' event times.
+pub fn boot_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The memory of a tree's processes, read the moment a marker was read: a worker may close its
+/// browser or exit right after its last marker, so the reading cannot wait for the session's
+/// loop. Every process's status first (cheap and exact), then their smaps_rollup.
+#[derive(Clone, Debug, Default)]
+pub struct Reading {
+    /// When the marker was read, and when the reading was done (CLOCK_BOOTTIME).
+    pub at_ns: u64,
+    pub done_ns: u64,
+    /// Every process that could be read, by pid.
+    pub samples: HashMap<u32, ProcSample>,
+}
+
+/// The live pids of the traced tree, kept current by the session, for readings taken on other
+/// threads (the readers of the command's output).
+#[derive(Clone, Debug, Default)]
+pub struct LivePids(Arc<Mutex<Vec<u32>>>);
+
+impl LivePids {
+    pub fn set(&self, pids: Vec<u32>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = pids;
+    }
+
+    /// Reads every live process now, for a boundary whose marker was read at `at_ns`.
+    pub fn read(&self, at_ns: u64) -> Reading {
+        let pids = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        read_tree(&pids, at_ns)
+    }
+}
+
+/// Reads `pids` as a [`Reading`] for a marker read at `at_ns`.
+pub fn read_tree(pids: &[u32], at_ns: u64) -> Reading {
+    let mut read: Vec<(u32, procfs::process::Process, ProcSample)> = pids
+        .iter()
+        .filter_map(|&pid| {
+            let process = procfs::process::Process::new(pid as i32).ok()?;
+            let sample = status(&process)?;
+            Some((pid, process, sample))
+        })
+        .collect();
+    read.retain_mut(|(_, process, sample)| add_rollup(process, sample));
+    Reading {
+        at_ns,
+        done_ns: boot_ns(),
+        samples: read
+            .into_iter()
+            .map(|(pid, _, sample)| (pid, sample))
+            .collect(),
+    }
 }
 
 /// The command line, the executable's path and comm of a process, for its role.

@@ -70,6 +70,11 @@ impl Timeline {
         &self.cycles
     }
 
+    /// The worker's figures from a line of its own (`--figures-regex`): the cycle under way's.
+    pub fn add_figures(&mut self, values: BTreeMap<String, f64>) {
+        self.open.worker.extend(values);
+    }
+
     /// Takes in one boundary at `now_s`, with the state of every process at that moment and
     /// the worker's figures sent with the marker.
     pub fn on_boundary(
@@ -95,6 +100,24 @@ impl Timeline {
                 let index = self.cycles.len() as u32 + 1;
                 self.cycles
                     .push(done.close(index, now_s, &snapshot, false, index <= self.warmup));
+            }
+        }
+    }
+
+    /// Marks what the last boundary ended (a cycle, or a phase) as measured on a tree tearing
+    /// down: it stays in the trace, and out of every fit.
+    pub fn mark_teardown(&mut self, boundary: &Boundary, reason: String) {
+        match boundary {
+            Boundary::CycleEnd => {
+                if let Some(cycle) = self.cycles.last_mut() {
+                    cycle.teardown = true;
+                    cycle.teardown_reason = Some(reason);
+                }
+            }
+            Boundary::PhaseStart(_) => {
+                if let Some(phase) = self.open.phases.last_mut() {
+                    phase.teardown = true;
+                }
             }
         }
     }
@@ -140,6 +163,7 @@ impl OpenCycle {
                 start_s: phase.start_s,
                 end_s: now_s,
                 growth: growth(&phase.start, snapshot),
+                teardown: false,
             });
         }
     }
@@ -157,6 +181,7 @@ impl OpenCycle {
             growth: growth(&self.start, end),
             worker: self.worker,
             browser: None,
+            ..Cycle::default()
         }
     }
 }

@@ -135,6 +135,11 @@ pub struct Cycle {
     pub cut: bool,
     /// Among the first `--warmup` cycles.
     pub warmup: bool,
+    /// Its end snapshot saw the tree tear down (the worker or its browser exited between the
+    /// marker and the reading): kept, and left out of every fit.
+    pub teardown: bool,
+    /// Why, in plain words.
+    pub teardown_reason: Option<String>,
     pub phases: Vec<Phase>,
     /// The live processes of each role at the end of the cycle.
     pub by_role: BTreeMap<String, RoleTotals>,
@@ -146,6 +151,14 @@ pub struct Cycle {
     pub browser: Option<BrowserView>,
 }
 
+impl Cycle {
+    /// A whole cycle the fits can use: neither cut short by the end of the trace nor measured
+    /// on a tree tearing down.
+    pub fn is_measured(&self) -> bool {
+        !self.cut && !self.teardown
+    }
+}
+
 /// A phase of a cycle: from its marker to the next phase or the end of the cycle.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -154,6 +167,8 @@ pub struct Phase {
     pub start_s: f64,
     pub end_s: f64,
     pub growth: BTreeMap<String, Growth>,
+    /// Its end snapshot saw the tree tear down: left out of the phase figures.
+    pub teardown: bool,
 }
 
 /// The change of one role's figures between two boundaries: exact address-space flows per

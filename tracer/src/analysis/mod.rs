@@ -20,12 +20,14 @@ use serde::{Deserialize, Serialize};
 use self::fit::{SECONDS_PER_DAY, median};
 pub use self::{
     fit::{MIN_CYCLES, SeriesFit, Shape, detect_warmup, fit, least_squares, theil_sen},
-    verdict::{Answers, Verdict},
+    verdict::{Answers, IN_PAGE_SHARE, Source, Verdict},
 };
 use crate::trace::{Cycle, RoleTotals, Trace};
 
 /// The series growth is judged on: the PSS the whole tree owns.
 pub const TREE: &str = "tree.owned";
+/// Browser instances alive at each cycle end: Chromium browser processes, each with its tree.
+pub const BROWSERS: &str = "processes.browsers";
 
 /// The whole tree's own series (owned, and all of its PSS): what grows, not where it grows.
 pub fn is_whole_tree(series: &str) -> bool {
@@ -46,28 +48,9 @@ impl std::str::FromStr for Budget {
         let (amount, per) = text
             .split_once('/')
             .ok_or("expected AMOUNT/day, AMOUNT/hour or AMOUNT/cycle")?;
-        let digits = amount
-            .trim_end_matches(|c: char| c.is_ascii_alphabetic())
-            .trim();
-        let unit = amount[digits.len()..].trim();
-        let number: f64 = digits
-            .parse()
-            .map_err(|_| format!("{amount:?} is not an amount"))?;
-        let factor = match unit.to_ascii_lowercase().as_str() {
-            "" | "b" => 1.0,
-            "k" | "kib" => 1024.0,
-            "m" | "mib" => 1024.0 * 1024.0,
-            "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-            "kb" => 1e3,
-            "mb" => 1e6,
-            "gb" => 1e9,
-            other => {
-                return Err(format!(
-                    "unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
-                ));
-            }
-        };
-        let bytes = number * factor;
+        let bytes = crate::markers::parse_amount(amount).ok_or_else(|| {
+            format!("{amount:?} is not an amount (use a number with B, KiB, MiB, GiB, KB, MB, GB)")
+        })?;
         match per.trim() {
             "day" | "d" => Ok(Budget::PerDay(bytes)),
             "hour" | "h" => Ok(Budget::PerDay(bytes * 24.0)),
@@ -181,7 +164,7 @@ pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> 
 
 /// The same over a list of cycles (the interim analysis of a trace still running).
 pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Budget>) -> Analysis {
-    let cycles: Vec<&Cycle> = cycles.iter().filter(|c| !c.cut).collect();
+    let cycles: Vec<&Cycle> = cycles.iter().filter(|c| c.is_measured()).collect();
     let mut lengths: Vec<f64> = cycles.iter().map(|c| c.end_s - c.start_s).collect();
     let cycle_s = median(&mut lengths).unwrap_or(0.0);
     let mut analysis = Analysis {
@@ -229,6 +212,18 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
             .collect();
         add(format!("role.{role}.owned"), owned, BYTES);
     }
+    // Process counts: relaunched browsers that are never closed pile up, each with its tree.
+    let count = |role: Option<&str>| -> Vec<f64> {
+        cycles
+            .iter()
+            .map(|c| match role {
+                Some(role) => c.by_role.get(role).map_or(0, |r| r.count) as f64,
+                None => c.by_role.values().map(|r| r.count).sum::<u64>() as f64,
+            })
+            .collect()
+    };
+    add(BROWSERS.into(), count(Some("browser")), 0.5);
+    add("processes.count".into(), count(None), 0.5);
     let keys: std::collections::BTreeSet<&String> =
         cycles.iter().flat_map(|c| c.worker.keys()).collect();
     for key in keys {
@@ -240,8 +235,10 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
             );
         }
     }
-    if cycles.iter().all(|c| c.browser.is_some()) {
-        let views: Vec<_> = cycles.iter().filter_map(|c| c.browser.as_ref()).collect();
+    // The browser's view, over the cycles it was read at (a read can fail while the browser is
+    // busy); with too many missing, the series would not be the cycles'.
+    let views: Vec<_> = cycles.iter().filter_map(|c| c.browser.as_ref()).collect();
+    if !views.is_empty() && views.len() * 5 >= cycles.len() * 4 {
         add(
             "browser.pages".into(),
             views.iter().map(|v| v.pages as f64).collect(),
@@ -276,7 +273,7 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
     let tree_warmup = analysis.tree().map_or(0, |t| t.warmup_cycles);
     let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
     for cycle in cycles.iter().skip(tree_warmup) {
-        for phase in &cycle.phases {
+        for phase in cycle.phases.iter().filter(|p| !p.teardown) {
             let entry = sums.entry(phase.name.clone()).or_default();
             entry.0 += phase.growth.values().map(|g| g.owned() as f64).sum::<f64>();
             entry.1 += 1;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Analysis,
+    Analysis, BROWSERS,
     fit::{SeriesFit, Shape},
     is_whole_tree,
 };
@@ -34,17 +34,89 @@ pub struct Answers {
     pub recreation_change: Option<f64>,
     pub other_cycles_change: Option<f64>,
     pub recreation_helps: Option<bool>,
+    /// Browser instances (browser processes) alive at the end of the last measured cycle, and
+    /// at the end of the first: relaunched browsers that are never closed pile up.
+    pub browsers_alive: Option<u64>,
+    pub browsers_at_start: Option<u64>,
+}
+
+/// Where the growth most likely comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// The worker's JS heap: its own heap figure explains the growth.
+    WorkerHeap,
+    /// The worker's memory outside its JS heap: its external / arrayBuffers figure grows.
+    WorkerExternal,
+    /// The worker's own processes grow, and no figure of its own says whether in its heap.
+    Worker,
+    PageAccumulation,
+    ContextAccumulation,
+    /// Browser instances accumulate: relaunched without closing the old ones.
+    BrowserAccumulation,
+    /// The pages' JS heaps grow and explain most of the renderers' growth.
+    InPageJs,
+    /// Renderers grow beyond what their JS heaps explain.
+    RendererNative,
+    /// Chromium's browser process (or another of its non-renderer processes) grows.
+    BrowserProcess,
+    #[default]
+    None,
+    /// A source this leaktrace does not know (a trace written by another version).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::WorkerHeap => "worker-heap",
+            Source::WorkerExternal => "worker-external",
+            Source::Worker => "worker",
+            Source::PageAccumulation => "page-accumulation",
+            Source::ContextAccumulation => "context-accumulation",
+            Source::BrowserAccumulation => "browser-accumulation",
+            Source::InPageJs => "in-page-js",
+            Source::RendererNative => "renderer-native",
+            Source::BrowserProcess => "browser-process",
+            Source::None => "none",
+            Source::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl PartialEq<&str> for Source {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
 }
 
 /// The most likely source of the growth, with the numbers behind it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Verdict {
-    /// worker-heap, worker-external, page-accumulation, context-accumulation, in-page-js,
-    /// renderer-native, browser-process, or none.
-    pub source: String,
+    pub source: Source,
     pub evidence: Vec<String>,
 }
+
+/// The worker's figures that measure its JS heap, and those that measure memory outside it,
+/// by the names `process.memoryUsage()`, the socket and `--worker-inspect` give them.
+const HEAP_FIGURES: [&str; 3] = ["worker.heapUsed", "worker.inspect.heapUsed", "worker.heap_used"];
+const EXTERNAL_FIGURES: [&str; 2] = ["worker.external", "worker.arrayBuffers"];
+
+/// The share of the renderers' owned growth the pages' JS heaps must explain for `in-page-js`.
+/// V8 commits pages ahead of what its heap uses (and fragments): a page keeping 40,000 objects
+/// per scrape grew its JS heap 3.4 MB a cycle and its renderer's owned PSS 4.7 MB (73%); a
+/// renderer-native leak (images, DOM kept outside JS) leaves the JS heap flat.
+pub const IN_PAGE_SHARE: f64 = 0.5;
+/// The share of the worker's growth its heap figure must explain for `worker-heap`.
+pub const WORKER_HEAP_SHARE: f64 = 0.5;
 
 pub(super) fn answers(analysis: &Analysis, cycles: &[&Cycle]) -> Answers {
     let Some(tree) = analysis.tree() else {
@@ -100,23 +172,24 @@ pub(super) fn answers(analysis: &Analysis, cycles: &[&Cycle]) -> Answers {
             .map(|(r, o)| r < o),
         recreation_change,
         other_cycles_change,
+        browsers_alive: cycles.last().map(|c| browsers(c)),
+        browsers_at_start: cycles.first().map(|c| browsers(c)),
     }
 }
 
-/// Names the most likely source: the counts a leak leaves (pages, contexts) first, then the
-/// figure or role that carries most of the tree's growth.
+/// Names the most likely source: the counts a leak leaves (browsers, contexts, pages) first,
+/// then the role that carries most of the tree's growth, split by the figures that explain it.
 pub(super) fn verdict(analysis: &Analysis) -> Verdict {
     let Some(tree) = analysis.tree() else {
         return Verdict {
-            source: "none".into(),
+            source: Source::None,
             evidence: vec!["no complete cycles to fit".into()],
         };
     };
-    let growing_tree = matches!(tree.shape, Some(Shape::Linear | Shape::Accelerating));
-    if !growing_tree {
+    if !grows(tree) {
         let shape = format!("{:?}", tree.shape.unwrap_or(Shape::Unknown)).to_lowercase();
         return Verdict {
-            source: "none".into(),
+            source: Source::None,
             evidence: vec![format!(
                 "the tree's owned PSS is {shape} after {} warm-up cycles ({:+.0} B/cycle)",
                 tree.warmup_cycles, tree.per_cycle
@@ -124,72 +197,116 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
         };
     }
     let series = |name: &str| analysis.series.iter().find(|s| s.name == name);
-    let share = |fit: &SeriesFit| fit.per_cycle / tree.per_cycle.max(1.0);
+    let growing = |name: &str| series(name).filter(|f| grows(f));
     let evidence = |fit: &SeriesFit, unit: &str| {
         format!(
-            "{} grows {:+.1}{unit}/cycle (R² {:.2}), tree owned PSS {:+.0} B/cycle",
-            fit.name, fit.per_cycle, fit.r2, tree.per_cycle
+            "{} grows {:+.1}{unit}/cycle (trend p {:.3}), tree owned PSS {:+.0} B/cycle",
+            fit.name, fit.per_cycle, fit.trend_p, tree.per_cycle
         )
     };
+    let found = |source, evidence: Vec<String>| Verdict { source, evidence };
     for (name, source) in [
-        ("browser.contexts", "context-accumulation"),
-        ("browser.pages", "page-accumulation"),
+        (BROWSERS, Source::BrowserAccumulation),
+        ("browser.contexts", Source::ContextAccumulation),
+        ("browser.pages", Source::PageAccumulation),
     ] {
-        if let Some(fit) = series(name).filter(|f| f.per_cycle >= 0.5) {
-            return Verdict {
-                source: source.into(),
-                evidence: vec![evidence(fit, "")],
-            };
+        if let Some(fit) = series(name).filter(|f| f.per_cycle >= 0.5 && grows(f)) {
+            return found(source, vec![evidence(fit, "")]);
         }
     }
-    if let Some(fit) = series("browser.js_heap_used").filter(|f| share(f) >= 0.5) {
-        return Verdict {
-            source: "in-page-js".into(),
-            evidence: vec![evidence(fit, " B")],
-        };
-    }
-    let heap = series("worker.heapUsed").filter(|f| share(f) >= 0.25);
-    let external = series("worker.external").filter(|f| share(f) >= 0.25);
-    match (heap, external) {
-        (_, Some(external)) if heap.is_none_or(|h| external.per_cycle > h.per_cycle) => {
-            return Verdict {
-                source: "worker-external".into(),
-                evidence: vec![evidence(external, " B")],
-            };
-        }
-        (Some(heap), _) => {
-            return Verdict {
-                source: "worker-heap".into(),
-                evidence: vec![evidence(heap, " B")],
-            };
-        }
-        _ => {}
-    }
-    let roles = [
-        ("role.worker.owned", "worker-heap"),
-        ("role.renderer.owned", "renderer-native"),
-        ("role.browser.owned", "browser-process"),
-    ];
-    let largest = roles
+    // The role that carries most of the growth.
+    let largest = analysis
+        .series
         .iter()
-        .filter_map(|(name, source)| series(name).map(|fit| (fit, *source)))
-        .max_by(|a, b| a.0.per_cycle.total_cmp(&b.0.per_cycle));
-    match largest {
-        Some((fit, source)) if fit.per_cycle > 0.0 => Verdict {
-            source: source.into(),
-            evidence: vec![evidence(fit, " B")],
+        .filter(|s| s.name.starts_with("role.") && s.name.ends_with(".owned"))
+        .max_by(|a, b| a.per_cycle.total_cmp(&b.per_cycle))
+        .filter(|fit| fit.per_cycle > 0.0);
+    let Some(role) = largest else {
+        return found(Source::None, vec!["no role carries the growth".into()]);
+    };
+    let role_evidence = evidence(role, " B");
+    match role.name.as_str() {
+        "role.worker.owned" => {
+            let figure = |names: &[&str]| names.iter().find_map(|n| series(n));
+            let (heap, external) = (figure(&HEAP_FIGURES), figure(&EXTERNAL_FIGURES));
+            // Bun counts external memory inside heapUsed too: a growing external figure wins.
+            if let Some(external) = external.filter(|f| grows(f)) {
+                return found(
+                    Source::WorkerExternal,
+                    vec![role_evidence, evidence(external, " B")],
+                );
+            }
+            match heap {
+                Some(heap) if grows(heap) && heap.per_cycle >= WORKER_HEAP_SHARE * role.per_cycle => {
+                    found(Source::WorkerHeap, vec![role_evidence, evidence(heap, " B")])
+                }
+                Some(heap) => found(
+                    Source::Worker,
+                    vec![
+                        role_evidence,
+                        format!(
+                            "its JS heap ({}) grows only {:+.0} B/cycle: the growth is outside the JS heap \
+                             (native memory, or an external figure the worker does not report)",
+                            heap.name, heap.per_cycle
+                        ),
+                    ],
+                ),
+                None => found(
+                    Source::Worker,
+                    vec![
+                        role_evidence,
+                        "the worker reports no heap figures to tell its JS heap from other memory: \
+                         log process.memoryUsage() each cycle and pass --figures-regex \
+                         (heapUsed, external), send heapUsed= external= with socket markers, or \
+                         use --worker-inspect for Node"
+                            .into(),
+                    ],
+                ),
+            }
+        }
+        "role.renderer.owned" => match growing("browser.js_heap_used") {
+            Some(js) if js.per_cycle >= IN_PAGE_SHARE * role.per_cycle => found(
+                Source::InPageJs,
+                vec![
+                    evidence(js, " B"),
+                    format!(
+                        "the pages' JS heaps explain {:.0}% of the renderers' growth ({:+.0} B/cycle)",
+                        100.0 * js.per_cycle / role.per_cycle,
+                        role.per_cycle
+                    ),
+                ],
+            ),
+            js => found(
+                Source::RendererNative,
+                vec![
+                    role_evidence,
+                    match js {
+                        Some(js) => format!(
+                            "the pages' JS heaps explain only {:.0}% of it",
+                            100.0 * js.per_cycle / role.per_cycle
+                        ),
+                        None => "the pages' JS heaps do not grow (or were not read)".into(),
+                    },
+                ],
+            ),
         },
-        _ => Verdict {
-            source: "none".into(),
-            evidence: vec!["no role carries the growth".into()],
-        },
+        _ => found(Source::BrowserProcess, vec![role_evidence]),
     }
+}
+
+fn browsers(cycle: &Cycle) -> u64 {
+    cycle.by_role.get("browser").map_or(0, |r| r.count)
+}
+
+/// Whether a fitted series grows: a significant upward trend, linear or accelerating.
+fn grows(fit: &SeriesFit) -> bool {
+    matches!(fit.shape, Some(Shape::Linear | Shape::Accelerating))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::TREE;
+    use crate::analysis::{BROWSERS, TREE};
 
     const MIB: f64 = 1048576.0;
 
@@ -205,63 +322,111 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_verdict_follows_counts_first_then_the_figure_or_role_that_grows() {
+    fn verdict_of(more: Vec<SeriesFit>) -> Source {
         let tree = series(TREE, 4.0 * MIB, Shape::Linear);
-        let verdict_of = |more: Vec<SeriesFit>| {
-            let analysis = Analysis {
-                series: [vec![tree.clone()], more].concat(),
-                ..Analysis::default()
-            };
-            verdict(&analysis).source
+        let analysis = Analysis {
+            series: [vec![tree], more].concat(),
+            ..Analysis::default()
         };
+        verdict(&analysis).source
+    }
+
+    #[test]
+    fn counts_come_first_browsers_then_contexts_then_pages() {
+        let pages = series("browser.pages", 1.0, Shape::Linear);
+        let contexts = series("browser.contexts", 1.0, Shape::Linear);
+        let browsers = series(BROWSERS, 1.0, Shape::Linear);
+        assert_eq!(verdict_of(vec![pages.clone()]), "page-accumulation");
         assert_eq!(
-            verdict_of(vec![series("browser.pages", 1.0, Shape::Linear)]),
-            "page-accumulation"
-        );
-        assert_eq!(
-            verdict_of(vec![
-                series("browser.contexts", 1.0, Shape::Linear),
-                series("browser.pages", 1.0, Shape::Linear)
-            ]),
+            verdict_of(vec![contexts.clone(), pages.clone()]),
             "context-accumulation"
         );
         assert_eq!(
-            verdict_of(vec![
-                series("browser.pages", 0.0, Shape::Flat),
-                series("browser.js_heap_used", 3.0 * MIB, Shape::Linear)
-            ]),
-            "in-page-js"
+            verdict_of(vec![browsers, contexts, pages]),
+            "browser-accumulation"
         );
+        // A count that rose once and stayed is not accumulation.
         assert_eq!(
-            verdict_of(vec![
-                series("worker.heapUsed", 3.0 * MIB, Shape::Linear),
-                series("worker.external", 0.1 * MIB, Shape::Flat)
-            ]),
+            verdict_of(vec![series("browser.pages", 1.0, Shape::Plateau)]),
+            "none"
+        );
+    }
+
+    #[test]
+    fn the_worker_is_split_only_by_a_figure_that_explains_its_growth() {
+        let worker = series("role.worker.owned", 4.0 * MIB, Shape::Linear);
+        let renderer = series("role.renderer.owned", 0.1 * MIB, Shape::Linear);
+        let heap = |mib| series("worker.heapUsed", mib * MIB, Shape::Linear);
+        let flat = |name| series(name, 0.0, Shape::Flat);
+        assert_eq!(
+            verdict_of(vec![worker.clone(), renderer.clone(), heap(3.9), flat("worker.external")]),
             "worker-heap"
         );
+        // Bun counts external memory in heapUsed too: a growing external figure wins.
         assert_eq!(
             verdict_of(vec![
-                series("worker.heapUsed", 0.1 * MIB, Shape::Flat),
-                series("worker.external", 3.5 * MIB, Shape::Linear)
+                worker.clone(),
+                heap(4.0),
+                series("worker.external", 4.0 * MIB, Shape::Linear)
             ]),
             "worker-external"
         );
         assert_eq!(
             verdict_of(vec![
-                series("role.renderer.owned", 3.0 * MIB, Shape::Linear),
-                series("role.worker.owned", 0.5 * MIB, Shape::Linear)
+                worker.clone(),
+                series("worker.arrayBuffers", 4.0 * MIB, Shape::Linear)
             ]),
-            "renderer-native"
+            "worker-external"
+        );
+        // A heap figure that does not explain the growth, or no figure at all: `worker`.
+        assert_eq!(verdict_of(vec![worker.clone(), heap(0.001)]), "worker");
+        let analysis = Analysis {
+            series: vec![series(TREE, 4.0 * MIB, Shape::Linear), worker.clone(), renderer],
+            ..Analysis::default()
+        };
+        let no_figures = verdict(&analysis);
+        assert_eq!(no_figures.source, Source::Worker);
+        assert!(
+            no_figures.evidence[1].contains("--figures-regex"),
+            "{:?}",
+            no_figures.evidence
         );
         assert_eq!(
+            verdict_of(vec![series("worker.inspect.heapUsed", 4.0 * MIB, Shape::Linear), worker]),
+            "worker-heap"
+        );
+    }
+
+    #[test]
+    fn renderers_are_in_page_js_when_the_js_heap_explains_their_growth() {
+        let renderer = series("role.renderer.owned", 4.7 * MIB, Shape::Linear);
+        let js = |mib| series("browser.js_heap_used", mib * MIB, Shape::Linear);
+        // Measured on Chromium: 3.4 MB of JS heap for 4.7 MB of renderer growth.
+        assert_eq!(verdict_of(vec![renderer.clone(), js(3.4)]), "in-page-js");
+        assert_eq!(verdict_of(vec![renderer.clone(), js(1.0)]), "renderer-native");
+        assert_eq!(verdict_of(vec![renderer]), "renderer-native");
+        assert_eq!(
             verdict_of(vec![series("role.browser.owned", 3.0 * MIB, Shape::Linear)]),
+            "browser-process"
+        );
+        assert_eq!(
+            verdict_of(vec![series("role.gpu.owned", 3.0 * MIB, Shape::Linear)]),
             "browser-process"
         );
         let flat = Analysis {
             series: vec![series(TREE, 0.0, Shape::Plateau)],
             ..Analysis::default()
         };
-        assert_eq!(verdict(&flat).source, "none");
+        assert_eq!(verdict(&flat).source, Source::None);
+    }
+
+    #[test]
+    fn sources_keep_their_json_names_and_read_unknown_ones() {
+        let json = serde_json::to_string(&Source::BrowserAccumulation).unwrap();
+        assert_eq!(json, "\"browser-accumulation\"");
+        let read: Source = serde_json::from_str("\"in-page-js\"").unwrap();
+        assert_eq!(read, Source::InPageJs);
+        let other: Source = serde_json::from_str("\"something-new\"").unwrap();
+        assert_eq!(other, Source::Unknown);
     }
 }

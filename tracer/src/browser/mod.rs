@@ -3,7 +3,10 @@
 //!
 //! leaktrace is a second client of somebody else's browser, so it stays read-only: it never
 //! navigates, closes or changes a page, never sets emulation, security or network options, and
-//! enables a domain (Performance, Tracing) only for the one call that needs it. That is why it
+//! enables no domain. Which renderer holds a page is only found on request
+//! (`--page-renderers`): no CDP call returns it, and the one way that works, a one-off timeline
+//! trace, starts Chromium's tracing service, a `utility:tracing` process that stays and grows
+//! with every page traced (+7 MB a cycle measured with a page per cycle). That is why it
 //! drives chromiumoxide's [`Connection`] directly, with chromiumoxide's typed commands, instead
 //! of its `Browser` handler, which attaches to every page and configures it (viewport,
 //! certificate errors, network). Every call has a timeout; a dropped connection is counted and
@@ -78,7 +81,7 @@ pub struct PageView {
     pub nodes: i64,
     pub documents: i64,
     pub js_event_listeners: i64,
-    /// The renderer holding the page (from a one-off timeline trace), when it could be found.
+    /// The renderer holding the page (from a one-off timeline trace, with `--page-renderers`).
     pub renderer_pid: Option<u32>,
     /// A page of Chromium's own (chrome://, devtools://): listed, not counted in `pages`.
     pub internal: bool,
@@ -136,6 +139,8 @@ pub struct BrowserSummary {
 pub struct BrowserReader {
     mode: CdpMode,
     redact_urls: bool,
+    /// Find each page's renderer (starts Chromium's tracing service: off unless asked for).
+    page_renderers: bool,
     cdp: Option<Cdp>,
     /// Page target -> our session on it, and its renderer once known.
     sessions: HashMap<String, (SessionId, Option<u32>)>,
@@ -144,7 +149,7 @@ pub struct BrowserReader {
 }
 
 impl BrowserReader {
-    pub fn new(mode: CdpMode, redact_urls: bool) -> BrowserReader {
+    pub fn new(mode: CdpMode, redact_urls: bool, page_renderers: bool) -> BrowserReader {
         let label = match &mode {
             CdpMode::Auto => "auto",
             CdpMode::Off => "off",
@@ -153,6 +158,7 @@ impl BrowserReader {
         BrowserReader {
             mode,
             redact_urls,
+            page_renderers,
             cdp: None,
             sessions: HashMap::new(),
             summary: BrowserSummary {
@@ -300,7 +306,10 @@ impl BrowserReader {
                 match attach.map_err(|e| e.to_string()) {
                     Ok(attach) => match cdp.call(attach, None).await {
                         Ok(attached) => {
-                            let pid = renderer_pid(cdp, &attached.session_id, &target).await;
+                            let pid = match self.page_renderers {
+                                true => renderer_pid(cdp, &attached.session_id, &target).await,
+                                false => None,
+                            };
                             self.sessions
                                 .insert(target.clone(), (attached.session_id, pid));
                         }

@@ -8,7 +8,8 @@ use crate::{
     browser::{BrowserReader, BrowserView},
     kernel::{Kernel, RssIndices},
     processes::{self, ProcessTable, SampleSeries, Snapshot},
-    sampler, target,
+    sampler::{self, LivePids, Reading},
+    target,
     trace::TreeSample,
 };
 
@@ -21,6 +22,15 @@ pub(super) struct Collectors {
     pub(super) last_alive: Option<TreeSample>,
     pub(super) started: Instant,
     pub(super) root_pid: u32,
+    /// The live pids, for readings taken where markers are read.
+    pub(super) live_pids: LivePids,
+}
+
+/// Everything every collector knew at one boundary.
+pub(super) struct BoundarySnapshot {
+    pub(super) t_s: f64,
+    pub(super) snapshot: Snapshot,
+    pub(super) sample: TreeSample,
 }
 
 impl Collectors {
@@ -34,6 +44,11 @@ impl Collectors {
 
     /// Takes in what happened since the last tick: kernel events, or /proc without eBPF.
     pub(super) fn follow(&mut self) {
+        self.take_in();
+        self.live_pids.set(self.table.live_pids());
+    }
+
+    fn take_in(&mut self) {
         match &mut self.kernel {
             Some(kernel) => {
                 let mut events = Vec::new();
@@ -57,8 +72,12 @@ impl Collectors {
 
     /// A /proc sample of every live process, kept in the bounded series.
     pub(super) fn sample(&mut self) -> TreeSample {
+        self.sample_with(&Reading::default())
+    }
+
+    fn sample_with(&mut self, reading: &Reading) -> TreeSample {
         self.follow();
-        let sample = self.table.sample(self.elapsed());
+        let sample = self.table.sample_with(self.elapsed(), reading);
         self.series.push(sample.clone());
         if !sample.by_role.is_empty() {
             self.last_alive = Some(sample.clone());
@@ -67,13 +86,26 @@ impl Collectors {
         sample
     }
 
-    /// Everything every collector knows now, for a cycle or phase boundary.
+    /// Everything every collector knows now, for the start and end of the trace.
     pub(super) fn snapshot(&mut self) -> (f64, Snapshot, TreeSample) {
-        let sample = self.sample();
+        let boundary = self.boundary(sampler::boot_ns(), None);
+        (boundary.t_s, boundary.snapshot, boundary.sample)
+    }
+
+    /// Everything every collector knew at a marker read at `at_ns`: the tree's memory from
+    /// `reading` (taken when the marker was read) or read now, the kernel's flows, and whether
+    /// the tree was tearing down.
+    pub(super) fn boundary(&mut self, at_ns: u64, reading: Option<Reading>) -> BoundarySnapshot {
+        let reading = reading.unwrap_or_else(|| sampler::read_tree(&self.table.live_pids(), at_ns));
+        let sample = self.sample_with(&reading);
         if let Some(kernel) = &mut self.kernel {
             self.table.collect_kernel(kernel);
         }
-        (sample.t_s, self.table.snapshot(self.rss()), sample)
+        BoundarySnapshot {
+            t_s: sample.t_s,
+            snapshot: self.table.snapshot(self.rss()),
+            sample,
+        }
     }
 
     /// Tracks the attached process and its live descendants, from /proc.

@@ -12,9 +12,14 @@ use crate::{
     browser::{BrowserReader, WorkerInspector},
     markers::{LineRules, MarkerEvent},
     progress::Progress,
+    sampler,
     timeline::{Boundary, Timeline},
     trace::MarkerSummary,
 };
+
+/// How soon after an asynchronous marker the tree's teardown makes its boundary a measure of
+/// the shutdown: Chromium frees a closed browser's pages and ends its renderers within this.
+const TEARDOWN_WINDOW_NS: u64 = 1_000_000_000;
 
 /// Cuts the trace into cycles as markers come.
 pub(super) struct Cutting {
@@ -30,6 +35,9 @@ pub(super) struct Cutting {
     pub(super) inspector: Option<WorkerInspector>,
     pub(super) analyze_every: u32,
     pub(super) warmup: u32,
+    /// The last boundary an asynchronous marker made, and when it was read, while the tree
+    /// may still tear down within the window after it.
+    pub(super) watch: Option<(Boundary, u64)>,
 }
 
 impl Cutting {
@@ -52,8 +60,14 @@ impl Cutting {
                 }
                 return false;
             }
+            MarkerEvent::Figures(values) => {
+                self.timeline.add_figures(values);
+                return false;
+            }
         };
-        let (now, snapshot, sample) = collectors.snapshot();
+        self.check_teardown(collectors);
+        let boundary = collectors.boundary(marker.at_ns, marker.reading);
+        let sample = boundary.sample;
         if marker.boundary == Boundary::CycleEnd {
             self.summary.cycles_seen += 1;
             self.owned_at_cycle_ends.push(sample.owned());
@@ -70,8 +84,12 @@ impl Cutting {
         if cycle_end && let Some(inspector) = &mut self.inspector {
             values.extend(inspector.read().await);
         }
+        // A marker answered on the socket held the worker until its snapshot was taken.
+        if marker.ack.is_none() {
+            self.watch = Some((marker.boundary.clone(), marker.at_ns));
+        }
         self.timeline
-            .on_boundary(marker.boundary, now, snapshot, values);
+            .on_boundary(marker.boundary, boundary.t_s, boundary.snapshot, values);
         if cycle_end {
             follow_browser(collectors, browser, self.warn, false).await;
             if let Some(view) = read_browser(collectors, browser).await {
@@ -111,6 +129,20 @@ pub(super) fn marker_sources(
 }
 
 impl Cutting {
+    /// Marks the last boundary as a teardown when the tree tore down right after its marker;
+    /// stops watching once the window has passed. Called as exits come in, and at the end.
+    pub(super) fn check_teardown(&mut self, collectors: &Collectors) {
+        let Some((boundary, at_ns)) = &self.watch else {
+            return;
+        };
+        if let Some(reason) = collectors.table.teardown_after(*at_ns, TEARDOWN_WINDOW_NS) {
+            self.timeline.mark_teardown(boundary, reason);
+            self.watch = None;
+        } else if sampler::boot_ns().saturating_sub(*at_ns) > TEARDOWN_WINDOW_NS {
+            self.watch = None;
+        }
+    }
+
     /// Every `--analyze-every` cycles, the fits so far, on stderr.
     fn interim_analysis(&self) {
         let done = self.timeline.complete_cycles();

@@ -79,6 +79,8 @@ pub enum Target {
 pub struct MarkerOptions {
     pub cycle_regex: Option<String>,
     pub phase_regex: Option<String>,
+    /// `--figures-regex`: the worker's figures from any line of its output, by named group.
+    pub figures_regex: Option<String>,
     pub cycle_log: Option<PathBuf>,
     pub cycle_every: Option<Duration>,
     /// End the trace after this many complete cycles.
@@ -107,6 +109,8 @@ pub struct Options {
     pub cdp: CdpMode,
     /// Drop query strings and fragments from the URLs recorded.
     pub redact_urls: bool,
+    /// Find each page's renderer (`--page-renderers`; starts Chromium's tracing service).
+    pub page_renderers: bool,
     /// A Node worker's inspector (`--worker-inspect`), for its own heap at every cycle end.
     pub worker_inspect: Option<String>,
 }
@@ -123,6 +127,7 @@ impl Default for Options {
             markers: MarkerOptions::default(),
             cdp: CdpMode::Auto,
             redact_urls: false,
+            page_renderers: false,
             worker_inspect: None,
         }
     }
@@ -187,10 +192,15 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     let rules = LineRules::new(
         marker_options.cycle_regex.as_deref(),
         marker_options.phase_regex.as_deref(),
+        marker_options.figures_regex.as_deref(),
     )?;
     let (marker_tx, mut marker_rx) = mpsc::unbounded_channel();
     let progress = Progress::new(options.warn, marker_options.cycles);
-    let mut browser = BrowserReader::new(options.cdp.clone(), options.redact_urls);
+    let mut browser = BrowserReader::new(
+        options.cdp.clone(),
+        options.redact_urls,
+        options.page_renderers,
+    );
     let inspector = options.worker_inspect.clone().map(WorkerInspector::new);
     let mut summary = MarkerSummary {
         warmup: marker_options.warmup,
@@ -205,6 +215,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         last_alive: None,
         started,
         root_pid: 0,
+        live_pids: Default::default(),
     };
     let (mode, command, child) = match &target {
         Target::Run(command) => {
@@ -218,7 +229,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             summary.socket = Some(served.path.display().to_string());
             let io = LaunchIo {
                 env: vec![("LEAKTRACE_MARKER".into(), served.path.display().to_string())],
-                capture_output: !rules.is_empty(),
+                capture_output: rules.reads_lines(),
             };
             socket = Some(served);
             // Orphans of the command's tree come to leaktrace rather than to init (which may
@@ -238,6 +249,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                     move |b| progress.pass(false, b),
                     rules.clone(),
                     marker_tx.clone(),
+                    collectors.live_pids.clone(),
                 );
             }
             if let Some(stderr) = launched.child.stderr.take() {
@@ -247,6 +259,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                     move |b| progress.pass(true, b),
                     rules.clone(),
                     marker_tx.clone(),
+                    collectors.live_pids.clone(),
                 );
             }
             collectors.root_pid = launched.pid;
@@ -304,6 +317,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         inspector,
         analyze_every: marker_options.analyze_every,
         warmup: marker_options.warmup,
+        watch: None,
     };
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(TICK);
@@ -334,7 +348,13 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             _ = terminate.recv() => break EndReason::Terminated,
             _ = sleep_until(deadline) => break EndReason::Duration,
             _ = tick_every(&mut every) => {
-                let marker = Marker { boundary: Boundary::CycleEnd, values: BTreeMap::new(), ack: None };
+                let marker = Marker {
+                    boundary: Boundary::CycleEnd,
+                    values: BTreeMap::new(),
+                    ack: None,
+                    at_ns: crate::sampler::boot_ns(),
+                    reading: None,
+                };
                 if cutting.on_event(&mut collectors, &mut browser, MarkerEvent::Marker(marker)).await {
                     break EndReason::CyclesDone;
                 }
@@ -346,6 +366,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             }
             _ = tick.tick() => {
                 collectors.follow();
+                cutting.check_teardown(&collectors);
                 if mode == "attach" && !target::is_alive(root_pid) {
                     break EndReason::TargetExited;
                 }
@@ -364,6 +385,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
 
     // The last sample, of the tree as it is now, before anything is stopped.
     let (end_s, end, _) = collectors.snapshot();
+    cutting.check_teardown(&collectors);
     // The last view, if still connected: no reconnecting to a browser that is shutting down.
     if browser.is_connected() {
         read_browser(&collectors, &mut browser).await;
