@@ -34,7 +34,7 @@ use tokio::{
 };
 
 use crate::{
-    sampler::{self, LivePids, Reading},
+    sampler::{self, Reading, TreeReader},
     timeline::Boundary,
 };
 
@@ -408,7 +408,7 @@ pub fn pass_through(
     mut write: impl FnMut(&[u8]) + Send + 'static,
     rules: LineRules,
     events: Sender,
-    tree: LivePids,
+    tree: TreeReader,
 ) {
     std::thread::spawn(move || {
         let mut buffer = [0u8; 8192];

@@ -197,31 +197,28 @@ impl ProcessTable {
         });
     }
 
-    /// Samples every live process from /proc and returns the tree's totals at this moment.
-    pub fn sample(&mut self, t_s: f64) -> TreeSample {
-        self.sample_with(t_s, &Reading::default())
-    }
-
-    /// The same, taking each process's figures from `reading` where it has them: a boundary's
-    /// reading, taken when its marker was read. A process the reading saw counts as live at the
-    /// boundary even if it has exited since.
+    /// Takes in a reading of the tree's processes and returns the tree's totals. A process the
+    /// reading saw counts as live even if it has exited since (a boundary's reading is taken
+    /// when its marker was read); one it did not see is not sampled this time.
     pub fn sample_with(&mut self, t_s: f64, reading: &Reading) -> TreeSample {
         let mut by_role: BTreeMap<String, RoleTotals> = BTreeMap::new();
         let at_ns = reading.at_ns;
         for index in 0..self.processes.len() {
             let process = &self.processes[index];
             let exited_after_reading = process.exited_ns.is_some_and(|t| at_ns > 0 && t >= at_ns);
-            let sample = match reading.samples.get(&process.info.pid) {
-                Some(sample) if !process.exited || exited_after_reading => Some(*sample),
-                _ if process.exited => None,
-                _ => sampler::sample(process.info.pid),
-            };
-            let Some(sample) = sample else {
+            let sample = reading
+                .samples
+                .get(&process.info.pid)
+                .filter(|_| !process.exited || exited_after_reading);
+            let Some(&sample) = sample else {
                 self.processes[index].sampled = false;
                 continue;
             };
-            // Chromium's children can be told apart only once their command line is set.
-            if let Some(role) = self.current_role(index) {
+            // Chromium's children can be told apart only once their command line is set; a
+            // Chromium role, once found, stays (an exec is an event of its own).
+            if matches!(self.processes[index].role.as_str(), "worker" | "other")
+                && let Some(role) = self.current_role(index)
+            {
                 self.processes[index].role = role;
             }
             let process = &mut self.processes[index];

@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -83,49 +84,98 @@ pub fn boot_ns() -> u64 {
 /// loop. Every process's status first (cheap and exact), then their smaps_rollup.
 #[derive(Clone, Debug, Default)]
 pub struct Reading {
-    /// When the marker was read, and when the reading was done (CLOCK_BOOTTIME).
+    /// When the marker was read (CLOCK_BOOTTIME).
     pub at_ns: u64,
-    pub done_ns: u64,
     /// Every process that could be read, by pid.
     pub samples: HashMap<u32, ProcSample>,
 }
 
-/// The live pids of the traced tree, kept current by the session, for readings taken on other
-/// threads (the readers of the command's output).
+/// Reads the traced tree's memory from any thread: the session keeps its list of live pids
+/// current, and the readers of the command's output read the tree the moment a marker comes.
+///
+/// smaps_rollup walks every mapping under the process's mmap lock (~2 ms a renderer, ~6 ms a
+/// browser process), so it is read again only for a process whose resident counters moved
+/// since, or whose figures are older than [`ROLLUP_MAX_AGE`]: an idle process (a browser left
+/// open, a spare renderer) costs one read of its status.
 #[derive(Clone, Debug, Default)]
-pub struct LivePids(Arc<Mutex<Vec<u32>>>);
+pub struct TreeReader(Arc<Mutex<TreeState>>);
 
-impl LivePids {
-    pub fn set(&self, pids: Vec<u32>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = pids;
+#[derive(Debug, Default)]
+struct TreeState {
+    pids: Vec<u32>,
+    /// The last full sample of each process, and when its smaps_rollup was read.
+    rollups: HashMap<u32, (ProcSample, Instant)>,
+}
+
+/// How old a process's PSS figures may be when its resident counters have not moved: PSS can
+/// change without them (another process starts or stops sharing its pages).
+pub const ROLLUP_MAX_AGE: Duration = Duration::from_secs(10);
+
+impl TreeReader {
+    fn state(&self) -> std::sync::MutexGuard<'_, TreeState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live pids, as the session knows them now.
+    pub fn set_pids(&self, pids: Vec<u32>) {
+        let mut state = self.state();
+        state.rollups.retain(|pid, _| pids.contains(pid));
+        state.pids = pids;
     }
 
     /// Reads every live process now, for a boundary whose marker was read at `at_ns`.
     pub fn read(&self, at_ns: u64) -> Reading {
-        let pids = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        read_tree(&pids, at_ns)
+        let pids = self.state().pids.clone();
+        self.read_pids(&pids, at_ns)
+    }
+
+    /// Reads `pids` (status first, then smaps_rollup where needed) as a [`Reading`].
+    pub fn read_pids(&self, pids: &[u32], at_ns: u64) -> Reading {
+        let statuses: Vec<(u32, procfs::process::Process, ProcSample)> = pids
+            .iter()
+            .filter_map(|&pid| {
+                let process = procfs::process::Process::new(pid as i32).ok()?;
+                let sample = status(&process)?;
+                Some((pid, process, sample))
+            })
+            .collect();
+        let known: HashMap<u32, (ProcSample, Instant)> = {
+            let state = self.state();
+            pids.iter()
+                .filter_map(|pid| state.rollups.get(pid).map(|r| (*pid, *r)))
+                .collect()
+        };
+        let mut samples = HashMap::with_capacity(statuses.len());
+        let mut fresh = Vec::new();
+        for (pid, process, mut sample) in statuses {
+            match known.get(&pid) {
+                Some((last, read_at))
+                    if same_counters(last, &sample) && read_at.elapsed() < ROLLUP_MAX_AGE =>
+                {
+                    samples.insert(pid, *last);
+                }
+                _ => {
+                    if add_rollup(&process, &mut sample) {
+                        samples.insert(pid, sample);
+                        fresh.push((pid, sample));
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut state = self.state();
+        for (pid, sample) in fresh {
+            state.rollups.insert(pid, (sample, now));
+        }
+        Reading { at_ns, samples }
     }
 }
 
-/// Reads `pids` as a [`Reading`] for a marker read at `at_ns`.
-pub fn read_tree(pids: &[u32], at_ns: u64) -> Reading {
-    let mut read: Vec<(u32, procfs::process::Process, ProcSample)> = pids
-        .iter()
-        .filter_map(|&pid| {
-            let process = procfs::process::Process::new(pid as i32).ok()?;
-            let sample = status(&process)?;
-            Some((pid, process, sample))
-        })
-        .collect();
-    read.retain_mut(|(_, process, sample)| add_rollup(process, sample));
-    Reading {
-        at_ns,
-        done_ns: boot_ns(),
-        samples: read
-            .into_iter()
-            .map(|(pid, _, sample)| (pid, sample))
-            .collect(),
-    }
+/// Whether two samples have the same resident counters (status): nothing was faulted in or
+/// freed in between.
+fn same_counters(a: &ProcSample, b: &ProcSample) -> bool {
+    (a.rss_anon, a.rss_file, a.rss_shmem, a.vm_swap)
+        == (b.rss_anon, b.rss_file, b.rss_shmem, b.vm_swap)
 }
 
 /// The command line, the executable's path and comm of a process, for its role.

@@ -1,7 +1,7 @@
 //! Fixture: a worker with a scripted per-cycle pattern, marking its cycles and phases.
 //!
 //! `cycler --cycles N --markers stdout|socket|log|interval [--log PATH] [--pause-ms MS]
-//!  [--period-ms MS] [--wait-file PATH] [--send-junk] [--fixed]`
+//!  [--period-ms MS] [--wait-file PATH] [--send-junk] [--fixed] [--exit-at-once]`
 //!
 //! Every cycle k: in `scrape` it maps and touches 2 MiB of anonymous memory, and in odd cycles
 //! its child maps and touches 1 MiB of its own; in `cleanup` it unmaps 1 MiB of the 2; `idle`
@@ -14,7 +14,8 @@
 //! the worker pauses `--pause-ms` after each marker so the tracer's snapshot comes first.
 //! `--wait-file` prints `ready <pid>` and waits for PATH to exist before starting (for attach);
 //! `--send-junk` first sends two malformed socket lines; `--fixed` runs the same script without
-//! its leak (cleanup unmaps all 2 MiB, the child keeps nothing).
+//! its leak (cleanup unmaps all 2 MiB, the child keeps nothing); `--exit-at-once` exits right
+//! after its last marker, without the pause.
 
 use leaktrace_tests::{arg_value, sys::map_and_touch};
 use std::{
@@ -209,6 +210,9 @@ fn main() {
         };
         check(unsafe { libc::munmap(start.cast(), len) } == 0, "munmap");
         worker.phase("idle");
+        if k == cycles && args.iter().any(|a| a == "--exit-at-once") {
+            worker.pause = Duration::ZERO;
+        }
         worker.cycle_end(k);
         if let Markers::Log(path) = &worker.markers
             && k == 2

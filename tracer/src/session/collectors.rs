@@ -8,7 +8,7 @@ use crate::{
     browser::{BrowserReader, BrowserView},
     kernel::{Kernel, RssIndices},
     processes::{self, ProcessTable, SampleSeries, Snapshot},
-    sampler::{self, LivePids, Reading},
+    sampler::{self, Reading, TreeReader},
     target,
     trace::TreeSample,
 };
@@ -22,8 +22,8 @@ pub(super) struct Collectors {
     pub(super) last_alive: Option<TreeSample>,
     pub(super) started: Instant,
     pub(super) root_pid: u32,
-    /// The live pids, for readings taken where markers are read.
-    pub(super) live_pids: LivePids,
+    /// Reads the tree's memory, here and where markers are read.
+    pub(super) tree: TreeReader,
 }
 
 /// Everything every collector knew at one boundary.
@@ -45,7 +45,7 @@ impl Collectors {
     /// Takes in what happened since the last tick: kernel events, or /proc without eBPF.
     pub(super) fn follow(&mut self) {
         self.take_in();
-        self.live_pids.set(self.table.live_pids());
+        self.tree.set_pids(self.table.live_pids());
     }
 
     fn take_in(&mut self) {
@@ -72,12 +72,25 @@ impl Collectors {
 
     /// A /proc sample of every live process, kept in the bounded series.
     pub(super) fn sample(&mut self) -> TreeSample {
-        self.sample_with(&Reading::default())
+        self.sample_with(Reading {
+            at_ns: sampler::boot_ns(),
+            ..Reading::default()
+        })
     }
 
-    fn sample_with(&mut self, reading: &Reading) -> TreeSample {
+    /// Takes in `reading`, with every live process it does not cover (forked since its pid
+    /// list was set) read now.
+    fn sample_with(&mut self, mut reading: Reading) -> TreeSample {
         self.follow();
-        let sample = self.table.sample_with(self.elapsed(), reading);
+        let missing: Vec<u32> = self
+            .table
+            .live_pids()
+            .into_iter()
+            .filter(|pid| !reading.samples.contains_key(pid))
+            .collect();
+        let now = self.tree.read_pids(&missing, reading.at_ns);
+        reading.samples.extend(now.samples);
+        let sample = self.table.sample_with(self.elapsed(), &reading);
         self.series.push(sample.clone());
         if !sample.by_role.is_empty() {
             self.last_alive = Some(sample.clone());
@@ -96,8 +109,11 @@ impl Collectors {
     /// `reading` (taken when the marker was read) or read now, the kernel's flows, and whether
     /// the tree was tearing down.
     pub(super) fn boundary(&mut self, at_ns: u64, reading: Option<Reading>) -> BoundarySnapshot {
-        let reading = reading.unwrap_or_else(|| sampler::read_tree(&self.table.live_pids(), at_ns));
-        let sample = self.sample_with(&reading);
+        let reading = reading.unwrap_or_else(|| Reading {
+            at_ns,
+            ..Reading::default()
+        });
+        let sample = self.sample_with(reading);
         if let Some(kernel) = &mut self.kernel {
             self.table.collect_kernel(kernel);
         }

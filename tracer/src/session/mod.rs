@@ -215,7 +215,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         last_alive: None,
         started,
         root_pid: 0,
-        live_pids: Default::default(),
+        tree: Default::default(),
     };
     let (mode, command, child) = match &target {
         Target::Run(command) => {
@@ -249,7 +249,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                     move |b| progress.pass(false, b),
                     rules.clone(),
                     marker_tx.clone(),
-                    collectors.live_pids.clone(),
+                    collectors.tree.clone(),
                 );
             }
             if let Some(stderr) = launched.child.stderr.take() {
@@ -259,7 +259,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                     move |b| progress.pass(true, b),
                     rules.clone(),
                     marker_tx.clone(),
-                    collectors.live_pids.clone(),
+                    collectors.tree.clone(),
                 );
             }
             collectors.root_pid = launched.pid;
