@@ -101,7 +101,7 @@ fn devtools_counts_pages_and_contexts_exactly_and_lists_their_urls() {
             _ => continue,
         };
         assert_eq!(
-            process.role.as_deref(),
+            process.role.as_ref().map(|r| r.as_str()),
             Some(expected),
             "pid {} ({})",
             process.pid,

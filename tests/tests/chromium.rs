@@ -118,7 +118,7 @@ fn chromium_roles_and_tree_pss_match_an_independent_reading() {
             .iter()
             .find(|p| p.pid == *pid)
             .unwrap_or_else(|| panic!("pid {pid} ({role}) not traced"));
-        assert_eq!(&traced.role, role, "role of {pid}");
+        assert_eq!(traced.role.as_str(), role, "role of {pid}");
     }
     let mut expected_counts: BTreeMap<&str, u64> = BTreeMap::new();
     expected_roles

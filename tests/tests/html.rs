@@ -54,7 +54,7 @@ fn the_html_report_is_self_contained_with_a_point_per_cycle_for_every_role() {
     );
     let trace = Trace::read(&json).unwrap();
     let complete: Vec<_> = trace.cycles.iter().filter(|c| !c.cut).collect();
-    let roles: std::collections::BTreeSet<&String> =
+    let roles: std::collections::BTreeSet<&leaktrace::trace::Role> =
         complete.iter().flat_map(|c| c.by_role.keys()).collect();
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, fmt::Write as _};
 use serde::Serialize;
 
 use crate::{
-    analysis::{SeriesFit, Shape, TREE},
+    analysis::{Series, SeriesFit, Shape},
     report::bytes,
     trace::Trace,
 };
@@ -65,7 +65,7 @@ pub fn change(before: Option<&SeriesFit>, after: Option<&SeriesFit>) -> Change {
 /// One row of the comparison.
 #[derive(Clone, Debug, Serialize)]
 pub struct SeriesChange {
-    pub name: String,
+    pub name: Series,
     pub before_per_day: Option<f64>,
     pub after_per_day: Option<f64>,
     pub change: Change,
@@ -95,19 +95,19 @@ pub fn compare(before: &Trace, after: &Trace) -> Comparison {
             ));
         }
     }
-    let names: BTreeSet<&String> = before
+    let names: BTreeSet<&Series> = before
         .analysis
         .series
         .iter()
         .chain(&after.analysis.series)
         .map(|s| &s.name)
         .collect();
-    let find = |trace: &'_ Trace, name: &str| {
+    let find = |trace: &'_ Trace, name: &Series| {
         trace
             .analysis
             .series
             .iter()
-            .find(|s| s.name == name)
+            .find(|s| s.name == *name)
             .cloned()
     };
     let mut rows: Vec<SeriesChange> = names
@@ -123,10 +123,10 @@ pub fn compare(before: &Trace, after: &Trace) -> Comparison {
         })
         .collect();
     // The tree first, then the rest by name.
-    rows.sort_by_key(|r| (r.name != TREE, r.name.clone()));
+    rows.sort_by_key(|r| (r.name != Series::TreeOwned, r.name.clone()));
     let overall = rows
         .iter()
-        .find(|r| r.name == TREE)
+        .find(|r| r.name == Series::TreeOwned)
         .map_or(Change::Unchanged, |r| r.change);
     Comparison {
         rows,
@@ -156,7 +156,7 @@ pub fn render(before: &Trace, after: &Trace, comparison: &Comparison) -> String 
     );
     let rate = |r: Option<f64>| r.map_or("-".to_string(), |v| bytes(v as i64, true));
     for row in &comparison.rows {
-        let name: String = row.name.chars().take(40).collect();
+        let name: String = row.name.to_string().chars().take(40).collect();
         let _ = writeln!(
             out,
             "{name:<40} {:>14} {:>14}  {}",

@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 
 use crate::{
-    report::{bytes, render},
-    trace::{Cycle, RoleTotals, Trace},
+    report::{answers, bytes, render},
+    trace::{Cycle, Role, RoleTotals, Trace},
 };
 
 const WIDTH: u32 = 640;
@@ -193,23 +193,29 @@ pub fn render_html(trace: &Trace) -> String {
             escape(&verdict.evidence.join("; "))
         );
     }
-    // The answers as the terminal shows them, then the plots.
-    let text = render(trace);
-    let answers: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("ANSWERS"))
-        .take_while(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n");
-    if !answers.is_empty() {
-        let _ = writeln!(out, "<pre class=\"answers\">{}</pre>", escape(&answers));
+    // The answers, then the plots.
+    if let Some(view) = answers::view(trace) {
+        let _ = writeln!(
+            out,
+            "<h2>Answers</h2><p>{}</p><table class=\"answers\">",
+            escape(&view.heading)
+        );
+        for row in &view.rows {
+            let _ = writeln!(
+                out,
+                "<tr><th>{}</th><td>{}</td></tr>",
+                escape(row.label),
+                escape(&row.text)
+            );
+        }
+        let _ = writeln!(out, "</table>");
     }
     if !cycles.is_empty() {
         let _ = writeln!(
             out,
             "<h2>Resident memory per role over the cycles</h2><p>PSS at each cycle end; darker, the part the processes own (anonymous and shared memory, what growth is judged on), lighter, file-backed pages; warm-up shaded, recreation points dashed, phase starts ticked along the axis.</p>"
         );
-        let roles: std::collections::BTreeSet<&String> =
+        let roles: std::collections::BTreeSet<&Role> =
             cycles.iter().flat_map(|c| c.by_role.keys()).collect();
         for role in roles {
             let pss: Vec<f64> = cycles
@@ -301,7 +307,7 @@ pub fn render_html(trace: &Trace) -> String {
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             p.pid,
             p.ppid,
-            escape(&p.role),
+            escape(p.role.as_str()),
             escape(&p.comm),
             bytes(p.pss as i64, false),
             bytes(p.resident.anon as i64, false),
@@ -320,7 +326,7 @@ pub fn render_html(trace: &Trace) -> String {
     let _ = writeln!(
         out,
         "</table>\n<h2>The full report</h2>\n<pre>{}</pre>\n</body></html>",
-        escape(&text)
+        escape(&render(trace))
     );
     out
 }

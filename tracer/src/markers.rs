@@ -52,7 +52,9 @@ pub enum MarkerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("--figures-regex has no named group: name each figure, as in `heapUsed=(?P<heapUsed>\\S+)`")]
+    #[error(
+        "--figures-regex has no named group: name each figure, as in `heapUsed=(?P<heapUsed>\\S+)`"
+    )]
     UnnamedFigures,
     #[error("cannot open --cycle-log {path}")]
     Log {
@@ -220,7 +222,11 @@ impl LineRules {
         let Some(captures) = self.figures.as_ref().and_then(|re| re.captures(line)) else {
             return (values, bad);
         };
-        for name in self.figures.iter().flat_map(|re| re.capture_names().flatten()) {
+        for name in self
+            .figures
+            .iter()
+            .flat_map(|re| re.capture_names().flatten())
+        {
             if let Some(text) = captures.name(name) {
                 match parse_amount(text.as_str()) {
                     Some(value) => {
@@ -409,7 +415,7 @@ pub fn pass_through(
     rules: LineRules,
     events: Sender,
     tree: TreeReader,
-) {
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buffer = [0u8; 8192];
         let mut pending: Vec<u8> = Vec::new();
@@ -425,7 +431,9 @@ pub fn pass_through(
                 for mut event in rules.scan(String::from_utf8_lossy(&line).trim_end()) {
                     if let MarkerEvent::Marker(marker) = &mut event {
                         // One reading for a line that both starts a phase and ends a cycle.
-                        let reading = reading.get_or_insert_with(|| tree.read(marker.at_ns));
+                        // A cycle end reads every process's PSS; a phase start only what moved.
+                        let full = marker.boundary == Boundary::CycleEnd;
+                        let reading = reading.get_or_insert_with(|| tree.read(marker.at_ns, full));
                         marker.reading = Some(reading.clone());
                     }
                     let _ = events.send(event);
@@ -438,7 +446,7 @@ pub fn pass_through(
                 pending.clear();
             }
         }
-    });
+    })
 }
 
 /// Writes all of `bytes` to a standard stream, ignoring a closed pipe.

@@ -8,7 +8,7 @@ use tracer_common::{LifecycleEvent, LifecycleKind, ProcessFlows, Resident};
 
 use crate::{
     kernel::{Kernel, RssIndices},
-    roles,
+    roles::{self, Role},
     sampler::{self, ProcSample, Reading},
     target::ProcInfo,
     trace::{Process, ResidentBytes, RoleTotals, TreeSample},
@@ -17,7 +17,7 @@ use crate::{
 /// One process, as the trace goes on.
 struct Tracked {
     info: ProcInfo,
-    role: String,
+    role: Role,
     exited: bool,
     exit_code: Option<i32>,
     /// When it exited (CLOCK_BOOTTIME): from the kernel's event, or when /proc found it gone.
@@ -85,7 +85,7 @@ impl ProcessTable {
     }
 
     /// The role from /proc when the process is still there, else from its parent.
-    fn role_of(&self, pid: u32, ppid: u32, comm: &str) -> String {
+    fn role_of(&self, pid: u32, ppid: u32, comm: &str) -> Role {
         let chromium = match sampler::identity(pid) {
             Some(id) => roles::chromium_role(&id.cmdline, &id.comm, id.exe.as_deref()),
             None => roles::chromium_role(&[], comm, None),
@@ -93,17 +93,14 @@ impl ProcessTable {
         self.role_with(chromium, pid, ppid)
     }
 
-    fn role_with(&self, chromium: Option<String>, pid: u32, ppid: u32) -> String {
-        let parent_role = self
-            .live
-            .get(&ppid)
-            .map(|&i| self.processes[i].role.as_str());
+    fn role_with(&self, chromium: Option<Role>, pid: u32, ppid: u32) -> Role {
+        let parent_role = self.live.get(&ppid).map(|&i| &self.processes[i].role);
         roles::role(chromium, pid == self.root_pid, parent_role)
     }
 
     /// The role from /proc again (a process may have exec'd, or set its command line since),
     /// or None when /proc no longer shows it: a role is never guessed from a gone process.
-    fn current_role(&self, index: usize) -> Option<String> {
+    fn current_role(&self, index: usize) -> Option<Role> {
         let info = &self.processes[index].info;
         // An exiting process (a zombie) has no command line left to tell.
         let id = sampler::identity(info.pid).filter(|id| !id.cmdline.is_empty())?;
@@ -150,16 +147,16 @@ impl ProcessTable {
     }
 
     /// Live processes with this role.
-    pub fn live_with_role(&self, role: &str) -> Vec<u32> {
+    pub fn live_with_role(&self, role: &Role) -> Vec<u32> {
         self.live
             .iter()
-            .filter(|&(_, &i)| self.processes[i].role == role)
+            .filter(|&(_, &i)| self.processes[i].role == *role)
             .map(|(&pid, _)| pid)
             .collect()
     }
 
     /// The role of a live process.
-    pub fn role_of_pid(&self, pid: u32) -> Option<String> {
+    pub fn role_of_pid(&self, pid: u32) -> Option<Role> {
         self.live.get(&pid).map(|&i| self.processes[i].role.clone())
     }
 
@@ -201,7 +198,7 @@ impl ProcessTable {
     /// reading saw counts as live even if it has exited since (a boundary's reading is taken
     /// when its marker was read); one it did not see is not sampled this time.
     pub fn sample_with(&mut self, t_s: f64, reading: &Reading) -> TreeSample {
-        let mut by_role: BTreeMap<String, RoleTotals> = BTreeMap::new();
+        let mut by_role: BTreeMap<Role, RoleTotals> = BTreeMap::new();
         let at_ns = reading.at_ns;
         for index in 0..self.processes.len() {
             let process = &self.processes[index];
@@ -214,9 +211,10 @@ impl ProcessTable {
                 self.processes[index].sampled = false;
                 continue;
             };
-            // Chromium's children can be told apart only once their command line is set; a
-            // Chromium role, once found, stays (an exec is an event of its own).
-            if matches!(self.processes[index].role.as_str(), "worker" | "other")
+            // Chromium's children can be told apart only once their command line is set (the
+            // zygote's children never exec); other Chromium roles stay, and an exec is an
+            // event of its own.
+            if self.processes[index].role.may_change()
                 && let Some(role) = self.current_role(index)
             {
                 self.processes[index].role = role;
@@ -243,11 +241,11 @@ impl ProcessTable {
     }
 
     /// Whether the tree tore down right after a marker read at `at_ns`: among the processes
-    /// alive then, the root or a browser, or most of them, exited within `window_ns`. A worker
+    /// alive then, the root or a browser, or most of them, exited by `until_ns`. A worker
     /// that closes its browser in the next breath after its marker makes Chromium free its
     /// pages and end its renderers before (or while) their memory is read: such a boundary
     /// measures the shutdown, not the cycle.
-    pub fn teardown_after(&self, at_ns: u64, window_ns: u64) -> Option<String> {
+    pub fn teardown_after(&self, at_ns: u64, until_ns: u64) -> Option<String> {
         let alive = |p: &&Tracked| {
             (p.info.start_time * 1e9) as u64 <= at_ns && p.exited_ns.is_none_or(|t| t >= at_ns)
         };
@@ -256,23 +254,27 @@ impl ProcessTable {
             .processes
             .iter()
             .filter(alive)
-            .filter(|p| p.exited_ns.is_some_and(|t| t - at_ns <= window_ns))
+            .filter(|p| p.exited_ns.is_some_and(|t| t <= until_ns))
             .collect();
         let after_ms = |p: &Tracked| p.exited_ns.unwrap_or(at_ns).saturating_sub(at_ns) / 1_000_000;
         let key = gone
             .iter()
-            .find(|p| p.info.pid == self.root_pid || p.role == "browser");
+            .find(|p| p.info.pid == self.root_pid || p.role == Role::Browser);
         match key {
             Some(p) => Some(format!(
                 "the {} (pid {}) exited {} ms after the marker",
-                if p.info.pid == self.root_pid { "worker" } else { "browser" },
+                if p.info.pid == self.root_pid {
+                    "worker"
+                } else {
+                    "browser"
+                },
                 p.info.pid,
                 after_ms(p)
             )),
             None if gone.len() * 2 > alive_at_marker => Some(format!(
                 "{} of the {alive_at_marker} processes alive at the marker exited within {} ms of it",
                 gone.len(),
-                window_ns / 1_000_000
+                gone.iter().map(|p| after_ms(p)).max().unwrap_or(0)
             )),
             None => None,
         }
@@ -380,7 +382,7 @@ impl Tracked {
 pub struct ProcessState {
     /// (pid, start time bits): a reused pid is another process.
     pub key: (u32, u64),
-    pub role: String,
+    pub role: Role,
     pub live: bool,
     pub flows: ProcessFlows,
     pub resident: ResidentBytes,

@@ -84,8 +84,9 @@ pub fn boot_ns() -> u64 {
 /// loop. Every process's status first (cheap and exact), then their smaps_rollup.
 #[derive(Clone, Debug, Default)]
 pub struct Reading {
-    /// When the marker was read (CLOCK_BOOTTIME).
+    /// When the marker was read, and when the reading was done (CLOCK_BOOTTIME).
     pub at_ns: u64,
+    pub done_ns: u64,
     /// Every process that could be read, by pid.
     pub samples: HashMap<u32, ProcSample>,
 }
@@ -94,9 +95,12 @@ pub struct Reading {
 /// current, and the readers of the command's output read the tree the moment a marker comes.
 ///
 /// smaps_rollup walks every mapping under the process's mmap lock (~2 ms a renderer, ~6 ms a
-/// browser process), so it is read again only for a process whose resident counters moved
-/// since, or whose figures are older than [`ROLLUP_MAX_AGE`]: an idle process (a browser left
-/// open, a spare renderer) costs one read of its status.
+/// browser process). A full reading (cycle ends, samples) reads it for every process; a quick
+/// one (phase boundaries, which can come many times a second) only for a process whose
+/// resident counters moved since, or whose figures are older than [`ROLLUP_MAX_AGE`], so an
+/// idle process (a browser left open, a spare renderer) costs one read of its status. PSS can
+/// move without the counters (a zygote's children exiting leave it the anonymous pages they
+/// shared), which is why cycle ends read it all.
 #[derive(Clone, Debug, Default)]
 pub struct TreeReader(Arc<Mutex<TreeState>>);
 
@@ -123,14 +127,15 @@ impl TreeReader {
         state.pids = pids;
     }
 
-    /// Reads every live process now, for a boundary whose marker was read at `at_ns`.
-    pub fn read(&self, at_ns: u64) -> Reading {
+    /// Reads every live process now, for a boundary whose marker was read at `at_ns`; `full`
+    /// reads every smaps_rollup.
+    pub fn read(&self, at_ns: u64, full: bool) -> Reading {
         let pids = self.state().pids.clone();
-        self.read_pids(&pids, at_ns)
+        self.read_pids(&pids, at_ns, full)
     }
 
     /// Reads `pids` (status first, then smaps_rollup where needed) as a [`Reading`].
-    pub fn read_pids(&self, pids: &[u32], at_ns: u64) -> Reading {
+    pub fn read_pids(&self, pids: &[u32], at_ns: u64, full: bool) -> Reading {
         let statuses: Vec<(u32, procfs::process::Process, ProcSample)> = pids
             .iter()
             .filter_map(|&pid| {
@@ -150,7 +155,9 @@ impl TreeReader {
         for (pid, process, mut sample) in statuses {
             match known.get(&pid) {
                 Some((last, read_at))
-                    if same_counters(last, &sample) && read_at.elapsed() < ROLLUP_MAX_AGE =>
+                    if !full
+                        && same_counters(last, &sample)
+                        && read_at.elapsed() < ROLLUP_MAX_AGE =>
                 {
                     samples.insert(pid, *last);
                 }
@@ -167,7 +174,11 @@ impl TreeReader {
         for (pid, sample) in fresh {
             state.rollups.insert(pid, (sample, now));
         }
-        Reading { at_ns, samples }
+        Reading {
+            at_ns,
+            done_ns: boot_ns(),
+            samples,
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use crate::{
     browser::BrowserView,
     processes::{ProcessState, Snapshot},
     sampler::ProcSample,
-    trace::{self, Cycle, Growth, Phase, RoleTotals},
+    trace::{self, Cycle, Growth, Phase, Role, RoleTotals},
 };
 
 /// What a marker says.
@@ -187,8 +187,8 @@ impl OpenCycle {
 }
 
 /// The live processes of each role in a snapshot.
-fn by_role(snapshot: &Snapshot) -> BTreeMap<String, RoleTotals> {
-    let mut roles: BTreeMap<String, RoleTotals> = BTreeMap::new();
+fn by_role(snapshot: &Snapshot) -> BTreeMap<Role, RoleTotals> {
+    let mut roles: BTreeMap<Role, RoleTotals> = BTreeMap::new();
     for process in snapshot.processes.iter().filter(|p| p.live) {
         roles
             .entry(process.role.clone())
@@ -199,10 +199,10 @@ fn by_role(snapshot: &Snapshot) -> BTreeMap<String, RoleTotals> {
 }
 
 /// What changed from `start` to `end`, per role (the role a process has at `end`).
-pub fn growth(start: &Snapshot, end: &Snapshot) -> BTreeMap<String, Growth> {
+pub fn growth(start: &Snapshot, end: &Snapshot) -> BTreeMap<Role, Growth> {
     let before: HashMap<(u32, u64), &ProcessState> =
         start.processes.iter().map(|p| (p.key, p)).collect();
-    let mut roles: BTreeMap<String, Growth> = BTreeMap::new();
+    let mut roles: BTreeMap<Role, Growth> = BTreeMap::new();
     for after in &end.processes {
         let before = before.get(&after.key);
         let growth = roles.entry(after.role.clone()).or_insert_with(|| Growth {
@@ -270,7 +270,7 @@ mod tests {
         flows.classes[RegionClass::Anon as usize].mapped = anon_mapped;
         ProcessState {
             key: (pid, 0),
-            role: role.into(),
+            role: role.parse().unwrap(),
             live,
             flows,
             resident: ResidentBytes {
@@ -334,16 +334,22 @@ mod tests {
         let cycle = &cycles[0];
         assert!(cycle.warmup && !cycle.cut);
         assert_eq!(cycle.worker["heapUsed"], 42.0);
-        assert_eq!(cycle.growth["worker"].address_space["anon"].mapped, 200);
-        assert_eq!(cycle.growth["worker"].resident.anon, 100);
+        assert_eq!(
+            cycle.growth[&Role::Worker].address_space["anon"].mapped,
+            200
+        );
+        assert_eq!(cycle.growth[&Role::Worker].resident.anon, 100);
         // The renderer came and went within the cycle: its flows stay, its memory does not.
-        assert_eq!(cycle.growth["renderer"].address_space["anon"].mapped, 50);
-        assert_eq!(cycle.growth["renderer"].resident.anon, 0);
-        assert_eq!(cycle.by_role.keys().collect::<Vec<_>>(), ["worker"]);
+        assert_eq!(
+            cycle.growth[&Role::Renderer].address_space["anon"].mapped,
+            50
+        );
+        assert_eq!(cycle.growth[&Role::Renderer].resident.anon, 0);
+        assert_eq!(cycle.by_role.keys().collect::<Vec<_>>(), [&Role::Worker]);
         let phases: Vec<(&str, i64)> = cycle
             .phases
             .iter()
-            .map(|p| (p.name.as_str(), p.growth["worker"].resident.anon))
+            .map(|p| (p.name.as_str(), p.growth[&Role::Worker].resident.anon))
             .collect();
         assert_eq!(phases, [("scrape", 200), ("cleanup", -100)]);
         assert_eq!((cycle.phases[0].start_s, cycle.phases[1].end_s), (1.0, 3.0));

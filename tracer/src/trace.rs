@@ -16,6 +16,7 @@ use tracer_common::{ProcessFlows, RegionClass};
 
 pub use crate::analysis::Analysis;
 pub use crate::browser::{BrowserSummary, BrowserView};
+pub use crate::roles::Role;
 pub use crate::sampler::ProcSample;
 
 pub const SCHEMA: &str = "leaktrace/1";
@@ -142,9 +143,9 @@ pub struct Cycle {
     pub teardown_reason: Option<String>,
     pub phases: Vec<Phase>,
     /// The live processes of each role at the end of the cycle.
-    pub by_role: BTreeMap<String, RoleTotals>,
+    pub by_role: BTreeMap<Role, RoleTotals>,
     /// What changed over the cycle, per role.
-    pub growth: BTreeMap<String, Growth>,
+    pub growth: BTreeMap<Role, Growth>,
     /// The worker's own figures sent with its markers (`key=value`), the last value per key.
     pub worker: BTreeMap<String, f64>,
     /// What the browser held at the end of the cycle (DevTools), when leaktrace could read it.
@@ -166,7 +167,7 @@ pub struct Phase {
     pub name: String,
     pub start_s: f64,
     pub end_s: f64,
-    pub growth: BTreeMap<String, Growth>,
+    pub growth: BTreeMap<Role, Growth>,
     /// Its end snapshot saw the tree tear down: left out of the phase figures.
     pub teardown: bool,
 }
@@ -226,7 +227,7 @@ pub struct Process {
     pub comm: String,
     /// worker, browser, zygote, renderer, gpu, utility:<sub-type>, crashpad or other.
     #[serde(default)]
-    pub role: String,
+    pub role: Role,
     pub exited: bool,
     pub exit_code: Option<i32>,
     /// Per region class: mapped, unmapped, committed, uncommitted, released, calls.
@@ -298,7 +299,7 @@ pub struct TreeSample {
     /// Seconds since the trace started.
     pub t_s: f64,
     pub pss: u64,
-    pub by_role: BTreeMap<String, RoleTotals>,
+    pub by_role: BTreeMap<Role, RoleTotals>,
 }
 
 impl TreeSample {
@@ -318,7 +319,7 @@ pub struct Totals {
     pub pss: u64,
     /// When that sample was taken, in seconds since the start.
     pub pss_at_s: f64,
-    pub by_role: BTreeMap<String, RoleTotals>,
+    pub by_role: BTreeMap<Role, RoleTotals>,
 }
 
 impl Process {

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::trace::{RoleTotals, Trace};
+use crate::trace::{Role, RoleTotals, Trace};
 
 /// The pid every role track is drawn under (not a real process).
 const ROLES_PID: u32 = 0;
@@ -20,7 +20,7 @@ pub fn trace_events(trace: &Trace) -> Value {
         "args": {"name": "leaktrace: PSS by role"}
     })];
     // Counter args are drawn stacked: owned + file is the role's PSS.
-    let role_counter = |t_s: f64, role: &str, totals: &RoleTotals| {
+    let role_counter = |t_s: f64, role: &Role, totals: &RoleTotals| {
         json!({"name": format!("{role} PSS"), "ph": "C", "pid": ROLES_PID, "ts": micros(t_s),
                "args": {"owned": totals.owned(), "file": totals.file}})
     };

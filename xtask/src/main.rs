@@ -116,6 +116,41 @@ fn apt_install(packages: &[String]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// Whether `command --version` runs and succeeds.
+fn runs(command: impl AsRef<std::ffi::OsStr>) -> bool {
+    Command::new(command)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// The scraper fixture's npm packages (Bun, puppeteer-core), pinned by its package-lock.json.
+/// `npm ci` runs only when the installed Bun does not run or the lock file changed since the last
+/// install: a copy of the lock file in node_modules records what was installed.
+fn scraper_fixture() -> Result<()> {
+    let dir = workspace().join("tests/fixtures/scraper");
+    let lock = std::fs::read_to_string(dir.join("package-lock.json"))
+        .with_context(|| format!("cannot read {}/package-lock.json", dir.display()))?;
+    let bun = dir.join("node_modules/.bin/bun");
+    let marker = dir.join("node_modules/.leaktrace-setup-lock.json");
+    if runs(&bun) && std::fs::read_to_string(&marker).is_ok_and(|m| m == lock) {
+        return Ok(());
+    }
+    println!("setup: installing the scraper fixture's npm packages (Bun, puppeteer-core)");
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir))?;
+    if !runs(&bun) {
+        bail!(
+            "{} does not run after `npm ci`: Bun's postinstall script puts its binary there \
+             (are npm install scripts disabled, e.g. ignore-scripts=true?)",
+            bun.display()
+        );
+    }
+    std::fs::write(&marker, lock)?;
+    Ok(())
+}
+
 fn setup() -> Result<()> {
     // rustc-web first: the LLVM packages follow its LLVM major.
     let base: Vec<String> = ["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"]
@@ -125,10 +160,14 @@ fn setup() -> Result<()> {
         .map(String::from)
         .collect();
     apt_install(&base)?;
-    // The Node worker test needs node; the machines have it, a bare Debian may not.
-    if Command::new("node").arg("--version").output().is_err() {
-        apt_install(&["nodejs".to_string()])?;
-    }
+    // The Node worker test needs node, the scraper fixture npm; the machines have both, a bare
+    // Debian may not.
+    let node: Vec<String> = [("node", "nodejs"), ("npm", "npm")]
+        .into_iter()
+        .filter(|(command, _)| !runs(command))
+        .map(|(_, package)| package.to_string())
+        .collect();
+    apt_install(&node)?;
     let llvm = debian_llvm_major()
         .context("Debian's rustc (/usr/bin/rustc) does not report its LLVM version")?;
     let llvm_packages: Vec<String> = PACKAGES
@@ -137,6 +176,7 @@ fn setup() -> Result<()> {
         .filter(|p| !installed(p))
         .collect();
     apt_install(&llvm_packages)?;
+    scraper_fixture()?;
 
     // bpf-linker must link the same LLVM major; a marker records which one it was built with.
     let cargo_home = env::var_os("CARGO_HOME")
@@ -186,7 +226,8 @@ fn cargo(args: &[&str]) -> Result<()> {
 fn test_with_summary() -> Result<()> {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .arg("test")
+        // Every test binary, even after one fails: the closing count then speaks for all.
+        .args(["test", "--no-fail-fast"])
         .current_dir(workspace())
         .stdout(std::process::Stdio::piped())
         .spawn()

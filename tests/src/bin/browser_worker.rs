@@ -146,8 +146,9 @@ async fn main() {
                 .expect("collect garbage");
         }
         println!("cycle {k} done");
-        // Idle after the marker, so the tracer reads the browser before the next cycle's work.
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // Idle after the marker, so the tracer reads the browser before the next cycle's work
+        // (the marker is asynchronous: under a loaded CI machine the read can take a second).
+        tokio::time::sleep(Duration::from_millis(2000)).await;
         if kill_after == Some(k) {
             let _ = browser.kill().await;
         }

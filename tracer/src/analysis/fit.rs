@@ -35,6 +35,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Series;
+
 /// Fewer complete cycles than this after warm-up give no trustworthy fit.
 pub const MIN_CYCLES: usize = 5;
 /// The two-sided Mann–Kendall p-value below which a series trends (see the module doc).
@@ -59,7 +61,7 @@ pub enum Shape {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SeriesFit {
-    pub name: String,
+    pub name: Series,
     /// Growth per cycle after warm-up (Theil–Sen), in the series' unit (bytes or counts).
     pub per_cycle: f64,
     /// `per_cycle` over a day of cycles as long as the median measured one.
@@ -84,7 +86,7 @@ impl Default for SeriesFit {
     /// Written out so that a fit without a trend test (or an older trace) reads p = 1, no trend.
     fn default() -> SeriesFit {
         SeriesFit {
-            name: String::new(),
+            name: Series::default(),
             per_cycle: 0.0,
             per_day: 0.0,
             r2: 0.0,
@@ -350,7 +352,7 @@ pub fn detect_warmup(ys: &[f64], significant: f64) -> usize {
 /// Fits one series of values at cycle ends.
 /// `significant`: the smallest total change over the fitted cycles that counts as growth.
 pub fn fit(
-    name: &str,
+    name: impl Into<Series>,
     ys: &[f64],
     warmup: Option<usize>,
     cycle_s: f64,
@@ -361,7 +363,7 @@ pub fn fit(
         .min(ys.len());
     let post = &ys[warmup_cycles..];
     let mut result = SeriesFit {
-        name: name.to_string(),
+        name: name.into(),
         warmup_cycles,
         cycles: post.len(),
         trustworthy: post.len() >= MIN_CYCLES,

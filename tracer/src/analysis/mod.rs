@@ -8,9 +8,11 @@
 //! The tree's growth (answers, verdict, budget) is judged on the PSS it owns (`tree.owned`):
 //! anonymous and shared-memory pages, not file-backed ones (see `RoleTotals::owned`).
 //!
-//! [`fit`] fits one series; [`verdict`] turns the fits into answers and a verdict.
+//! [`series`] names what a series measures; [`fit`] fits one series; [`verdict`] turns the
+//! fits into answers and a verdict.
 
 mod fit;
+mod series;
 mod verdict;
 
 use std::collections::BTreeMap;
@@ -20,19 +22,10 @@ use serde::{Deserialize, Serialize};
 use self::fit::{SECONDS_PER_DAY, median};
 pub use self::{
     fit::{MIN_CYCLES, SeriesFit, Shape, detect_warmup, fit, least_squares, theil_sen},
+    series::Series,
     verdict::{Answers, IN_PAGE_SHARE, Source, Verdict},
 };
-use crate::trace::{Cycle, RoleTotals, Trace};
-
-/// The series growth is judged on: the PSS the whole tree owns.
-pub const TREE: &str = "tree.owned";
-/// Browser instances alive at each cycle end: Chromium browser processes, each with its tree.
-pub const BROWSERS: &str = "processes.browsers";
-
-/// The whole tree's own series (owned, and all of its PSS): what grows, not where it grows.
-pub fn is_whole_tree(series: &str) -> bool {
-    series == TREE || series == "tree.pss"
-}
+use crate::trace::{Cycle, Role, RoleTotals, Trace};
 
 /// A budget: so many bytes per day or per cycle.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -153,7 +146,7 @@ pub fn origin(url: &str) -> String {
 
 impl Analysis {
     pub fn tree(&self) -> Option<&SeriesFit> {
-        self.series.iter().find(|s| s.name == TREE)
+        self.series.iter().find(|s| s.name == Series::TreeOwned)
     }
 }
 
@@ -178,7 +171,7 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
     // level, whichever is more (a browser's PSS wanders by more than a small process's); for
     // counts, half a page or context.
     const BYTES: f64 = 256.0 * 1024.0;
-    let mut add = |name: String, ys: Vec<f64>, floor: f64| {
+    let mut add = |name: Series, ys: Vec<f64>, floor: f64| {
         let level = ys.iter().map(|y| y.abs()).sum::<f64>() / ys.len().max(1) as f64;
         let significant = if floor == BYTES {
             floor.max(0.005 * level)
@@ -187,7 +180,7 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
         };
         analysis
             .series
-            .push(fit(&name, &ys, warmup, cycle_s, significant));
+            .push(fit(name, &ys, warmup, cycle_s, significant));
     };
     // The tree: its PSS as people know it, the part it owns (what growth is judged on, see
     // `RoleTotals::owned`), and the shared-memory and file-backed parts for question 2.
@@ -199,21 +192,21 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
     };
     let owned = tree(RoleTotals::owned);
     analysis.cycle_growth = distribution(&owned);
-    add(TREE.into(), owned, BYTES);
-    add("tree.pss".into(), tree(|r| r.pss), BYTES);
-    add("tree.shmem".into(), tree(|r| r.shmem), BYTES);
-    add("tree.file".into(), tree(|r| r.file), BYTES);
-    let roles: std::collections::BTreeSet<&String> =
+    add(Series::TreeOwned, owned, BYTES);
+    add(Series::TreePss, tree(|r| r.pss), BYTES);
+    add(Series::TreeShmem, tree(|r| r.shmem), BYTES);
+    add(Series::TreeFile, tree(|r| r.file), BYTES);
+    let roles: std::collections::BTreeSet<&Role> =
         cycles.iter().flat_map(|c| c.by_role.keys()).collect();
     for role in roles {
         let owned = cycles
             .iter()
             .map(|c| c.by_role.get(role).map_or(0, RoleTotals::owned) as f64)
             .collect();
-        add(format!("role.{role}.owned"), owned, BYTES);
+        add(Series::RoleOwned(role.clone()), owned, BYTES);
     }
     // Process counts: relaunched browsers that are never closed pile up, each with its tree.
-    let count = |role: Option<&str>| -> Vec<f64> {
+    let count = |role: Option<&Role>| -> Vec<f64> {
         cycles
             .iter()
             .map(|c| match role {
@@ -222,14 +215,14 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
             })
             .collect()
     };
-    add(BROWSERS.into(), count(Some("browser")), 0.5);
-    add("processes.count".into(), count(None), 0.5);
+    add(Series::Browsers, count(Some(&Role::Browser)), 0.5);
+    add(Series::Processes, count(None), 0.5);
     let keys: std::collections::BTreeSet<&String> =
         cycles.iter().flat_map(|c| c.worker.keys()).collect();
     for key in keys {
         if cycles.iter().all(|c| c.worker.contains_key(key)) {
             add(
-                format!("worker.{key}"),
+                Series::worker(key),
                 cycles.iter().map(|c| c.worker[key]).collect(),
                 BYTES,
             );
@@ -240,17 +233,17 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
     let views: Vec<_> = cycles.iter().filter_map(|c| c.browser.as_ref()).collect();
     if !views.is_empty() && views.len() * 5 >= cycles.len() * 4 {
         add(
-            "browser.pages".into(),
+            Series::Pages,
             views.iter().map(|v| v.pages as f64).collect(),
             0.5,
         );
         add(
-            "browser.contexts".into(),
+            Series::Contexts,
             views.iter().map(|v| v.contexts as f64).collect(),
             0.5,
         );
         add(
-            "browser.js_heap_used".into(),
+            Series::JsHeap,
             views.iter().map(|v| v.js_heap_used as f64).collect(),
             BYTES,
         );
@@ -266,7 +259,7 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
         }
         for (site, heap) in sites {
             if heap.iter().all(|h| *h > 0.0) {
-                add(format!("site.{site}.js_heap_used"), heap, BYTES);
+                add(Series::SiteJsHeap(site), heap, BYTES);
             }
         }
     }

@@ -3,11 +3,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Analysis, BROWSERS,
+    Analysis, Series,
     fit::{SeriesFit, Shape},
-    is_whole_tree,
 };
-use crate::trace::Cycle;
+use crate::trace::{Cycle, Role};
 
 /// The six questions of an investigation, answered with numbers.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -20,15 +19,17 @@ pub struct Answers {
     pub r2: f64,
     pub trustworthy: bool,
     /// 2. The series that grow, fastest first.
-    pub growing: Vec<String>,
+    pub growing: Vec<Series>,
     /// 3. The phase with the largest mean growth of owned PSS, if it grows.
     pub growth_phase: Option<String>,
     /// 4. The tree's shape, and its warm-up.
     pub shape: Option<Shape>,
     pub warmup_cycles: usize,
-    /// 5. The mean owned-PSS change of the cleanup phase (negative: it gives memory back).
+    /// 5. The mean owned-PSS change of the cleanup phase (negative: it gives memory back), and
+    ///    of the other phases together.
     pub cleanup_change: Option<f64>,
     pub cleanup_helps: Option<bool>,
+    pub other_phases_change: Option<f64>,
     /// 6. The mean owned-PSS change of cycles where pages or contexts were recreated (their count
     ///    dropped), against the others.
     pub recreation_change: Option<f64>,
@@ -106,9 +107,9 @@ pub struct Verdict {
 }
 
 /// The worker's figures that measure its JS heap, and those that measure memory outside it,
-/// by the names `process.memoryUsage()`, the socket and `--worker-inspect` give them.
-const HEAP_FIGURES: [&str; 3] = ["worker.heapUsed", "worker.inspect.heapUsed", "worker.heap_used"];
-const EXTERNAL_FIGURES: [&str; 2] = ["worker.external", "worker.arrayBuffers"];
+/// by the keys `process.memoryUsage()`, the socket and `--worker-inspect` give them.
+const HEAP_FIGURES: [&str; 3] = ["heapUsed", "inspect.heapUsed", "heap_used"];
+const EXTERNAL_FIGURES: [&str; 2] = ["external", "arrayBuffers"];
 
 /// The share of the renderers' owned growth the pages' JS heaps must explain for `in-page-js`.
 /// V8 commits pages ahead of what its heap uses (and fragments): a page keeping 40,000 objects
@@ -128,7 +129,7 @@ pub(super) fn answers(analysis: &Analysis, cycles: &[&Cycle]) -> Answers {
         .series
         .iter()
         .filter(|s| {
-            !is_whole_tree(&s.name) && matches!(s.shape, Some(Shape::Linear | Shape::Accelerating))
+            !s.name.is_whole_tree() && matches!(s.shape, Some(Shape::Linear | Shape::Accelerating))
         })
         .collect();
     growing.sort_by(|a, b| b.per_day.total_cmp(&a.per_day));
@@ -138,11 +139,20 @@ pub(super) fn answers(analysis: &Analysis, cycles: &[&Cycle]) -> Answers {
         .filter(|(_, g)| **g > 0.0)
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map(|(name, _)| name.clone());
+    let is_cleanup = |name: &str| name.contains("clean");
     let cleanup_change = analysis
         .phase_growth
         .iter()
-        .find(|(name, _)| name.contains("clean"))
+        .find(|(name, _)| is_cleanup(name))
         .map(|(_, g)| *g);
+    let other_phases_change = cleanup_change.map(|_| {
+        analysis
+            .phase_growth
+            .iter()
+            .filter(|(name, _)| !is_cleanup(name))
+            .map(|(_, g)| g)
+            .sum()
+    });
     // Recreation: a cycle whose page or context count fell below the previous cycle's.
     let count = |c: &Cycle| c.browser.as_ref().map(|b| (b.pages, b.contexts));
     let owned = |c: &Cycle| c.growth.values().map(|g| g.owned() as f64).sum::<f64>();
@@ -169,6 +179,7 @@ pub(super) fn answers(analysis: &Analysis, cycles: &[&Cycle]) -> Answers {
         warmup_cycles: tree.warmup_cycles,
         cleanup_helps: cleanup_change.map(|c| c < 0.0),
         cleanup_change,
+        other_phases_change,
         recreation_helps: recreation_change
             .zip(other_cycles_change)
             .map(|(r, o)| r < o),
@@ -198,8 +209,7 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
             )],
         };
     }
-    let series = |name: &str| analysis.series.iter().find(|s| s.name == name);
-    let growing = |name: &str| series(name).filter(|f| grows(f));
+    let series = |name: &Series| analysis.series.iter().find(|s| s.name == *name);
     let evidence = |fit: &SeriesFit, unit: &str| {
         format!(
             "{} grows {:+.1}{unit}/cycle (trend p {:.3}), tree owned PSS {:+.0} B/cycle",
@@ -208,11 +218,11 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
     };
     let found = |source, evidence: Vec<String>| Verdict { source, evidence };
     for (name, source) in [
-        (BROWSERS, Source::BrowserAccumulation),
-        ("browser.contexts", Source::ContextAccumulation),
-        ("browser.pages", Source::PageAccumulation),
+        (Series::Browsers, Source::BrowserAccumulation),
+        (Series::Contexts, Source::ContextAccumulation),
+        (Series::Pages, Source::PageAccumulation),
     ] {
-        if let Some(fit) = series(name).filter(|f| f.per_cycle >= 0.5 && grows(f)) {
+        if let Some(fit) = series(&name).filter(|f| f.per_cycle >= 0.5 && grows(f)) {
             return found(source, vec![evidence(fit, "")]);
         }
     }
@@ -220,16 +230,16 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
     let largest = analysis
         .series
         .iter()
-        .filter(|s| s.name.starts_with("role.") && s.name.ends_with(".owned"))
+        .filter(|s| matches!(s.name, Series::RoleOwned(_)))
         .max_by(|a, b| a.per_cycle.total_cmp(&b.per_cycle))
         .filter(|fit| fit.per_cycle > 0.0);
     let Some(role) = largest else {
         return found(Source::None, vec!["no role carries the growth".into()]);
     };
     let role_evidence = evidence(role, " B");
-    match role.name.as_str() {
-        "role.worker.owned" => {
-            let figure = |names: &[&str]| names.iter().find_map(|n| series(n));
+    match &role.name {
+        Series::RoleOwned(Role::Worker) => {
+            let figure = |keys: &[&str]| keys.iter().find_map(|k| series(&Series::worker(k)));
             let (heap, external) = (figure(&HEAP_FIGURES), figure(&EXTERNAL_FIGURES));
             let explains = |fit: &&SeriesFit| {
                 grows(fit) && fit.per_cycle >= WORKER_FIGURE_SHARE * role.per_cycle
@@ -243,9 +253,10 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
                 );
             }
             match heap {
-                Some(heap) if explains(&heap) => {
-                    found(Source::WorkerHeap, vec![role_evidence, evidence(heap, " B")])
-                }
+                Some(heap) if explains(&heap) => found(
+                    Source::WorkerHeap,
+                    vec![role_evidence, evidence(heap, " B")],
+                ),
                 Some(heap) => found(
                     Source::Worker,
                     vec![
@@ -270,7 +281,7 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
                 ),
             }
         }
-        "role.renderer.owned" => match growing("browser.js_heap_used") {
+        Series::RoleOwned(Role::Renderer) => match series(&Series::JsHeap).filter(|f| grows(f)) {
             Some(js) if js.per_cycle >= IN_PAGE_SHARE * role.per_cycle => found(
                 Source::InPageJs,
                 vec![
@@ -301,7 +312,7 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
 }
 
 fn browsers(cycle: &Cycle) -> u64 {
-    cycle.by_role.get("browser").map_or(0, |r| r.count)
+    cycle.by_role.get(&Role::Browser).map_or(0, |r| r.count)
 }
 
 /// Whether a fitted series grows: a significant upward trend, linear or accelerating.
@@ -312,7 +323,6 @@ fn grows(fit: &SeriesFit) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{BROWSERS, TREE};
 
     const MIB: f64 = 1048576.0;
 
@@ -329,7 +339,7 @@ mod tests {
     }
 
     fn verdict_of(more: Vec<SeriesFit>) -> Source {
-        let tree = series(TREE, 4.0 * MIB, Shape::Linear);
+        let tree = series("tree.owned", 4.0 * MIB, Shape::Linear);
         let analysis = Analysis {
             series: [vec![tree], more].concat(),
             ..Analysis::default()
@@ -341,7 +351,7 @@ mod tests {
     fn counts_come_first_browsers_then_contexts_then_pages() {
         let pages = series("browser.pages", 1.0, Shape::Linear);
         let contexts = series("browser.contexts", 1.0, Shape::Linear);
-        let browsers = series(BROWSERS, 1.0, Shape::Linear);
+        let browsers = series("processes.browsers", 1.0, Shape::Linear);
         assert_eq!(verdict_of(vec![pages.clone()]), "page-accumulation");
         assert_eq!(
             verdict_of(vec![contexts.clone(), pages.clone()]),
@@ -365,7 +375,12 @@ mod tests {
         let heap = |mib| series("worker.heapUsed", mib * MIB, Shape::Linear);
         let flat = |name| series(name, 0.0, Shape::Flat);
         assert_eq!(
-            verdict_of(vec![worker.clone(), renderer.clone(), heap(3.9), flat("worker.external")]),
+            verdict_of(vec![
+                worker.clone(),
+                renderer.clone(),
+                heap(3.9),
+                flat("worker.external")
+            ]),
             "worker-heap"
         );
         // Bun: JS strings kept grow `external` a little; the heap explains the growth.
@@ -396,7 +411,11 @@ mod tests {
         // A heap figure that does not explain the growth, or no figure at all: `worker`.
         assert_eq!(verdict_of(vec![worker.clone(), heap(0.001)]), "worker");
         let analysis = Analysis {
-            series: vec![series(TREE, 4.0 * MIB, Shape::Linear), worker.clone(), renderer],
+            series: vec![
+                series("tree.owned", 4.0 * MIB, Shape::Linear),
+                worker.clone(),
+                renderer,
+            ],
             ..Analysis::default()
         };
         let no_figures = verdict(&analysis);
@@ -407,7 +426,10 @@ mod tests {
             no_figures.evidence
         );
         assert_eq!(
-            verdict_of(vec![series("worker.inspect.heapUsed", 4.0 * MIB, Shape::Linear), worker]),
+            verdict_of(vec![
+                series("worker.inspect.heapUsed", 4.0 * MIB, Shape::Linear),
+                worker
+            ]),
             "worker-heap"
         );
     }
@@ -418,7 +440,10 @@ mod tests {
         let js = |mib| series("browser.js_heap_used", mib * MIB, Shape::Linear);
         // Measured on Chromium: 3.4 MB of JS heap for 4.7 MB of renderer growth.
         assert_eq!(verdict_of(vec![renderer.clone(), js(3.4)]), "in-page-js");
-        assert_eq!(verdict_of(vec![renderer.clone(), js(1.0)]), "renderer-native");
+        assert_eq!(
+            verdict_of(vec![renderer.clone(), js(1.0)]),
+            "renderer-native"
+        );
         assert_eq!(verdict_of(vec![renderer]), "renderer-native");
         assert_eq!(
             verdict_of(vec![series("role.browser.owned", 3.0 * MIB, Shape::Linear)]),
@@ -429,7 +454,7 @@ mod tests {
             "browser-process"
         );
         let flat = Analysis {
-            series: vec![series(TREE, 0.0, Shape::Plateau)],
+            series: vec![series("tree.owned", 0.0, Shape::Plateau)],
             ..Analysis::default()
         };
         assert_eq!(verdict(&flat).source, Source::None);

@@ -95,7 +95,7 @@ pub struct BrowserProcess {
     /// Chromium's own type: browser, renderer, GPU, network.mojom.NetworkService, ...
     pub cdp_type: String,
     /// leaktrace's role for the pid, if it traces it.
-    pub role: Option<String>,
+    pub role: Option<crate::roles::Role>,
 }
 
 /// What the browser holds at one moment.

@@ -8,6 +8,7 @@ use crate::{
     browser::{BrowserReader, BrowserView},
     kernel::{Kernel, RssIndices},
     processes::{self, ProcessTable, SampleSeries, Snapshot},
+    roles::Role,
     sampler::{self, Reading, TreeReader},
     target,
     trace::TreeSample,
@@ -24,6 +25,8 @@ pub(super) struct Collectors {
     pub(super) root_pid: u32,
     /// Reads the tree's memory, here and where markers are read.
     pub(super) tree: TreeReader,
+    /// When the last reading was done (CLOCK_BOOTTIME).
+    pub(super) read_until_ns: u64,
 }
 
 /// Everything every collector knew at one boundary.
@@ -72,15 +75,16 @@ impl Collectors {
 
     /// A /proc sample of every live process, kept in the bounded series.
     pub(super) fn sample(&mut self) -> TreeSample {
-        self.sample_with(Reading {
+        let reading = Reading {
             at_ns: sampler::boot_ns(),
             ..Reading::default()
-        })
+        };
+        self.sample_with(reading, true)
     }
 
     /// Takes in `reading`, with every live process it does not cover (forked since its pid
-    /// list was set) read now.
-    fn sample_with(&mut self, mut reading: Reading) -> TreeSample {
+    /// list was set) read now; `full` reads every smaps_rollup.
+    fn sample_with(&mut self, mut reading: Reading, full: bool) -> TreeSample {
         self.follow();
         let missing: Vec<u32> = self
             .table
@@ -88,8 +92,10 @@ impl Collectors {
             .into_iter()
             .filter(|pid| !reading.samples.contains_key(pid))
             .collect();
-        let now = self.tree.read_pids(&missing, reading.at_ns);
+        let now = self.tree.read_pids(&missing, reading.at_ns, full);
         reading.samples.extend(now.samples);
+        reading.done_ns = reading.done_ns.max(now.done_ns);
+        self.read_until_ns = reading.done_ns;
         let sample = self.table.sample_with(self.elapsed(), &reading);
         self.series.push(sample.clone());
         if !sample.by_role.is_empty() {
@@ -101,19 +107,24 @@ impl Collectors {
 
     /// Everything every collector knows now, for the start and end of the trace.
     pub(super) fn snapshot(&mut self) -> (f64, Snapshot, TreeSample) {
-        let boundary = self.boundary(sampler::boot_ns(), None);
+        let boundary = self.boundary(sampler::boot_ns(), None, true);
         (boundary.t_s, boundary.snapshot, boundary.sample)
     }
 
     /// Everything every collector knew at a marker read at `at_ns`: the tree's memory from
-    /// `reading` (taken when the marker was read) or read now, the kernel's flows, and whether
-    /// the tree was tearing down.
-    pub(super) fn boundary(&mut self, at_ns: u64, reading: Option<Reading>) -> BoundarySnapshot {
+    /// `reading` (taken when the marker was read) or read now, and the kernel's flows. `full`:
+    /// every process's PSS, not only where memory moved.
+    pub(super) fn boundary(
+        &mut self,
+        at_ns: u64,
+        reading: Option<Reading>,
+        full: bool,
+    ) -> BoundarySnapshot {
         let reading = reading.unwrap_or_else(|| Reading {
             at_ns,
             ..Reading::default()
         });
-        let sample = self.sample_with(reading);
+        let sample = self.sample_with(reading, full);
         if let Some(kernel) = &mut self.kernel {
             self.table.collect_kernel(kernel);
         }
@@ -151,7 +162,7 @@ pub(super) async fn follow_browser(
 ) {
     let browsers: Vec<_> = collectors
         .table
-        .live_with_role("browser")
+        .live_with_role(&Role::Browser)
         .into_iter()
         .filter_map(|pid| {
             let id = sampler::identity(pid)?;

@@ -17,8 +17,9 @@ use crate::{
     trace::MarkerSummary,
 };
 
-/// How soon after an asynchronous marker the tree's teardown makes its boundary a measure of
-/// the shutdown: Chromium frees a closed browser's pages and ends its renderers within this.
+/// How soon after an asynchronous marker's reading the tree's teardown makes its boundary a
+/// measure of the shutdown: Chromium frees a closed browser's pages and ends its renderers
+/// within this (and a large tree takes a while to read).
 const TEARDOWN_WINDOW_NS: u64 = 1_000_000_000;
 
 /// Cuts the trace into cycles as markers come.
@@ -35,9 +36,9 @@ pub(super) struct Cutting {
     pub(super) inspector: Option<WorkerInspector>,
     pub(super) analyze_every: u32,
     pub(super) warmup: u32,
-    /// The last boundary an asynchronous marker made, and when it was read, while the tree
-    /// may still tear down within the window after it.
-    pub(super) watch: Option<(Boundary, u64)>,
+    /// The last boundary an asynchronous marker made, when it was read, and until when a
+    /// teardown would still have been under way while the tree was read.
+    pub(super) watch: Option<(Boundary, u64, u64)>,
 }
 
 impl Cutting {
@@ -66,7 +67,8 @@ impl Cutting {
             }
         };
         self.check_teardown(collectors);
-        let boundary = collectors.boundary(marker.at_ns, marker.reading);
+        let full = marker.boundary == Boundary::CycleEnd;
+        let boundary = collectors.boundary(marker.at_ns, marker.reading, full);
         let sample = boundary.sample;
         if marker.boundary == Boundary::CycleEnd {
             self.summary.cycles_seen += 1;
@@ -86,7 +88,8 @@ impl Cutting {
         }
         // A marker answered on the socket held the worker until its snapshot was taken.
         if marker.ack.is_none() {
-            self.watch = Some((marker.boundary.clone(), marker.at_ns));
+            let until = collectors.read_until_ns + TEARDOWN_WINDOW_NS;
+            self.watch = Some((marker.boundary.clone(), marker.at_ns, until));
         }
         self.timeline
             .on_boundary(marker.boundary, boundary.t_s, boundary.snapshot, values);
@@ -132,13 +135,13 @@ impl Cutting {
     /// Marks the last boundary as a teardown when the tree tore down right after its marker;
     /// stops watching once the window has passed. Called as exits come in, and at the end.
     pub(super) fn check_teardown(&mut self, collectors: &Collectors) {
-        let Some((boundary, at_ns)) = &self.watch else {
+        let Some((boundary, at_ns, until_ns)) = &self.watch else {
             return;
         };
-        if let Some(reason) = collectors.table.teardown_after(*at_ns, TEARDOWN_WINDOW_NS) {
+        if let Some(reason) = collectors.table.teardown_after(*at_ns, *until_ns) {
             self.timeline.mark_teardown(boundary, reason);
             self.watch = None;
-        } else if sampler::boot_ns().saturating_sub(*at_ns) > TEARDOWN_WINDOW_NS {
+        } else if sampler::boot_ns() > *until_ns {
             self.watch = None;
         }
     }
@@ -156,10 +159,10 @@ impl Cutting {
         let analysis = crate::analysis::analyze_cycles(self.timeline.cycles(), warmup, None);
         let Some(tree) = analysis.tree() else { return };
         let line = format!(
-            "leaktrace: after {done} cycles: tree owned PSS {}/cycle, {}/day (R² {:.2}, {:?}); likely source: {}\n",
+            "leaktrace: after {done} cycles: tree owned PSS {}/cycle, {}/day (trend p {:.3}, {:?}); likely source: {}\n",
             crate::report::bytes(tree.per_cycle as i64, true),
             crate::report::bytes(tree.per_day as i64, true),
-            tree.r2,
+            tree.trend_p,
             tree.shape.unwrap_or(crate::analysis::Shape::Unknown),
             analysis.verdict.source,
         );

@@ -47,6 +47,8 @@ use crate::{
 
 /// How often the ring buffer is drained (and, without eBPF, /proc searched for new processes).
 const TICK: Duration = Duration::from_millis(50);
+/// How long the command's last output may take to be read after it exits.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 /// How long a stopped command gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -207,6 +209,8 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         ..MarkerSummary::default()
     };
     let mut socket = None;
+    // The threads reading the command's output, for markers.
+    let mut readers = Vec::new();
 
     let mut collectors = Collectors {
         kernel,
@@ -216,6 +220,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         started,
         root_pid: 0,
         tree: Default::default(),
+        read_until_ns: 0,
     };
     let (mode, command, child) = match &target {
         Target::Run(command) => {
@@ -244,23 +249,23 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                 })?;
             if let Some(stdout) = launched.child.stdout.take() {
                 let progress = progress.clone();
-                markers::pass_through(
+                readers.push(markers::pass_through(
                     stdout,
                     move |b| progress.pass(false, b),
                     rules.clone(),
                     marker_tx.clone(),
                     collectors.tree.clone(),
-                );
+                ));
             }
             if let Some(stderr) = launched.child.stderr.take() {
                 let progress = progress.clone();
-                markers::pass_through(
+                readers.push(markers::pass_through(
                     stderr,
                     move |b| progress.pass(true, b),
                     rules.clone(),
                     marker_tx.clone(),
                     collectors.tree.clone(),
-                );
+                ));
             }
             collectors.root_pid = launched.pid;
             collectors.table = ProcessTable::new(launched.pid);
@@ -373,6 +378,15 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             }
         }
     };
+    // The command's last lines may still be in its readers, each taking its reading before it
+    // hands its marker on: wait for them to reach the end of the output, a moment at most (a
+    // daemonized grandchild can hold the pipe open).
+    if ended_by == EndReason::CommandExited {
+        let deadline = Instant::now() + OUTPUT_GRACE;
+        while readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     // Markers already sent when the trace ended still count.
     if ended_by != EndReason::CyclesDone {
         while let Ok(event) = marker_rx.try_recv() {

@@ -6,10 +6,9 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use tracer_common::RegionClass;
 
-use crate::{
-    analysis::{SeriesFit, Shape, is_whole_tree},
-    trace::{ClassFlow, Growth, Process, Trace},
-};
+pub mod answers;
+
+use crate::trace::{ClassFlow, Growth, Process, Role, Trace};
 
 /// Beyond this many processes, the tables show the busiest ones (the JSON has all).
 const MAX_ROWS: usize = 40;
@@ -89,28 +88,11 @@ fn more_rows_note(out: &mut String, shown: usize, total: usize) {
     }
 }
 
-/// The report as Markdown: the verdict and answers on top, the full report below.
+/// The report as Markdown: the answers on top, the full report below.
 pub fn markdown(trace: &Trace, text: &str) -> String {
     let mut out = format!("## leaktrace: `{}`\n\n", trace.command.join(" "));
-    let analysis = &trace.analysis;
-    if let Some(tree) = analysis.tree() {
-        let _ = writeln!(
-            out,
-            "- **verdict**: {} ({})\n- **growth**: tree owned PSS {}/cycle, {}/day (R² {:.2}, {} cycles)",
-            analysis.verdict.source,
-            analysis.verdict.evidence.join("; "),
-            bytes(tree.per_cycle as i64, true),
-            bytes(tree.per_day as i64, true),
-            tree.r2,
-            tree.cycles
-        );
-        if let Some(budget) = &analysis.budget {
-            let _ = writeln!(
-                out,
-                "- **budget**: {}",
-                if budget.pass { "pass" } else { "exceeded" }
-            );
-        }
+    if let Some(view) = answers::view(trace) {
+        out.push_str(&view.markdown());
         out.push('\n');
     }
     let _ = write!(
@@ -120,6 +102,7 @@ pub fn markdown(trace: &Trace, text: &str) -> String {
     out
 }
 
+/// The whole terminal report.
 pub fn render(trace: &Trace) -> String {
     let mut out = String::new();
     header(&mut out, trace);
@@ -163,141 +146,11 @@ fn header(out: &mut String, trace: &Trace) {
     }
 }
 
-/// The questions a trace answers, first: how fast, what, when, which shape, does cleanup help.
+/// The questions a trace answers, first.
 fn answers(out: &mut String, trace: &Trace) {
-    let analysis = &trace.analysis;
-    let Some(tree) = analysis.tree() else { return };
-    let shape = |fit: &SeriesFit| match fit.shape {
-        Some(Shape::Flat) => "flat",
-        Some(Shape::Plateau) => "plateau after warm-up",
-        Some(Shape::Linear) => "linear",
-        Some(Shape::Accelerating) => "accelerating",
-        Some(Shape::Unknown) | None => "unknown",
-    };
-    let _ = writeln!(
-        out,
-        "\nANSWERS ({} complete cycles after {} of warm-up, median cycle {:.1} s)",
-        tree.cycles, tree.warmup_cycles, analysis.cycle_s
-    );
-    let caveat = if tree.trustworthy {
-        ""
-    } else {
-        "  [too few cycles: not a trustworthy fit]"
-    };
-    let _ = writeln!(
-        out,
-        "  growth rate   tree owned PSS {}/cycle, {}/day (R² {:.2}){caveat}",
-        bytes(tree.per_cycle as i64, true),
-        bytes(tree.per_day as i64, true),
-        tree.r2
-    );
-    let fastest = analysis
-        .series
-        .iter()
-        .filter(|s| {
-            !is_whole_tree(&s.name)
-                && !s.name.starts_with("browser.pages")
-                && !s.name.starts_with("browser.contexts")
-        })
-        .max_by(|a, b| a.per_day.total_cmp(&b.per_day));
-    if let Some(fastest) = fastest.filter(|f| f.per_cycle > 0.0) {
-        let _ = writeln!(
-            out,
-            "  what grows    {} {}/cycle ({})",
-            fastest.name,
-            bytes(fastest.per_cycle as i64, true),
-            shape(fastest)
-        );
-    }
-    for count in analysis
-        .series
-        .iter()
-        .filter(|s| s.name == "browser.pages" || s.name == "browser.contexts")
-    {
-        if count.per_cycle >= 0.5 {
-            let _ = writeln!(
-                out,
-                "                {} +{:.1}/cycle",
-                count.name, count.per_cycle
-            );
-        }
-    }
-    if !analysis.phase_growth.is_empty() {
-        let phases: Vec<String> = analysis
-            .phase_growth
-            .iter()
-            .map(|(name, growth)| format!("{name} {}", bytes(*growth as i64, true)))
-            .collect();
-        let _ = writeln!(
-            out,
-            "  when          owned PSS change per phase, mean: {}",
-            phases.join(", ")
-        );
-    }
-    let _ = writeln!(out, "  shape         {}", shape(tree));
-    if let Some(d) = &analysis.cycle_growth {
-        let _ = writeln!(
-            out,
-            "  per cycle     tree owned PSS change: median {}, p90 {}, max {} (min {})",
-            bytes(d.p50, true),
-            bytes(d.p90, true),
-            bytes(d.max, true),
-            bytes(d.min, true)
-        );
-    }
-    if let Some(cleanup) = analysis
-        .phase_growth
-        .iter()
-        .find(|(name, _)| name.contains("clean"))
-    {
-        let others: f64 = analysis
-            .phase_growth
-            .iter()
-            .filter(|(n, _)| !n.contains("clean"))
-            .map(|(_, g)| g)
-            .sum();
-        let verdict = if *cleanup.1 < 0.0 {
-            "gives memory back"
-        } else {
-            "gives nothing back"
-        };
-        let _ = writeln!(
-            out,
-            "  cleanup       {verdict}: {} per cycle, against {} in the other phases",
-            bytes(*cleanup.1 as i64, true),
-            bytes(others as i64, true)
-        );
-    }
-    if let Some(recreation) = analysis.answers.recreation_change {
-        let others = analysis.answers.other_cycles_change.unwrap_or(0.0);
-        let _ = writeln!(
-            out,
-            "  recreation    cycles that recreated pages or contexts: {} owned PSS, others {}",
-            bytes(recreation as i64, true),
-            bytes(others as i64, true)
-        );
-    }
-    let verdict = &analysis.verdict;
-    if !verdict.evidence.is_empty() {
-        let _ = writeln!(
-            out,
-            "  verdict       {}: {}",
-            verdict.source,
-            verdict.evidence.join("; ")
-        );
-    }
-    if let Some(budget) = &analysis.budget {
-        let _ = writeln!(
-            out,
-            "  budget        {}/day allowed, {}/day measured: {}",
-            bytes(budget.limit_per_day as i64, false),
-            bytes(budget.measured_per_day as i64, true),
-            if budget.pass {
-                "pass"
-            } else {
-                "EXCEEDED (exit 3)"
-            }
-        );
+    if let Some(view) = answers::view(trace) {
+        out.push('\n');
+        out.push_str(&view.text());
     }
 }
 
@@ -331,7 +184,7 @@ fn resident_by_role(out: &mut String, trace: &Trace) {
 }
 
 /// The sum over roles of one figure of a cycle's or phase's growth.
-fn total_growth(growth: &BTreeMap<String, Growth>, figure: impl Fn(&Growth) -> i64) -> i64 {
+fn total_growth(growth: &BTreeMap<Role, Growth>, figure: impl Fn(&Growth) -> i64) -> i64 {
     growth.values().map(figure).sum()
 }
 
@@ -381,15 +234,6 @@ fn cycles(out: &mut String, trace: &Trace) {
             bytes(total_growth(&cycle.growth, |g| g.resident.anon), true),
             bytes(net, true),
             figures.join(" ")
-        );
-    }
-    // One line per cycle left out of the fits because its end saw the tree tear down.
-    for cycle in trace.cycles.iter().filter(|c| c.teardown) {
-        let _ = writeln!(
-            out,
-            "cycle {} is left out of every fit: {}",
-            cycle.index,
-            cycle.teardown_reason.as_deref().unwrap_or("the tree tore down")
         );
     }
     // Per phase, the mean over complete cycles past warm-up: where the growth happens.
@@ -506,7 +350,7 @@ fn resident_by_process(out: &mut String, trace: &Trace, rows: &[&Process]) {
             out,
             "{:>7} {:<18} {:<16} {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
             process.pid,
-            truncate(&process.role, 18),
+            truncate(process.role.as_str(), 18),
             truncate(&process.comm, 16),
             state(process),
             size(process.pss),

@@ -1,0 +1,210 @@
+//! The answers a trace gives, as one view: the six questions, the cycles left out, the verdict
+//! and the budget, worded once. The terminal report, its Markdown and the HTML page all render
+//! these rows; none of them reads another's output.
+
+use std::fmt::Write as _;
+
+use super::bytes;
+use crate::{
+    analysis::{SeriesFit, Shape},
+    trace::Trace,
+};
+
+/// The answers of a trace with cycles.
+pub struct AnswersView {
+    /// What the answers rest on: cycles, warm-up, cycle length.
+    pub heading: String,
+    pub rows: Vec<Row>,
+}
+
+/// One answer: a short label (empty for a row that continues the one above) and its text.
+pub struct Row {
+    pub label: &'static str,
+    pub text: String,
+}
+
+fn shape(fit: &SeriesFit) -> &'static str {
+    match fit.shape {
+        Some(Shape::Flat) => "flat",
+        Some(Shape::Plateau) => "plateau after warm-up",
+        Some(Shape::Linear) => "linear",
+        Some(Shape::Accelerating) => "accelerating",
+        Some(Shape::Unknown) | None => "unknown",
+    }
+}
+
+/// The view, when the trace has cycles to answer from.
+pub fn view(trace: &Trace) -> Option<AnswersView> {
+    let analysis = &trace.analysis;
+    let answers = &analysis.answers;
+    let tree = analysis.tree()?;
+    let mut rows = Vec::new();
+    let mut row = |label: &'static str, text: String| rows.push(Row { label, text });
+    let caveat = if tree.trustworthy {
+        ""
+    } else {
+        "  [too few cycles: not a trustworthy fit]"
+    };
+    row(
+        "growth rate",
+        format!(
+            "tree owned PSS {}/cycle, {}/day (trend p {:.3}, R² {:.2}){caveat}",
+            bytes(tree.per_cycle as i64, true),
+            bytes(tree.per_day as i64, true),
+            tree.trend_p,
+            tree.r2
+        ),
+    );
+    let fastest = analysis
+        .series
+        .iter()
+        .filter(|s| !s.name.is_whole_tree() && !s.name.is_count())
+        .max_by(|a, b| a.per_day.total_cmp(&b.per_day));
+    let mut label = "what grows";
+    if let Some(fastest) = fastest.filter(|f| f.per_cycle > 0.0) {
+        row(
+            label,
+            format!(
+                "{} {}/cycle ({})",
+                fastest.name,
+                bytes(fastest.per_cycle as i64, true),
+                shape(fastest)
+            ),
+        );
+        label = "";
+    }
+    for count in analysis
+        .series
+        .iter()
+        .filter(|s| s.name.is_count() && s.per_cycle >= 0.5)
+    {
+        row(
+            label,
+            format!("{} {:+.1}/cycle", count.name, count.per_cycle),
+        );
+        label = "";
+    }
+    if let (Some(alive), Some(first)) = (answers.browsers_alive, answers.browsers_at_start)
+        && alive > first
+    {
+        row(
+            "browsers",
+            format!("{alive} browser instances alive at the last cycle end, {first} at the first"),
+        );
+    }
+    if !analysis.phase_growth.is_empty() {
+        let phases: Vec<String> = analysis
+            .phase_growth
+            .iter()
+            .map(|(name, growth)| format!("{name} {}", bytes(*growth as i64, true)))
+            .collect();
+        row(
+            "when",
+            format!("owned PSS change per phase, mean: {}", phases.join(", ")),
+        );
+    }
+    row("shape", shape(tree).to_string());
+    if let Some(d) = &analysis.cycle_growth {
+        row(
+            "per cycle",
+            format!(
+                "tree owned PSS change: median {}, p90 {}, max {} (min {})",
+                bytes(d.p50, true),
+                bytes(d.p90, true),
+                bytes(d.max, true),
+                bytes(d.min, true)
+            ),
+        );
+    }
+    if let Some(cleanup) = answers.cleanup_change {
+        let gives = if answers.cleanup_helps == Some(true) {
+            "gives memory back"
+        } else {
+            "gives nothing back"
+        };
+        row(
+            "cleanup",
+            format!(
+                "{gives}: {} per cycle, against {} in the other phases",
+                bytes(cleanup as i64, true),
+                bytes(answers.other_phases_change.unwrap_or(0.0) as i64, true)
+            ),
+        );
+    }
+    if let Some(recreation) = answers.recreation_change {
+        row(
+            "recreation",
+            format!(
+                "cycles that recreated pages or contexts: {} owned PSS, others {}",
+                bytes(recreation as i64, true),
+                bytes(answers.other_cycles_change.unwrap_or(0.0) as i64, true)
+            ),
+        );
+    }
+    for cycle in trace.cycles.iter().filter(|c| c.teardown) {
+        row(
+            "left out",
+            format!(
+                "cycle {}: {}",
+                cycle.index,
+                cycle
+                    .teardown_reason
+                    .as_deref()
+                    .unwrap_or("the tree tore down")
+            ),
+        );
+    }
+    let verdict = &analysis.verdict;
+    if !verdict.evidence.is_empty() {
+        row(
+            "verdict",
+            format!("{}: {}", verdict.source, verdict.evidence.join("; ")),
+        );
+    }
+    if let Some(budget) = &analysis.budget {
+        row(
+            "budget",
+            format!(
+                "{}/day allowed, {}/day measured: {}",
+                bytes(budget.limit_per_day as i64, false),
+                bytes(budget.measured_per_day as i64, true),
+                if budget.pass {
+                    "pass"
+                } else {
+                    "EXCEEDED (exit 3)"
+                }
+            ),
+        );
+    }
+    Some(AnswersView {
+        heading: format!(
+            "{} complete cycles after {} of warm-up, median cycle {:.1} s",
+            tree.cycles, tree.warmup_cycles, analysis.cycle_s
+        ),
+        rows,
+    })
+}
+
+impl AnswersView {
+    /// As the terminal shows it: a heading, then the rows under aligned labels.
+    pub fn text(&self) -> String {
+        let mut out = format!("ANSWERS ({})\n", self.heading);
+        for row in &self.rows {
+            let _ = writeln!(out, "  {:<13} {}", row.label, row.text);
+        }
+        out
+    }
+
+    /// As Markdown: one bullet per answer (continuation rows join their answer's bullet).
+    pub fn markdown(&self) -> String {
+        let mut out = format!("**Answers** ({})\n\n", self.heading);
+        for row in &self.rows {
+            if row.label.is_empty() {
+                let _ = writeln!(out, "  {}", row.text);
+            } else {
+                let _ = writeln!(out, "- **{}**: {}", row.label, row.text);
+            }
+        }
+        out
+    }
+}
