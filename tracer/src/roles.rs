@@ -147,9 +147,12 @@ fn is_browser_binary(name: &str) -> bool {
 }
 
 /// The role of a process in the trace: a Chromium role when it is one, `worker` for the traced
-/// root and its non-browser descendants, `other` for anything else below a browser.
+/// root and its non-browser descendants, `other` for anything else below a browser. A browser's
+/// child that looks like a browser is a fork that has not exec'd (Chromium double-forks to
+/// start its crash handler): `other`, or browsers would be counted twice.
 pub fn role(chromium: Option<Role>, is_root: bool, parent_role: Option<&Role>) -> Role {
     match chromium {
+        Some(Role::Browser) if parent_role == Some(&Role::Browser) => Role::Other,
         Some(role) => role,
         None if is_root || matches!(parent_role, None | Some(Role::Worker)) => Role::Worker,
         None => Role::Other,
@@ -255,6 +258,15 @@ mod tests {
         assert_eq!(role(None, false, Some(&Role::Worker)), Role::Worker);
         assert_eq!(role(None, false, Some(&Role::Browser)), Role::Other);
         assert_eq!(role(Some(Role::Gpu), false, Some(&Role::Zygote)), Role::Gpu);
+        assert_eq!(
+            role(Some(Role::Browser), false, Some(&Role::Worker)),
+            Role::Browser
+        );
+        assert_eq!(
+            role(Some(Role::Browser), false, Some(&Role::Browser)),
+            Role::Other,
+            "a browser's fork that has not exec'd is not another browser"
+        );
         let network: Role = "utility:network".parse().unwrap();
         assert_eq!(network, Role::Utility("utility:network".into()));
         assert_eq!(
