@@ -225,6 +225,8 @@ async fn main() {
             cycle += &format!(" treeOwned={}", tree_owned_pss(std::process::id()));
         }
         markers.send(&cycle);
+        // After the answer: the cycle is in the trace (tests wait for this line).
+        println!("cycle {k} marked");
     }
     let _ = browser.close().await;
     let _ = browser.wait().await;
