@@ -1,11 +1,13 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | bench`.
+//! Project tasks: `cargo xtask setup | build | test | demo | bench | vmtest`.
 //!
 //! `setup` installs what the eBPF build needs on a fresh Debian machine (see
 //! ../shared/ebpf-toolchain.md): Debian's rustc-web with the prebuilt BPF `core`, the LLVM that
-//! rustc was built with, and bpf-linker linked against that same LLVM. It is idempotent and
-//! returns at once when everything is present. Every other task runs it first.
+//! rustc was built with, and bpf-linker linked against that same LLVM; and for the tests,
+//! Chromium, bpftrace and the scraper fixture's npm packages (Bun, puppeteer-core). It is
+//! idempotent and returns at once when everything is present. Every other task runs it first.
 
 mod bench;
+mod vmtest;
 
 use std::{
     env,
@@ -38,6 +40,21 @@ enum Task {
         /// Rounds of the three variants (order alternated each round).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// Boot Debian's cloud kernels (and the host's, if readable) under qemu and run leaktrace's
+    /// kernel-side checks in each: a table kernel × check; exit 1 if any check failed.
+    Vmtest {
+        /// Kernels to boot, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_parser = ["host", "trixie", "bookworm", "bullseye"],
+            default_value = "host,trixie,bookworm,bullseye"
+        )]
+        kernels: Vec<String>,
+        /// Keep the initramfs tree (target/vmtest/initramfs) for debugging.
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -291,6 +308,11 @@ fn main() -> Result<()> {
             run(leaktrace.arg("demo"))?;
         }
         Task::Bench { rounds } => bench::run(&workspace(), rounds)?,
+        Task::Vmtest { kernels, keep } => {
+            if !vmtest::vmtest(&kernels, keep)? {
+                std::process::exit(1);
+            }
+        }
     }
     Ok(())
 }
