@@ -238,6 +238,19 @@ fn cargo(args: &[&str]) -> Result<()> {
     )
 }
 
+/// leaktrace and the fixture programs (the demo's worker among them), in release.
+pub(crate) fn build_release() -> Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "tracer",
+        "--package",
+        "leaktrace-tests",
+        "--bins",
+    ])
+}
+
 /// `cargo test`, passing its output through, then one closing line that counts every test of
 /// every binary: cargo's own last line only speaks for the last (often empty) doc-test run.
 fn test_with_summary() -> Result<()> {
@@ -291,14 +304,7 @@ fn main() -> Result<()> {
             test_with_summary()?;
         }
         Task::Demo => {
-            cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "tracer",
-                "--package",
-                "leaktrace-tests",
-            ])?;
+            build_release()?;
             let bin = workspace().join("target/release/leaktrace");
             let mut leaktrace = Command::new(&bin);
             if !is_root() {

@@ -128,15 +128,7 @@ pub(crate) fn vmtest(kernels: &[String], keep: bool) -> Result<bool> {
     fs::create_dir_all(dir.join("logs"))?;
 
     // Build first: a compile error should stop the task before any download.
-    crate::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "tracer",
-        "--package",
-        "leaktrace-tests",
-        "--bins",
-    ])?;
+    crate::build_release()?;
     let initrd = dir.join("initrd.gz");
     let root = dir.join("initramfs");
     initramfs(&root, &initrd)?;
