@@ -431,9 +431,7 @@ pub fn pass_through(
                 for mut event in rules.scan(String::from_utf8_lossy(&line).trim_end()) {
                     if let MarkerEvent::Marker(marker) = &mut event {
                         // One reading for a line that both starts a phase and ends a cycle.
-                        // A cycle end reads every process's PSS; a phase start only what moved.
-                        let full = marker.boundary == Boundary::CycleEnd;
-                        let reading = reading.get_or_insert_with(|| tree.read(marker.at_ns, full));
+                        let reading = reading.get_or_insert_with(|| tree.read(marker.at_ns, false));
                         marker.reading = Some(reading.clone());
                     }
                     let _ = events.send(event);

@@ -95,12 +95,11 @@ pub struct Reading {
 /// current, and the readers of the command's output read the tree the moment a marker comes.
 ///
 /// smaps_rollup walks every mapping under the process's mmap lock (~2 ms a renderer, ~6 ms a
-/// browser process). A full reading (cycle ends, samples) reads it for every process; a quick
-/// one (phase boundaries, which can come many times a second) only for a process whose
-/// resident counters moved since, or whose figures are older than [`ROLLUP_MAX_AGE`], so an
-/// idle process (a browser left open, a spare renderer) costs one read of its status. PSS can
-/// move without the counters (a zygote's children exiting leave it the anonymous pages they
-/// shared), which is why cycle ends read it all.
+/// browser process: 1.3 s for the 193 processes of 17 browsers, measured). So a boundary or a
+/// sample reads it only for a process whose resident counters moved since, or whose figures are
+/// older than [`ROLLUP_MAX_AGE`]: an idle process (a browser left open, a spare renderer) costs
+/// one read of its status (0.2 ms). PSS can move without the counters (another process starts
+/// or stops sharing the pages), so the start and end of a trace read every process in full.
 #[derive(Clone, Debug, Default)]
 pub struct TreeReader(Arc<Mutex<TreeState>>);
 

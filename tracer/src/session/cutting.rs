@@ -67,8 +67,7 @@ impl Cutting {
             }
         };
         self.check_teardown(collectors);
-        let full = marker.boundary == Boundary::CycleEnd;
-        let boundary = collectors.boundary(marker.at_ns, marker.reading, full);
+        let boundary = collectors.boundary(marker.at_ns, marker.reading, false);
         let sample = boundary.sample;
         if marker.boundary == Boundary::CycleEnd {
             self.summary.cycles_seen += 1;
