@@ -26,6 +26,11 @@ pub enum Boundary {
     PhaseStart(String),
 }
 
+/// The shortest stub (without a phase or figures) kept as a cut cycle: a worker whose cycles
+/// take milliseconds (socket markers answered at once) still needs a moment to exit after its
+/// last marker, and that moment is not a cycle.
+const MIN_CUT_S: f64 = 0.1;
+
 struct OpenPhase {
     name: String,
     start_s: f64,
@@ -123,8 +128,8 @@ impl Timeline {
     }
 
     /// The cycles, with the open one added as `cut` when it holds anything worth keeping: a
-    /// phase, the worker's figures, or at least half a typical cycle (a stub between the last
-    /// marker and the worker's exit is shutdown, not a cycle).
+    /// phase, the worker's figures, or at least half a typical cycle and 0.1 s (a stub between
+    /// the last marker and the worker's exit is shutdown, not a cycle).
     pub fn finish(mut self, end_s: f64, snapshot: Snapshot) -> Vec<Cycle> {
         let durations: Vec<f64> = self.cycles.iter().map(|c| c.end_s - c.start_s).collect();
         let typical = median(&durations);
@@ -133,7 +138,7 @@ impl Timeline {
         let worth_keeping = open.phase.is_some()
             || !open.phases.is_empty()
             || !open.worker.is_empty()
-            || typical.is_some_and(|t| span >= t / 2.0);
+            || typical.is_some_and(|t| span >= (t / 2.0).max(MIN_CUT_S));
         if worth_keeping && span > 0.0 {
             let index = self.cycles.len() as u32 + 1;
             let warmup = index <= self.warmup;
@@ -353,6 +358,16 @@ mod tests {
             .collect();
         assert_eq!(phases, [("scrape", 200), ("cleanup", -100)]);
         assert_eq!((cycle.phases[0].start_s, cycle.phases[1].end_s), (1.0, 3.0));
+    }
+
+    #[test]
+    fn a_moment_after_millisecond_cycles_is_not_a_cut_cycle() {
+        let start = snapshot(vec![state(1, "worker", 0, 0, true)]);
+        let mut timeline = Timeline::new(0, 0.0, start.clone());
+        timeline.on_boundary(Boundary::CycleEnd, 0.01, start.clone(), BTreeMap::new());
+        timeline.on_boundary(Boundary::CycleEnd, 0.02, start.clone(), BTreeMap::new());
+        // 30 ms after the last marker, three times a cycle: the worker exiting.
+        assert_eq!(timeline.finish(0.05, start).len(), 2);
     }
 
     #[test]
