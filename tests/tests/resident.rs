@@ -38,9 +38,18 @@ fn status(pid: u32) -> (u64, u64, u64) {
 /// `percpu_counter_add_batch()` folds a CPU's delta only once it reaches the batch, and
 /// `compute_batch_value()` sets the batch to max(32, 2 * online CPUs)). /proc/PID/status and
 /// leaktrace read the same counter, so only a sum over the CPUs on one side can differ by this.
+///
+/// Before 6.2 (SPLIT_RSS_COUNTING, whose `task_rss_stat` BTF has) each thread also keeps the
+/// counts of up to 64 faults to itself before folding them into the mm's counter
+/// (TASK_RSS_EVENTS_THRESH in mm/memory.c), and a file fault maps up to fault_around_bytes
+/// (64 KiB) at once. /proc then trails by that until the thread's next fold; the trace's last
+/// value, taken at exit (which folds), does not.
 fn counter_slack() -> u64 {
     let cpus = std::thread::available_parallelism().unwrap().get() as u64;
-    cpus * 32.max(2 * cpus) * 4096
+    let per_cpu = cpus * 32.max(2 * cpus) * 4096;
+    let split =
+        leaktrace::kernel::btf::Btf::from_sys_fs().is_ok_and(|btf| btf.has_struct("task_rss_stat"));
+    per_cpu + if split { 64 * 64 * 1024 } else { 0 }
 }
 
 struct Held {

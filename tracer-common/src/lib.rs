@@ -219,8 +219,16 @@ pub struct KernelConfig {
     pub mm_owner: u32,
     /// Offsets of `mm->rss_stat[i].count` for each of the kernel's NR_MM_COUNTERS counters.
     pub rss_count: [u32; RSS_COUNTERS],
-    /// Offset of `group_dead` in the `sched:sched_process_exit` record (from tracefs).
+    /// 1 when the counters are `atomic_long_t` (before 6.2), which the verifier of those kernels
+    /// cannot walk into: they are read with bpf_probe_read_kernel instead of a plain load.
+    pub rss_probe_read: u32,
+    /// Offset of `group_dead` in the `sched:sched_process_exit` record (from tracefs, 6.16+).
     pub exit_group_dead: u32,
+    /// 1 when the record has no `group_dead`: the exit reads `task->signal->live` instead.
+    pub exit_from_signal: u32,
+    /// task_struct.signal and signal_struct.live, for `exit_from_signal`.
+    pub task_signal: u32,
+    pub signal_live: u32,
     /// 1 when MAP_NORESERVE makes a VM_NORESERVE mapping (vm.overcommit_memory is not 2).
     pub noreserve_honoured: u32,
 }

@@ -3,18 +3,18 @@
 //!
 //! These fire a few times per process. `task_newtask` is attached as tp_btf, for the new
 //! `task_struct` itself (its mm starts the child's resident counters); exec and exit are classic
-//! tracepoints whose record layout the loader reads from tracefs (`CONFIG.exit_group_dead`).
+//! tracepoints whose record layout the loader reads from tracefs (`CONFIG.exit_group_dead`, or
+//! on kernels before 6.16, whose record lacks it, the task's `signal->live`).
 //!
 //! ```text
 //! tp_btf task_newtask        (struct task_struct *task, u64 clone_flags)
 //! sched:sched_process_exec   __data_loc char[] filename; pid_t pid; pid_t old_pid;
-//! sched:sched_process_exit   char comm[16]; pid_t pid; int prio; bool group_dead;
+//! sched:sched_process_exit   char comm[16]; pid_t pid; int prio; bool group_dead (6.16+);
 //! ```
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_task_btf, bpf_ktime_get_boot_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -46,7 +46,10 @@ pub fn task_newtask(ctx: BtfTracePointContext) -> i32 {
         count_lost(LostReason::TrackedSetFull);
         return 0;
     }
-    resident::start_from_mm(child, btf_field(task, config!(task_mm)));
+    let mm: u64 = btf_field(task, config!(task_mm));
+    if mm != 0 {
+        resident::start_from_mm(child, |counter| resident::counter_of(mm, counter));
+    }
     emit(LifecycleKind::Fork, child, parent, 0);
     0
 }
@@ -55,8 +58,11 @@ pub fn task_newtask(ctx: BtfTracePointContext) -> i32 {
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let tgid = current_tgid();
     if is_tracked(tgid) {
-        let task = unsafe { bpf_get_current_task_btf() } as u64;
-        resident::start_from_mm(tgid, btf_field(task, config!(task_mm)));
+        // bpf_get_current_task, not its BTF-typed twin: that one needs 5.11.
+        let task = unsafe { bpf_get_current_task() };
+        if let Some(mm) = read_kernel::<u64>(task, config!(task_mm)).filter(|mm| *mm != 0) {
+            resident::start_from_mm(tgid, |counter| read_kernel(mm, counter).unwrap_or(0));
+        }
         emit(LifecycleKind::Exec, tgid, 0, 0);
     }
     0
@@ -69,11 +75,19 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // The tracepoint fires for every thread; the process is gone when its last one goes.
-    let group_dead = unsafe { ctx.read_at::<u8>(config!(exit_group_dead) as usize) }.unwrap_or(1);
-    if group_dead == 0 {
+    let task = unsafe { bpf_get_current_task() };
+    let group_dead = if config!(exit_from_signal) == 0 {
+        unsafe { ctx.read_at::<u8>(config!(exit_group_dead) as usize) }.unwrap_or(1) != 0
+    } else {
+        // Before 6.16: signal->live counts the threads not yet exiting; do_exit decrements it
+        // before the tracepoint, so it is 0 from the last thread's exit on.
+        read_kernel::<u64>(task, config!(task_signal))
+            .and_then(|signal| read_kernel::<i32>(signal, config!(signal_live)))
+            .is_none_or(|live| live == 0)
+    };
+    if !group_dead {
         return 0;
     }
-    let task = unsafe { bpf_get_current_task() };
     let exit_code = read_kernel::<u32>(task, config!(task_exit_code)).unwrap_or(0);
     emit(LifecycleKind::Exit, tgid, 0, exit_code);
     // A later process that reuses this pid is not ours unless it is forked from the tree.

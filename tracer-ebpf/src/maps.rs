@@ -36,7 +36,11 @@ static CONFIG: KernelConfig = KernelConfig {
     task_tgid: 0,
     mm_owner: 0,
     rss_count: [0; RSS_COUNTERS],
+    rss_probe_read: 0,
     exit_group_dead: 0,
+    exit_from_signal: 0,
+    task_signal: 0,
+    signal_live: 0,
     noreserve_honoured: 0,
 };
 

@@ -13,7 +13,7 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{RSS_COUNTERS, Resident};
 
-use crate::maps::{RESIDENT, btf_field, config, is_tracked};
+use crate::maps::{RESIDENT, btf_field, config, is_tracked, read_kernel};
 
 #[btf_tracepoint(function = "rss_stat")]
 pub fn rss_stat(ctx: BtfTracePointContext) -> i32 {
@@ -30,7 +30,7 @@ pub fn rss_stat(ctx: BtfTracePointContext) -> i32 {
     let Some(counter) = counter_offset(member) else {
         return 0;
     };
-    let pages = btf_field::<i64>(mm, counter).max(0) as u64;
+    let pages = counter_of(mm, counter).max(0) as u64;
     if let Some(resident) = resident_of(tgid) {
         let index = member as usize & (RSS_COUNTERS - 1);
         resident.last[index] = pages;
@@ -39,6 +39,18 @@ pub fn rss_stat(ctx: BtfTracePointContext) -> i32 {
         }
     }
     0
+}
+
+/// The counter at `offset` in a BTF-typed mm: a plain load of a `percpu_counter`'s count, or a
+/// probe read of an `atomic_long_t` (see `KernelConfig::rss_probe_read`). The branch is on a
+/// read-only constant, so the verifier only sees the one this kernel takes.
+#[inline(always)]
+pub fn counter_of(mm: u64, offset: u32) -> i64 {
+    if config!(rss_probe_read) == 0 {
+        btf_field(mm, offset)
+    } else {
+        read_kernel(mm, offset).unwrap_or(0)
+    }
 }
 
 /// Constant offsets per counter: the verifier only allows fixed offsets into kernel structs.
@@ -63,17 +75,16 @@ fn resident_of(tgid: u32) -> Option<&'static mut Resident> {
 }
 
 /// Starts a process's counters from its mm as it is now (a new mm at exec, a copied one at
-/// fork), so counters that never change afterwards are still right.
-pub fn start_from_mm(tgid: u32, mm: u64) {
-    if mm == 0 {
-        return;
-    }
+/// fork), so counters that never change afterwards are still right. `read` reads a counter at
+/// an offset into the mm: a plain load where the mm pointer is BTF-typed, a probe read where not.
+#[inline(always)]
+pub fn start_from_mm(tgid: u32, read: impl Fn(u32) -> i64) {
     let Some(resident) = resident_of(tgid) else {
         return;
     };
     for member in 0..RSS_COUNTERS as i32 {
         if let Some(counter) = counter_offset(member) {
-            let pages = btf_field::<i64>(mm, counter).max(0) as u64;
+            let pages = read(counter).max(0) as u64;
             let index = member as usize & (RSS_COUNTERS - 1);
             resident.last[index] = pages;
             resident.peak[index] = pages;

@@ -3,14 +3,24 @@
 
 use std::fmt::Write as _;
 
-use crate::kernel::{self, AttachPoint, HOOKS, Kernel, btf::VMLINUX_BTF, tracefs};
+use crate::kernel::{
+    self, AttachPoint, Features, HOOKS, Kernel, KernelError,
+    btf::VMLINUX_BTF,
+    features::{HookSupport, Support},
+    tracefs,
+};
 
 /// One line of the diagnosis.
 pub struct Check {
     pub name: String,
+    /// False only for what stops leaktrace from tracing with eBPF (doctor then exits 1).
     pub ok: bool,
+    /// Works, with less than on the newest kernels (a hook this kernel cannot attach).
+    pub degraded: bool,
     pub detail: String,
-    /// What to do when not ok.
+    /// Lines under the check: what it needs and what this kernel has.
+    pub notes: Vec<String>,
+    /// What to do when not ok, or what leaktrace does instead when degraded.
     pub fix: Option<String>,
 }
 
@@ -19,13 +29,17 @@ fn check(name: impl Into<String>, result: Result<String, (String, String)>) -> C
         Ok(detail) => Check {
             name: name.into(),
             ok: true,
+            degraded: false,
             detail,
+            notes: Vec::new(),
             fix: None,
         },
         Err((detail, fix)) => Check {
             name: name.into(),
             ok: false,
+            degraded: false,
             detail,
+            notes: Vec::new(),
             fix: Some(fix),
         },
     }
@@ -81,34 +95,7 @@ pub fn diagnose() -> Vec<Check> {
         },
     ));
     if root {
-        checks.push(check(
-            "kernel offsets",
-            kernel::kernel_config(std::process::id())
-                .map(|_| {
-                    "task_struct, mm_struct, vm_area_struct, pt_regs and tracepoint fields found"
-                        .into()
-                })
-                .map_err(|e| {
-                    (
-                        format!("{e:#}"),
-                        "this kernel's BTF lacks a field leaktrace reads; please report it".into(),
-                    )
-                }),
-        ));
-        let loaded = Kernel::load();
-        for hook in &HOOKS {
-            let result = match &loaded {
-                Ok(_) => Ok("loads and attaches".to_string()),
-                Err(kernel::KernelError::Attach { hook: failed, source }) if std::ptr::eq(*failed, hook) => {
-                    Err((format!("{source:#}"), "see the verifier message above; this kernel may lack a helper (bpf_find_vma needs 5.17)".into()))
-                }
-                Err(e) => Err((format!("not attached: {e:#}"), "fix the first failing check".into())),
-            };
-            checks.push(check(
-                format!("hook {}", hook_name(hook)),
-                result.map(|ok| format!("{ok}: {}", hook.description)),
-            ));
-        }
+        hooks(&mut checks);
     } else if let Ok(path) = &tracefs {
         // Without root we can still say whether the tracepoints exist.
         for hook in &HOOKS {
@@ -135,6 +122,90 @@ pub fn diagnose() -> Vec<Check> {
     checks
 }
 
+/// Per hook: what it needs, what this kernel has, and whether it really loads and attaches
+/// (everything is loaded, attached and detached again, so the verifier has its say).
+fn hooks(checks: &mut Vec<Check>) {
+    let features = match Features::probe(std::process::id()) {
+        Ok(features) => features,
+        Err(e) => {
+            checks.push(check(
+                "kernel features",
+                Err((
+                    format!("{e:#}"),
+                    "leaktrace needs the kernel's BTF and tracefs; --no-ebpf works without".into(),
+                )),
+            ));
+            return;
+        }
+    };
+    let loaded = Kernel::load();
+    for support in &features.hooks {
+        let hook = support.hook;
+        let mut result = match (&loaded, support.attaches()) {
+            (_, false) if support.essential() => check(
+                "",
+                Err((
+                    format!(
+                        "cannot attach: this kernel lacks the {}",
+                        support.missing().join(", ")
+                    ),
+                    support.without().into(),
+                )),
+            ),
+            (_, false) => Check {
+                degraded: true,
+                fix: Some(format!("instead: {}", support.without())),
+                ..check(
+                    "",
+                    Ok(format!(
+                        "not attached: this kernel lacks the {}",
+                        support.missing().join(", ")
+                    )),
+                )
+            },
+            (Ok(_), true) => check("", Ok(format!("loads and attaches: {}", hook.description))),
+            (
+                Err(KernelError::Attach {
+                    hook: failed,
+                    source,
+                }),
+                true,
+            ) if std::ptr::eq(*failed, hook) => check(
+                "",
+                Err((
+                    format!("{source:#}"),
+                    "the verifier refused it on this kernel; please report this output".into(),
+                )),
+            ),
+            (Err(e), true) => check(
+                "",
+                Err((
+                    format!("not attached: {e:#}"),
+                    "fix the failing check above".into(),
+                )),
+            ),
+        };
+        result.name = format!("hook {}", hook_name(hook));
+        result.notes = needs(support);
+        checks.push(result);
+    }
+}
+
+/// `needs <what>: <found>`, and the fallback in use where there is one.
+fn needs(support: &HookSupport) -> Vec<String> {
+    support
+        .needs
+        .iter()
+        .map(|need| match &need.support {
+            Support::Native => format!("needs {}: {}", need.what, need.found),
+            Support::Fallback(instead) => {
+                format!("needs {}: {}; instead {instead}", need.what, need.found)
+            }
+            Support::Missing => format!("needs {}: MISSING, {}", need.what, need.found),
+        })
+        .collect()
+}
+
 fn hook_name(hook: &kernel::Hook) -> String {
     match hook.attach {
         AttachPoint::Btf(name) => format!("tp_btf/{name}"),
@@ -145,14 +216,33 @@ fn hook_name(hook: &kernel::Hook) -> String {
 pub fn render(checks: &[Check]) -> String {
     let mut out = String::new();
     for check in checks {
-        let mark = if check.ok { "ok  " } else { "FAIL" };
+        let mark = match (check.ok, check.degraded) {
+            (false, _) => "FAIL",
+            (true, true) => "off ",
+            (true, false) => "ok  ",
+        };
         let _ = writeln!(out, "{mark} {:<32} {}", check.name, check.detail);
-        if let Some(fix) = &check.fix {
-            let _ = writeln!(out, "     {:<32} fix: {fix}", "");
+        for note in &check.notes {
+            let _ = writeln!(out, "       {note}");
+        }
+        match &check.fix {
+            Some(fix) if check.degraded => {
+                let _ = writeln!(out, "       {fix}");
+            }
+            Some(fix) => {
+                let _ = writeln!(out, "     {:<32} fix: {fix}", "");
+            }
+            None => {}
         }
     }
     let failed = checks.iter().filter(|c| !c.ok).count();
-    if failed == 0 {
+    let degraded = checks.iter().filter(|c| c.degraded).count();
+    if failed == 0 && degraded > 0 {
+        let _ = writeln!(
+            out,
+            "\nleaktrace traces with eBPF here, without the {degraded} hook(s) marked off (see what replaces them)"
+        );
+    } else if failed == 0 {
         let _ = writeln!(out, "\neverything leaktrace needs is here");
     } else {
         let _ = writeln!(

@@ -90,6 +90,10 @@ pub struct Trace {
     pub started_at: String,
     pub duration_s: f64,
     pub ebpf: bool,
+    /// Whether address-space flows were counted: eBPF on a kernel with `bpf_find_vma` (5.17+).
+    /// Traces written before this key have flows whenever `ebpf` is true: see [`Trace::has_flows`].
+    #[serde(default = "absent_means_yes")]
+    pub flows: bool,
     /// Where `processes[].resident` comes from: "kernel" (rss_stat, eBPF) or "proc" (samples).
     #[serde(default)]
     pub resident_source: String,
@@ -337,6 +341,17 @@ impl Process {
 }
 
 /// The per-class map of a process's flows, with every class present.
+fn absent_means_yes() -> bool {
+    true
+}
+
+impl Trace {
+    /// Whether the trace holds address-space flows.
+    pub fn has_flows(&self) -> bool {
+        self.ebpf && self.flows
+    }
+}
+
 pub fn address_space(flows: &ProcessFlows) -> BTreeMap<String, ClassFlow> {
     RegionClass::ALL
         .iter()
@@ -491,6 +506,7 @@ mod tests {
             started_at: rfc3339(0),
             duration_s: 0.0,
             ebpf: false,
+            flows: false,
             resident_source: "proc".into(),
             interval_s: 1.0,
             warnings: vec![],

@@ -31,8 +31,13 @@ enum Task {
     Setup,
     /// Build leaktrace (release) with its eBPF programs.
     Build,
-    /// Run every test: unit tests, and the root integration tests against the real kernel.
-    Test,
+    /// Run every test: unit tests, the root integration tests against the real kernel, then the
+    /// kernel-side tests on Debian's kernels under qemu (`vmtest`).
+    Test {
+        /// Skip the qemu matrix (it needs the Debian archive for the kernels, once).
+        #[arg(long)]
+        no_vm: bool,
+    },
     /// Build everything and run `leaktrace demo`: the built-in leaky worker driving Chromium.
     Demo,
     /// Time a memory-syscall storm untraced, under leaktrace and under bpftrace, side by side.
@@ -291,7 +296,7 @@ fn main() -> Result<()> {
     match xtask.task {
         Task::Setup => println!("setup: the eBPF toolchain is ready"),
         Task::Build => cargo(&["build", "--release", "--package", "tracer"])?,
-        Task::Test => {
+        Task::Test { no_vm } => {
             cargo(&["fmt", "--all", "--check"])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
             // The integration tests run the leaktrace binary: build it first.
@@ -301,7 +306,19 @@ fn main() -> Result<()> {
                     "test: not root: the eBPF integration tests will skip (in CI, as root, they run)"
                 );
             }
-            test_with_summary()?;
+            let host = test_with_summary();
+            // The VM matrix runs even when a host test failed: its table is worth having.
+            let vms = if no_vm {
+                Ok(true)
+            } else {
+                vmtest::vmtest(&["trixie", "bookworm", "bullseye"].map(String::from), false)
+            };
+            host?;
+            if !vms? {
+                bail!(
+                    "vmtest: a kernel-side check failed on one of Debian's kernels (table above)"
+                );
+            }
         }
         Task::Demo => {
             build_release()?;

@@ -4,7 +4,10 @@
 //! ...) whose layout changes between builds. Rust eBPF has no CO-RE relocations, so the loader
 //! looks the offsets up here and hands them to the programs as constants.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use thiserror::Error;
 
@@ -63,6 +66,8 @@ pub struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
     structs_by_name: HashMap<String, u32>,
+    /// Names of typedefs: `btf_trace_<event>` says a tracepoint can be attached as tp_btf.
+    typedefs: HashSet<String>,
     /// Enumerator name -> value, over every enum.
     enumerators: HashMap<String, i64>,
 }
@@ -161,6 +166,7 @@ impl Btf {
             types,
             strings,
             structs_by_name: HashMap::new(),
+            typedefs: HashSet::new(),
             enumerators: HashMap::new(),
         };
         for (name_off, value) in enumerator_names {
@@ -171,6 +177,9 @@ impl Btf {
             if ty.kind == KIND_STRUCT && !ty.members.is_empty() {
                 let name = btf.name(ty.name_off).to_string();
                 btf.structs_by_name.entry(name).or_insert(id as u32);
+            } else if ty.kind == KIND_TYPEDEF {
+                let name = btf.name(ty.name_off).to_string();
+                btf.typedefs.insert(name);
             }
         }
         Ok(btf)
@@ -217,6 +226,16 @@ impl Btf {
             .get(strukt)
             .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
         Ok(self.types[id as usize].type_ref)
+    }
+
+    /// Whether `struct name` exists (with members).
+    pub fn has_struct(&self, strukt: &str) -> bool {
+        self.structs_by_name.contains_key(strukt)
+    }
+
+    /// Whether a typedef `name` exists.
+    pub fn has_typedef(&self, name: &str) -> bool {
+        self.typedefs.contains(name)
     }
 
     /// The value of an enumerator (e.g. MM_ANONPAGES).

@@ -6,6 +6,7 @@
 //! for the process tree. Links detach when [`Kernel`] is dropped.
 
 pub mod btf;
+pub mod features;
 pub mod tracefs;
 
 use aya::{
@@ -14,14 +15,10 @@ use aya::{
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use thiserror::Error;
-use tracer_common::{
-    KernelConfig, LOST_REASON_COUNT, LifecycleEvent, ProcessFlows, RSS_COUNTERS, Resident, TRACKED,
-};
+use tracer_common::{LOST_REASON_COUNT, LifecycleEvent, ProcessFlows, Resident, TRACKED};
 
-use self::{
-    btf::{Btf, BtfError},
-    tracefs::TracefsError,
-};
+pub use self::features::{Features, RssIndices};
+use self::{btf::BtfError, tracefs::TracefsError};
 
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!(
@@ -41,6 +38,10 @@ pub enum KernelError {
     Btf(#[from] BtfError),
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
+    #[error(
+        "this kernel cannot follow a process tree with eBPF ({0}); `leaktrace doctor` says what is missing, --no-ebpf traces from /proc"
+    )]
+    Unsupported(String),
     #[error("cannot load the eBPF object")]
     Load(#[source] aya::EbpfError),
     #[error("cannot attach {} ({})", .hook.program, .hook.description)]
@@ -117,83 +118,12 @@ pub static HOOKS: [Hook; 6] = [
 pub struct Kernel {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
-    pub rss: RssIndices,
-}
-
-/// The offsets the programs need, from BTF and tracefs.
-pub fn kernel_config(own_tgid: u32) -> Result<KernelConfig, KernelError> {
-    let btf = Btf::from_sys_fs()?;
-    let tracefs = tracefs::mount_point()?;
-    let field = |strukt: &str, field: &str| btf.field_offset(strukt, field);
-    let record = |category: &str, event: &str, name: &str| {
-        tracefs::field_offset(&tracefs, category, event, name)
-    };
-    Ok(KernelConfig {
-        own_tgid,
-        task_mm: field("task_struct", "mm")?,
-        task_exit_code: field("task_struct", "exit_code")?,
-        mm_start_brk: field("mm_struct", "start_brk")?,
-        mm_brk: field("mm_struct", "brk")?,
-        mm_total_vm: field("mm_struct", "total_vm")?,
-        vma_start: field("vm_area_struct", "vm_start")?,
-        vma_end: field("vm_area_struct", "vm_end")?,
-        vma_flags: field("vm_area_struct", "vm_flags")?,
-        vma_file: field("vm_area_struct", "vm_file")?,
-        file_inode: field("file", "f_inode")?,
-        inode_sb: field("inode", "i_sb")?,
-        sb_magic: field("super_block", "s_magic")?,
-        regs_args: [
-            field("pt_regs", "di")?,
-            field("pt_regs", "si")?,
-            field("pt_regs", "dx")?,
-            field("pt_regs", "r10")?,
-            field("pt_regs", "r8")?,
-            field("pt_regs", "r9")?,
-        ],
-        regs_syscall_nr: field("pt_regs", "orig_ax")?,
-        task_pid: field("task_struct", "pid")?,
-        task_tgid: field("task_struct", "tgid")?,
-        mm_owner: field("mm_struct", "owner")?,
-        rss_count: rss_count_offsets(&btf)?,
-        exit_group_dead: record("sched", "sched_process_exit", "group_dead")?,
-        // With vm.overcommit_memory=2 the kernel ignores MAP_NORESERVE.
-        noreserve_honoured: u32::from(
-            std::fs::read_to_string("/proc/sys/vm/overcommit_memory")
-                .map_or(true, |v| v.trim() != "2"),
-        ),
-    })
-}
-
-/// `mm->rss_stat[i].count` for each counter: `rss_stat` is an array of `struct percpu_counter`.
-fn rss_count_offsets(btf: &Btf) -> Result<[u32; RSS_COUNTERS], BtfError> {
-    let base = btf.field_offset("mm_struct", "rss_stat")?;
-    let size = btf.struct_size("percpu_counter")?;
-    let count = btf.field_offset("percpu_counter", "count")?;
-    Ok(std::array::from_fn(|i| base + i as u32 * size + count))
-}
-
-/// Which of the kernel's counters holds which kind of resident memory.
-#[derive(Clone, Copy, Debug)]
-pub struct RssIndices {
-    pub anon: usize,
-    pub file: usize,
-    pub shmem: usize,
-    pub swap: usize,
-}
-
-impl RssIndices {
-    fn from_btf(btf: &Btf) -> Result<RssIndices, BtfError> {
-        let index = |name: &str| {
-            btf.enum_value(name)
-                .map(|v| (v as usize).min(RSS_COUNTERS - 1))
-        };
-        Ok(RssIndices {
-            anon: index("MM_ANONPAGES")?,
-            file: index("MM_FILEPAGES")?,
-            shmem: index("MM_SHMEMPAGES")?,
-            swap: index("MM_SWAPENTS")?,
-        })
-    }
+    /// The resident counters' indices; `None` when `rss_stat` is not attached on this kernel.
+    pub rss: Option<RssIndices>,
+    /// Whether the syscall hooks are attached, so address-space flows are counted.
+    pub flows: bool,
+    /// What this kernel's missing features cost the trace, in plain words.
+    pub losses: Vec<String>,
 }
 
 pub fn is_privileged() -> bool {
@@ -202,19 +132,29 @@ pub fn is_privileged() -> bool {
 }
 
 impl Kernel {
-    /// Loads the programs and attaches every hook; `leaktrace`'s own tgid is never tracked.
+    /// Loads the programs and attaches every hook this kernel supports (see [`Features`]);
+    /// `leaktrace`'s own tgid is never tracked.
     pub fn load() -> Result<Kernel, KernelError> {
         if !is_privileged() {
             return Err(KernelError::NotPrivileged);
         }
-        let config = kernel_config(std::process::id())?;
-        let rss = RssIndices::from_btf(&Btf::from_sys_fs()?)?;
+        let features = Features::probe(std::process::id())?;
+        let essential_missing: Vec<String> = features
+            .hooks
+            .iter()
+            .filter(|h| h.essential() && !h.attaches())
+            .map(|h| format!("{} needs {}", h.hook.program, h.missing().join(", ")))
+            .collect();
+        if !essential_missing.is_empty() {
+            return Err(KernelError::Unsupported(essential_missing.join("; ")));
+        }
+        raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
-            .override_global("CONFIG", &config, true)
+            .override_global("CONFIG", &features.config, true)
             .load(EBPF_OBJECT)
             .map_err(KernelError::Load)?;
         let btf = aya::Btf::from_sys_fs().map_err(|e| KernelError::Load(e.into()))?;
-        for hook in &HOOKS {
+        for hook in HOOKS.iter().filter(|hook| features.attaches(hook)) {
             attach(&mut ebpf, hook, &btf).map_err(|source| KernelError::Attach { hook, source })?;
         }
         let events = ebpf
@@ -229,7 +169,13 @@ impl Kernel {
                     source: Some(source),
                 })
             })?;
-        Ok(Kernel { ebpf, events, rss })
+        Ok(Kernel {
+            ebpf,
+            events,
+            rss: features.rss,
+            flows: features.flows(),
+            losses: features.losses(),
+        })
     }
 
     /// Adds a process to the tracked set; its future children join it in the kernel.
@@ -330,6 +276,19 @@ impl Kernel {
             source: Some(source),
         })
     }
+}
+
+/// Before 5.11 the kernel charges BPF maps and programs to RLIMIT_MEMLOCK, whose default (8 MiB
+/// or less) is smaller than leaktrace's maps; later kernels charge the memory cgroup and ignore
+/// it. Raising it for leaktrace's own process changes nothing for the traced ones.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid rlimit; a failure leaves the limit as it was, and the
+    // load below then reports the kernel's error.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
 fn attach(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf) -> Result<(), ProgramError> {

@@ -112,7 +112,7 @@ pub fn render(trace: &Trace) -> String {
     cycles(&mut out, trace);
     browser(&mut out, trace);
     resident_by_process(&mut out, trace, &rows);
-    if trace.ebpf {
+    if trace.has_flows() {
         address_space_by_process(&mut out, trace, &rows);
         class_totals(&mut out, trace);
     }

@@ -42,7 +42,7 @@ impl Collectors {
     }
 
     pub(super) fn rss(&self) -> Option<RssIndices> {
-        self.kernel.as_ref().map(|k| k.rss)
+        self.kernel.as_ref().and_then(|k| k.rss)
     }
 
     /// Takes in what happened since the last tick: kernel events, or /proc without eBPF.
@@ -144,9 +144,10 @@ impl Collectors {
                 kernel.track(info.pid)?;
                 // Counters that never change while we watch still need a value: /proc shows the
                 // same ones the kernel programs read.
-                if let Some(sample) = sampler::sample(info.pid) {
-                    kernel
-                        .seed_resident(info.pid, processes::resident_pages(&sample, kernel.rss))?;
+                if let Some(rss) = kernel.rss
+                    && let Some(sample) = sampler::sample(info.pid)
+                {
+                    kernel.seed_resident(info.pid, processes::resident_pages(&sample, rss))?;
                 }
             }
             self.table.add(info);

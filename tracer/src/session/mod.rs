@@ -173,7 +173,11 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
 
     let mut warnings = Vec::new();
     let kernel = match ebpf_off_reason(&options) {
-        None => Some(Kernel::load()?),
+        None => {
+            let kernel = Kernel::load()?;
+            warnings.extend(kernel.losses.iter().cloned());
+            Some(kernel)
+        }
         Some(reason) => {
             warnings.push(format!(
                 "eBPF is off ({reason}): no address-space flows and no kernel resident counters; \
@@ -435,6 +439,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         }
     }
     let ebpf = collectors.kernel.is_some();
+    let flows = collectors.kernel.as_ref().is_some_and(|k| k.flows);
     let processes = collectors.table.into_processes(rss);
     Ok(Trace {
         schema: SCHEMA.to_string(),
@@ -444,7 +449,8 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         started_at: trace::rfc3339(started_at),
         duration_s: started.elapsed().as_secs_f64(),
         ebpf,
-        resident_source: if ebpf { "kernel" } else { "proc" }.to_string(),
+        flows,
+        resident_source: if rss.is_some() { "kernel" } else { "proc" }.to_string(),
         interval_s: options.interval.as_secs_f64(),
         warnings,
         ended_by,
