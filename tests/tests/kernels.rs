@@ -1,7 +1,8 @@
 //! What leaktrace does on kernels that lack a feature: each fallback, tried on this kernel by
 //! treating the feature as missing (`LEAKTRACE_PRETEND_MISSING`). `cargo xtask vmtest` runs the
-//! same tests on Debian's kernels, which really lack them (6.1 and 6.12 have no `group_dead`,
-//! 5.10 has no `bpf_find_vma`); there the variable changes nothing.
+//! same tests on Debian's kernels, which really lack some (6.1 and 6.12 have no `group_dead`;
+//! 5.10 has no `bpf_find_vma` either, and walks `mm_rb` instead, which the second test also
+//! takes away to reach the mode without flows).
 
 mod support;
 
@@ -77,7 +78,7 @@ fn without_bpf_find_vma_processes_and_resident_memory_are_traced_and_flows_are_n
     let (json, ledger) = (scratch.path("t.json"), scratch.path("ledger.jsonl"));
     let ledger_bin = fixture("ledger");
     let (trace, _) = run_without(
-        "bpf_find_vma,group_dead",
+        "bpf_find_vma,mm_rb,group_dead",
         &json,
         &[
             ledger_bin.to_str().unwrap(),
@@ -136,7 +137,7 @@ fn without_bpf_find_vma_processes_and_resident_memory_are_traced_and_flows_are_n
         .unwrap();
     let text = String::from_utf8_lossy(&report.stdout);
     assert!(
-        text.contains("warning: this kernel lacks the bpf_find_vma"),
+        text.contains("warning: this kernel lacks a VMA lookup: bpf_find_vma"),
         "{text}"
     );
     assert!(!text.contains("ADDRESS SPACE BY PROCESS"), "{text}");

@@ -229,6 +229,13 @@ pub struct KernelConfig {
     /// task_struct.signal and signal_struct.live, for `exit_from_signal`.
     pub task_signal: u32,
     pub signal_live: u32,
+    /// For the rbtree VMA walk (kernels before 6.1): mm_struct.mm_rb, vm_area_struct.vm_rb and
+    /// .vm_next, rb_node.rb_left and .rb_right.
+    pub mm_rb: u32,
+    pub vma_rb: u32,
+    pub vma_next: u32,
+    pub rb_left: u32,
+    pub rb_right: u32,
     /// 1 when MAP_NORESERVE makes a VM_NORESERVE mapping (vm.overcommit_memory is not 2).
     pub noreserve_honoured: u32,
 }

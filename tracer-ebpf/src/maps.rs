@@ -41,6 +41,11 @@ static CONFIG: KernelConfig = KernelConfig {
     exit_from_signal: 0,
     task_signal: 0,
     signal_live: 0,
+    mm_rb: 0,
+    vma_rb: 0,
+    vma_next: 0,
+    rb_left: 0,
+    rb_right: 0,
     noreserve_honoured: 0,
 };
 

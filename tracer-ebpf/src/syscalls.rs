@@ -22,7 +22,7 @@ use tracer_common::{CLASS_COUNT, LostReason, ProcessFlows, RegionClass, syscall_
 use crate::maps::{
     STASH, btf_field, config, count_lost, flows_of, is_tracked, read_kernel, scratch_walk,
 };
-use crate::vma::{self, PAGE_SIZE, Walk, bounded, page_align};
+use crate::vma::{self, FindVma, Lookup, NO_PROT, PAGE_SIZE, RbTree, Walk, bounded, page_align};
 
 const MAP_TYPE: u64 = 0x03;
 const MAP_PRIVATE: u64 = 0x02;
@@ -101,6 +101,28 @@ fn needs_entry(nr: u64) -> bool {
 
 #[btf_tracepoint(function = "sys_enter")]
 pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
+    enter::<FindVma>(ctx)
+}
+
+/// `sys_enter` for kernels without `bpf_find_vma` (see `vma::RbTree`).
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter_rbtree(ctx: BtfTracePointContext) -> i32 {
+    enter::<RbTree>(ctx)
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+    exit::<FindVma>(ctx)
+}
+
+/// `sys_exit` for kernels without `bpf_find_vma`.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_rbtree(ctx: BtfTracePointContext) -> i32 {
+    exit::<RbTree>(ctx)
+}
+
+#[inline(always)]
+fn enter<L: Lookup>(ctx: BtfTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);
     if !needs_entry(nr) {
         return 0;
@@ -114,7 +136,8 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     walk.reset();
-    if on_enter(nr, regs, walk).is_some() && STASH.insert(&pid_tgid, &walk.pending, 0).is_err() {
+    if on_enter::<L>(nr, regs, walk).is_some() && STASH.insert(&pid_tgid, &walk.pending, 0).is_err()
+    {
         count_lost(LostReason::StashFull);
     }
     0
@@ -136,7 +159,7 @@ fn total_vm() -> Option<u64> {
 }
 
 /// Fills `walk.pending` for a call about to run; None when the call is of no interest.
-fn on_enter(nr: u64, regs: u64, walk: &mut Walk) -> Option<()> {
+fn on_enter<L: Lookup>(nr: u64, regs: u64, walk: &mut Walk) -> Option<()> {
     let addr = syscall_arg(regs, 0)?;
     walk.pending.addr = addr;
     match nr {
@@ -149,18 +172,18 @@ fn on_enter(nr: u64, regs: u64, walk: &mut Walk) -> Option<()> {
             let len = page_align(syscall_arg(regs, 1)?);
             walk.pending.len = len;
             walk.pending.before = total_vm()?;
-            walk.run(addr, addr + len, None);
+            walk.run::<L>(addr, addr + len, NO_PROT);
         }
         syscall_nr::MUNMAP => {
             let len = page_align(syscall_arg(regs, 1)?);
             walk.pending.len = len;
             walk.pending.before = total_vm()?;
-            walk.run(addr, addr + len, None);
+            walk.run::<L>(addr, addr + len, NO_PROT);
         }
         syscall_nr::MPROTECT => {
             let len = page_align(syscall_arg(regs, 1)?);
             let prot = syscall_arg(regs, 2)?;
-            walk.run(addr, addr + len, Some(prot));
+            walk.run::<L>(addr, addr + len, prot & PROT_ACCESS);
         }
         syscall_nr::MADVISE => {
             let advice = syscall_arg(regs, 2)?;
@@ -168,7 +191,7 @@ fn on_enter(nr: u64, regs: u64, walk: &mut Walk) -> Option<()> {
                 return None;
             }
             let len = page_align(syscall_arg(regs, 1)?);
-            walk.run(addr, addr + len, None);
+            walk.run::<L>(addr, addr + len, NO_PROT);
         }
         _ => {
             // brk: the break before the call, from the mm itself (the process may predate us).
@@ -178,8 +201,8 @@ fn on_enter(nr: u64, regs: u64, walk: &mut Walk) -> Option<()> {
     Some(())
 }
 
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+#[inline(always)]
+fn exit<L: Lookup>(ctx: BtfTracePointContext) -> i32 {
     let regs: u64 = ctx.arg(0);
     let nr = btf_field(regs, config!(regs_syscall_nr));
     if !is_memory_syscall(nr) {
@@ -193,7 +216,7 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     match STASH.get_ptr(&pid_tgid) {
         Some(pending) => {
             if succeeded && let Some(flows) = flows_of(tgid) {
-                on_return(nr, ret as u64, regs, unsafe { &*pending }, flows);
+                on_return::<L>(nr, ret as u64, regs, unsafe { &*pending }, flows);
             }
             let _ = STASH.remove(&pid_tgid);
         }
@@ -205,7 +228,7 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
                 && is_tracked(tgid)
                 && let Some(flows) = flows_of(tgid)
             {
-                on_new_mapping(nr, ret as u64, regs, flows);
+                on_new_mapping::<L>(nr, ret as u64, regs, flows);
             }
         }
     }
@@ -213,13 +236,13 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// mmap (the mapping part) and mremap, from their arguments, still in `pt_regs`.
-fn on_new_mapping(nr: u64, addr: u64, regs: u64, flows: &mut ProcessFlows) {
+fn on_new_mapping<L: Lookup>(nr: u64, addr: u64, regs: u64, flows: &mut ProcessFlows) {
     if nr == syscall_nr::MREMAP {
         let (Some(old), Some(new)) = (syscall_arg(regs, 1), syscall_arg(regs, 2)) else {
             return;
         };
         let (old, new) = (page_align(old), page_align(new));
-        let Some(class) = vma::class_at(addr) else {
+        let Some(class) = vma::class_at::<L>(addr) else {
             return;
         };
         let flow = &mut flows.classes[bounded(class)];
@@ -247,7 +270,7 @@ fn on_new_mapping(nr: u64, addr: u64, regs: u64, flows: &mut ProcessFlows) {
         anonymous_class(prot, map_flags)
     } else {
         // File-backed or shared: the VMA says whether it lives on shmem.
-        match vma::class_at(addr) {
+        match vma::class_at::<L>(addr) {
             Some(class) => class,
             None => return,
         }
@@ -274,12 +297,12 @@ fn anonymous_class(prot: u64, map_flags: u64) -> usize {
     class as usize
 }
 
-fn on_return(nr: u64, ret: u64, regs: u64, pending: &Pending, flows: &mut ProcessFlows) {
+fn on_return<L: Lookup>(nr: u64, ret: u64, regs: u64, pending: &Pending, flows: &mut ProcessFlows) {
     match nr {
         syscall_nr::MMAP => {
             apply_out(pending, flows, Flow::Unmapped);
             check_attributed(pending, pending.len);
-            on_new_mapping(nr, ret, regs, flows);
+            on_new_mapping::<L>(nr, ret, regs, flows);
         }
         syscall_nr::MUNMAP => {
             apply_out(pending, flows, Flow::Unmapped);

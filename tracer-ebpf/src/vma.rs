@@ -1,7 +1,16 @@
 //! Which region class memory belongs to, read from the VMA that holds it.
 //!
 //! munmap, mprotect and madvise are attributed to the memory they touch, so a range is walked
-//! VMA by VMA with `bpf_find_vma` before the call changes it. Each VMA gets one class:
+//! VMA by VMA before the call changes it, in one of two ways ([`Lookup`]):
+//!
+//! - [`FindVma`] (Linux 5.17+): `bpf_find_vma` under the mm's lock (tried, never waited for),
+//!   one VMA per `bpf_loop` step, so any number of VMAs is verified once.
+//! - [`RbTree`] (before 6.1, whose mm still keeps VMAs in `mm_rb` and a `vm_next` list): the
+//!   lookup `find_vma()` does, over `mm->mm_rb`, then `vm_next`, with probe reads in bounded
+//!   loops. No lock is taken: a range another thread changes at the same moment may be
+//!   misattributed, which the munmap check counts in `vma_unattributed`.
+//!
+//! Each VMA gets one class:
 //!
 //! 1. no access at all -> `reserved`      2. executable -> `exec`
 //! 3. backed by tmpfs/shmem or hugetlbfs (shared anonymous, shm, memfd) -> `shared`; other file -> `file`
@@ -19,8 +28,15 @@ use crate::maps::{btf_field, config, count_lost, read_kernel};
 use crate::syscalls::Pending;
 
 pub const PAGE_SIZE: u64 = 4096;
+/// `Walk::run`'s `new_prot` for calls other than mprotect.
+pub const NO_PROT: u64 = u64::MAX;
 /// VMAs one walk visits; a longer range is counted in `vma_walk_truncated`.
 const MAX_VMAS: u32 = 1024;
+/// The same for the rbtree walk, whose bounded loop the verifier steps through VMA by VMA.
+const MAX_RBTREE_VMAS: u32 = 32;
+/// Levels of `mm_rb` descended: a red-black tree of n nodes is at most 2 log2(n + 1) deep, so 32
+/// covers 65,535 VMAs, the default vm.max_map_count.
+const MAX_RB_DEPTH: u32 = 32;
 
 // vm_flags bits (include/linux/mm.h); the access bits equal PROT_READ/WRITE/EXEC.
 const VM_ACCESS: u64 = 0x7;
@@ -40,14 +56,15 @@ pub const fn page_align(len: u64) -> u64 {
     (len + PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
 }
 
-/// What the `bpf_find_vma` callback saw of one VMA.
+/// What classification needs of one VMA.
 #[repr(C)]
-#[derive(Default)]
-struct Vma {
+#[derive(Default, Clone, Copy)]
+pub struct Vma {
     start: u64,
     end: u64,
     flags: u64,
     file_kind: u64,
+    /// Set by the `bpf_find_vma` callback once it ran.
     found: u64,
 }
 
@@ -72,6 +89,15 @@ pub fn current_heap() -> Heap {
     Heap {
         start,
         end: page_align(brk),
+    }
+}
+
+/// A file mapping's kind from its filesystem's magic.
+fn file_kind_of(magic: u64) -> u64 {
+    if magic == TMPFS_MAGIC || magic == HUGETLBFS_MAGIC {
+        SHMEM_FILE
+    } else {
+        OTHER_FILE
     }
 }
 
@@ -113,46 +139,164 @@ unsafe extern "C" fn on_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_vo
     } else {
         let inode: u64 = btf_field(file, config!(file_inode));
         let sb: u64 = btf_field(inode, config!(inode_sb));
-        let magic: u64 = btf_field(sb, config!(sb_magic));
-        if magic == TMPFS_MAGIC || magic == HUGETLBFS_MAGIC {
-            SHMEM_FILE
-        } else {
-            OTHER_FILE
-        }
+        file_kind_of(btf_field(sb, config!(sb_magic)))
     };
     out.found = 1;
     0
 }
 
-/// The VMA containing `addr`, or None in a hole (or, counted, when the mm lock was busy).
-fn find(addr: u64) -> Option<Vma> {
-    let mut vma = Vma::default();
-    let task = unsafe { bpf_get_current_task_btf() };
-    let ret = unsafe {
-        bpf_find_vma(
-            task,
-            addr,
-            on_vma as *mut c_void,
-            &mut vma as *mut Vma as *mut c_void,
-            0,
-        )
+/// How the VMAs of the current process are found.
+pub trait Lookup {
+    /// The VMA containing `addr`, or None in a hole (or, counted, when it cannot be read).
+    fn find(addr: u64) -> Option<Vma>;
+    /// Steps `walk` over its range, VMA by VMA, until it ends, meets a hole or gives up.
+    fn walk(walk: &mut Walk);
+}
+
+/// `bpf_find_vma` and `bpf_loop` (Linux 5.17+).
+pub struct FindVma;
+
+impl Lookup for FindVma {
+    fn find(addr: u64) -> Option<Vma> {
+        let mut vma = Vma::default();
+        let task = unsafe { bpf_get_current_task_btf() };
+        let ret = unsafe {
+            bpf_find_vma(
+                task,
+                addr,
+                on_vma as *mut c_void,
+                &mut vma as *mut Vma as *mut c_void,
+                0,
+            )
+        };
+        if ret == 0 && vma.found != 0 {
+            return Some(vma);
+        }
+        if ret != -ENOENT {
+            count_lost(LostReason::VmaLockBusy);
+        }
+        None
+    }
+
+    fn walk(walk: &mut Walk) {
+        // bpf_loop: the verifier checks the step once, whatever the number of VMAs. Its context
+        // must live on the stack, so it carries a pointer to this (map-held) walk.
+        let mut step = Step {
+            walk: walk as *mut Walk,
+        };
+        unsafe {
+            bpf_loop(
+                MAX_VMAS,
+                walk_step as *mut c_void,
+                &mut step as *mut Step as *mut c_void,
+                0,
+            );
+        }
+    }
+}
+
+#[repr(C)]
+struct Step {
+    walk: *mut Walk,
+}
+
+#[inline(never)]
+unsafe extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *(*(ctx as *mut Step)).walk };
+    let vma = if walk.cur < walk.end {
+        FindVma::find(walk.cur)
+    } else {
+        None
     };
-    if ret == 0 && vma.found != 0 {
-        return Some(vma);
+    match vma {
+        Some(vma) if walk.step(&vma) => 0,
+        _ => {
+            walk.stopped = 1;
+            1
+        }
     }
-    if ret != -ENOENT {
-        count_lost(LostReason::VmaLockBusy);
+}
+
+/// `mm->mm_rb` and `vm_next`, read with bpf_probe_read_kernel (kernels before 6.1).
+///
+/// Written for the verifier of those kernels, which steps through bounded loops iteration by
+/// iteration: few branches per step (a failed read gives 0, which ends the walk like a hole).
+pub struct RbTree;
+
+impl RbTree {
+    /// The VMA containing `addr`, as a kernel pointer; 0 in a hole. `find_vma()`'s descent.
+    fn containing(addr: u64) -> u64 {
+        let Some(mm) = current_mm() else { return 0 };
+        let mut node: u64 = read_kernel(mm, config!(mm_rb)).unwrap_or(0);
+        for _ in 0..MAX_RB_DEPTH {
+            if node == 0 {
+                return 0;
+            }
+            let vma = node - config!(vma_rb) as u64;
+            if read_kernel::<u64>(vma, config!(vma_end)).unwrap_or(0) <= addr {
+                node = read_kernel(node, config!(rb_right)).unwrap_or(0);
+            } else if read_kernel::<u64>(vma, config!(vma_start)).unwrap_or(u64::MAX) <= addr {
+                return vma;
+            } else {
+                node = read_kernel(node, config!(rb_left)).unwrap_or(0);
+            }
+        }
+        0
     }
-    None
+
+    /// What classification needs of the VMA at kernel address `vma`.
+    fn read(vma: u64) -> Vma {
+        let file: u64 = read_kernel(vma, config!(vma_file)).unwrap_or(0);
+        let file_kind = if file == 0 {
+            NO_FILE
+        } else {
+            let inode: u64 = read_kernel(file, config!(file_inode)).unwrap_or(0);
+            let sb: u64 = read_kernel(inode, config!(inode_sb)).unwrap_or(0);
+            file_kind_of(read_kernel(sb, config!(sb_magic)).unwrap_or(0))
+        };
+        Vma {
+            start: read_kernel(vma, config!(vma_start)).unwrap_or(0),
+            end: read_kernel(vma, config!(vma_end)).unwrap_or(0),
+            flags: read_kernel(vma, config!(vma_flags)).unwrap_or(0),
+            file_kind,
+            found: 1,
+        }
+    }
+}
+
+impl Lookup for RbTree {
+    fn find(addr: u64) -> Option<Vma> {
+        match Self::containing(addr) {
+            0 => None,
+            vma => Some(Self::read(vma)),
+        }
+    }
+
+    fn walk(walk: &mut Walk) {
+        let mut at = Self::containing(walk.cur);
+        for _ in 0..MAX_RBTREE_VMAS {
+            if at == 0 || walk.cur >= walk.end {
+                walk.stopped = 1;
+                return;
+            }
+            let vma = Self::read(at);
+            // The next VMA starts past the range walked so far: a hole.
+            if vma.start > walk.cur || !walk.step(&vma) {
+                walk.stopped = 1;
+                return;
+            }
+            at = read_kernel(at, config!(vma_next)).unwrap_or(0);
+        }
+    }
 }
 
 /// The class of the memory at `addr`, if any is mapped there.
-pub fn class_at(addr: u64) -> Option<usize> {
+pub fn class_at<L: Lookup>(addr: u64) -> Option<usize> {
     let heap = current_heap();
-    find(addr).map(|vma| classify(vma.flags, vma.file_kind, vma.start, vma.end, &heap))
+    L::find(addr).map(|vma| classify(vma.flags, vma.file_kind, vma.start, vma.end, &heap))
 }
 
-/// A walk over `[cur, end)`, one VMA per `bpf_loop` step, adding into `pending`.
+/// A walk over `[cur, end)`, one VMA per step, adding into `pending`.
 #[repr(C)]
 pub struct Walk {
     pub pending: Pending,
@@ -176,74 +320,50 @@ impl Walk {
         }
     }
 
-    /// Walks `[start, end)` and adds the bytes of each class to `pending.out`. With `new_prot`
-    /// (mprotect), only bytes whose class the new protection changes are counted: out of the
-    /// old class in `pending.out`, into the new one in `pending.into`.
-    pub fn run(&mut self, start: u64, end: u64, new_prot: Option<u64>) {
+    /// Walks `[start, end)` and adds the bytes of each class to `pending.out`. With a
+    /// `new_prot` other than [`NO_PROT`] (mprotect), only bytes whose class the new protection
+    /// changes are counted: out of the old class in `pending.out`, into the new one in
+    /// `pending.into`. (Not an Option: when this is a BPF function of its own, a `None` leaves
+    /// the payload register unset, and the verifier refuses the read before 5.13.)
+    pub fn run<L: Lookup>(&mut self, start: u64, end: u64, new_prot: u64) {
         self.cur = start;
         self.end = end;
-        self.new_prot = new_prot.unwrap_or(0);
-        self.has_new_prot = new_prot.is_some() as u64;
+        self.has_new_prot = (new_prot != NO_PROT) as u64;
+        self.new_prot = new_prot & VM_ACCESS;
         self.heap = current_heap();
-        // bpf_loop: the verifier checks the step once, whatever the number of VMAs. Its context
-        // must live on the stack, so it carries a pointer to this (map-held) walk.
-        let mut step = Step {
-            walk: self as *mut Walk,
-        };
-        unsafe {
-            bpf_loop(
-                MAX_VMAS,
-                walk_step as *mut c_void,
-                &mut step as *mut Step as *mut c_void,
-                0,
-            );
-        }
+        L::walk(self);
         if self.stopped == 0 && self.cur < self.end {
             count_lost(LostReason::VmaWalkTruncated);
         }
     }
-}
 
-#[repr(C)]
-struct Step {
-    walk: *mut Walk,
-}
-
-#[inline(never)]
-unsafe extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
-    let walk = unsafe { &mut *(*(ctx as *mut Step)).walk };
-    if walk.cur >= walk.end {
-        walk.stopped = 1;
-        return 1;
-    }
-    // A hole ends the walk: munmap and MAP_FIXED check on return what was really removed.
-    let Some(vma) = find(walk.cur) else {
-        walk.stopped = 1;
-        return 1;
-    };
-    let seg_end = if vma.end < walk.end {
-        vma.end
-    } else {
-        walk.end
-    };
-    if seg_end <= walk.cur {
-        walk.stopped = 1;
-        return 1;
-    }
-    let bytes = seg_end - walk.cur;
-    let class = classify(vma.flags, vma.file_kind, vma.start, vma.end, &walk.heap);
-    if walk.has_new_prot == 0 {
-        walk.pending.add_out(class, bytes);
-    } else {
-        let flags = (vma.flags & !VM_ACCESS) | (walk.new_prot & VM_ACCESS);
-        let new_class = classify(flags, vma.file_kind, vma.start, vma.end, &walk.heap);
-        if new_class != class {
-            walk.pending.add_out(class, bytes);
-            walk.pending.add_into(new_class, bytes);
+    /// Adds the part of `vma` (the one at `cur`) inside the range; false when the walk is over.
+    /// A hole ends a walk: munmap and MAP_FIXED check on return what was really removed.
+    #[inline(always)]
+    fn step(&mut self, vma: &Vma) -> bool {
+        let seg_end = if vma.end < self.end {
+            vma.end
+        } else {
+            self.end
+        };
+        if seg_end <= self.cur {
+            return false;
         }
+        let bytes = seg_end - self.cur;
+        let class = classify(vma.flags, vma.file_kind, vma.start, vma.end, &self.heap);
+        if self.has_new_prot == 0 {
+            self.pending.add_out(class, bytes);
+        } else {
+            let flags = (vma.flags & !VM_ACCESS) | (self.new_prot & VM_ACCESS);
+            let new_class = classify(flags, vma.file_kind, vma.start, vma.end, &self.heap);
+            if new_class != class {
+                self.pending.add_out(class, bytes);
+                self.pending.add_into(new_class, bytes);
+            }
+        }
+        self.cur = seg_end;
+        true
     }
-    walk.cur = seg_end;
-    0
 }
 
 /// Keeps a class index provably inside the per-class arrays for the verifier.

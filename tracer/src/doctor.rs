@@ -146,8 +146,8 @@ fn hooks(checks: &mut Vec<Check>) {
                 "",
                 Err((
                     format!(
-                        "cannot attach: this kernel lacks the {}",
-                        support.missing().join(", ")
+                        "cannot attach: this kernel lacks {}",
+                        support.missing().join("; ")
                     ),
                     support.without().into(),
                 )),
@@ -158,8 +158,8 @@ fn hooks(checks: &mut Vec<Check>) {
                 ..check(
                     "",
                     Ok(format!(
-                        "not attached: this kernel lacks the {}",
-                        support.missing().join(", ")
+                        "not attached: this kernel lacks {}",
+                        support.missing().join("; ")
                     )),
                 )
             },

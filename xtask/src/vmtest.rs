@@ -49,9 +49,6 @@ enum Run {
 struct Check {
     name: &'static str,
     run: Run,
-    /// Needs address-space flows (`bpf_find_vma`, Linux 5.17): not run on older kernels, whose
-    /// degraded mode has its own test (`kernels`).
-    needs_flows: bool,
     /// Seconds before busybox `timeout` ends it: TCG is several times slower than the host.
     timeout: u32,
 }
@@ -62,35 +59,30 @@ const CHECKS: [Check; 5] = [
     Check {
         name: "doctor",
         run: Run::Shell("leaktrace doctor"),
-        needs_flows: false,
         timeout: 120,
     },
     // Every class and counter of 102 processes equal to the fixture's ledger, to the byte.
     Check {
         name: "ledger",
         run: Run::Test("ledger"),
-        needs_flows: true,
         timeout: 600,
     },
     // The kernel's resident counters against /proc/PID/status, through fork and exec.
     Check {
         name: "resident",
         run: Run::Test("resident"),
-        needs_flows: false,
         timeout: 600,
     },
     // The fallbacks (no group_dead before 6.16, no bpf_find_vma before 5.17).
     Check {
         name: "kernels",
         run: Run::Test("kernels"),
-        needs_flows: false,
         timeout: 600,
     },
     // The /proc fallback, which must work on any kernel.
     Check {
         name: "proc-mode",
         run: Run::Shell("leaktrace run -q --no-ebpf -o /tmp/p.json -- sleep 1"),
-        needs_flows: false,
         timeout: 60,
     },
 ];
@@ -98,9 +90,6 @@ const CHECKS: [Check; 5] = [
 /// Kernels to boot, in table order: the host's, then Debian's newest first. main.rs lists the
 /// same names for `--kernels`.
 const KERNELS: [&str; 4] = ["host", "trixie", "bookworm", "bullseye"];
-
-/// The first kernel with `bpf_find_vma` and `bpf_loop`.
-const FLOWS_SINCE: (u32, u32) = (5, 17);
 
 /// Fixture programs the tests run, from target/debug (ledger execs its sibling ledger_exec).
 const FIXTURES: [&str; 6] = [
@@ -114,9 +103,9 @@ const FIXTURES: [&str; 6] = [
 
 /// Busybox applets, as links in /bin: what /init and the checks use, and ls and dmesg for
 /// debugging a kept initramfs or a new check.
-const APPLETS: [&str; 13] = [
+const APPLETS: [&str; 12] = [
     "sh", "mount", "cat", "poweroff", "mkdir", "echo", "ls", "sleep", "timeout", "grep", "head",
-    "dmesg", "sed",
+    "dmesg",
 ];
 
 /// What the task itself needs on the host.
@@ -140,25 +129,9 @@ struct Kernel {
     fetched: Option<f64>,
 }
 
-impl Kernel {
-    /// Whether the kernel has what address-space flows need (by its version).
-    fn has_flows(&self) -> bool {
-        let mut numbers = self
-            .label
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|n| n.parse::<u32>().ok());
-        match (numbers.next(), numbers.next()) {
-            (Some(major), Some(minor)) => (major, minor) >= FLOWS_SINCE,
-            _ => true,
-        }
-    }
-}
-
 /// A check's result in one VM.
 struct Outcome {
     ok: bool,
-    /// Not run on this kernel (it lacks what the check needs, and a degraded-mode check covers it).
-    skipped: bool,
     /// `exit N`, or why there is no result.
     summary: String,
     output: Vec<String>,
@@ -200,13 +173,8 @@ pub(crate) fn vmtest(kernels: &[String], keep: bool) -> Result<bool> {
         let boot = match &kernel.image {
             Ok(image) => {
                 println!("vmtest: booting {}", kernel.label);
-                let skip: Vec<&str> = CHECKS
-                    .iter()
-                    .filter(|c| c.needs_flows && !kernel.has_flows())
-                    .map(|c| c.name)
-                    .collect();
                 let log = dir.join(format!("logs/{key}.log"));
-                let boot = boot(image, &initrd, &log, &skip)?;
+                let boot = boot(image, &initrd, &log)?;
                 println!("vmtest: {} done in {:.1} s", kernel.label, boot.seconds);
                 Some(boot)
             }
@@ -530,7 +498,7 @@ fn libraries(binary: &Path) -> Result<Vec<PathBuf>> {
 
 /// /init: mount what leaktrace needs, run every check with its output framed on the console,
 /// power off. Results are printed as they come, so a VM that dies midway still reports the
-/// checks it finished. Checks named in `vmtest.skip=a,b` on the kernel command line are not run.
+/// checks it finished.
 fn init_script(debug: &Path) -> String {
     let mut script = format!(
         "#!/bin/sh
@@ -544,7 +512,6 @@ mount -t tmpfs tmpfs /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
 export PATH=/bin:{} HOME=/tmp TMPDIR=/tmp CI=true RUST_BACKTRACE=1
-skip=\",$(sed -n 's/.*vmtest.skip=\\([^ ]*\\).*/\\1/p' /proc/cmdline),\"
 echo \"VMTEST kernel=$(cat /proc/sys/kernel/osrelease)\"
 ",
         debug.display()
@@ -553,16 +520,12 @@ echo \"VMTEST kernel=$(cat /proc/sys/kernel/osrelease)\"
         let (name, timeout) = (check.name, check.timeout);
         let _ = write!(
             script,
-            "case $skip in
-*,{name},*) echo \"VMTEST check={name} status=skip exit=-\" ;;
-*)
-echo VMTEST-BEGIN check={name}
+            "echo VMTEST-BEGIN check={name}
 timeout {timeout} sh /checks/{name}.sh </dev/null 2>&1
 rc=$?
 echo VMTEST-END check={name}
 if [ $rc = 0 ]; then status=ok; else status=fail; fi
-echo \"VMTEST check={name} status=$status exit=$rc\" ;;
-esac
+echo \"VMTEST check={name} status=$status exit=$rc\"
 "
         );
     }
@@ -573,7 +536,7 @@ esac
 /// Boots `image` with the initramfs and reads the checks' results from its console, which is
 /// also written to `log`. qemu is killed when the boot takes longer than all check timeouts
 /// plus a margin.
-fn boot(image: &Path, initrd: &Path, log: &Path, skip: &[&str]) -> Result<Boot> {
+fn boot(image: &Path, initrd: &Path, log: &Path) -> Result<Boot> {
     let started = Instant::now();
     let limit = BOOT_MARGIN
         + CHECKS
@@ -589,11 +552,10 @@ fn boot(image: &Path, initrd: &Path, log: &Path, skip: &[&str]) -> Result<Boot> 
         // panic=-1 with -no-reboot: if /init dies, the kernel panics and qemu exits at once.
         // root= (any name) makes the initramfs a ramfs rather than a tmpfs, so the fixtures'
         // own executables map as files, not as shared memory, as they do from a disk.
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 quiet panic=-1 root=/dev/vmtest-ramfs vmtest.skip={}",
-            skip.join(",")
-        ))
+        .args([
+            "-append",
+            "console=ttyS0 quiet panic=-1 root=/dev/vmtest-ramfs",
+        ])
         // No network: none is needed, and a NIC wants option ROMs a minimal qemu may lack.
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .stdin(Stdio::null())
@@ -677,10 +639,8 @@ fn parse(console: &str, name: &str, why_missing: &str) -> Outcome {
                     .to_string()
             };
             let exit = field("exit");
-            let status = field("status");
             Outcome {
-                ok: status != "fail",
-                skipped: status == "skip",
+                ok: field("status") == "ok",
                 summary: match exit.as_str() {
                     "143" => "exit 143 (ended by its timeout?)".into(),
                     _ => format!("exit {exit}"),
@@ -690,7 +650,6 @@ fn parse(console: &str, name: &str, why_missing: &str) -> Outcome {
         }
         None => Outcome {
             ok: false,
-            skipped: false,
             summary: why_missing.to_string(),
             output,
         },
@@ -724,12 +683,7 @@ fn report(rows: &[(Kernel, Option<Boot>)]) -> (String, bool) {
         match (boot, &kernel.image) {
             (Some(boot), _) => {
                 for (check, outcome) in CHECKS.iter().zip(&boot.outcomes) {
-                    let mark = match (outcome.ok, outcome.skipped) {
-                        (_, true) => "skip",
-                        (true, false) => "ok",
-                        (false, false) => "FAIL",
-                    };
-                    let _ = write!(out, "{mark:<13}");
+                    let _ = write!(out, "{:<13}", if outcome.ok { "ok" } else { "FAIL" });
                     if outcome.ok {
                         continue;
                     }

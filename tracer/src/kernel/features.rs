@@ -11,12 +11,12 @@
 //! |-----------------------------------|------|-----|------|-------|
 //! | `sched_process_exit.group_dead`   | no: `task->signal->live` instead | no | no | yes |
 //! | `rss_stat` counters               | `atomic_long_t` | `atomic_long_t` | `percpu_counter` | same |
-//! | `bpf_find_vma`, `bpf_loop` (5.17) | no: flows not counted | yes | yes | yes |
+//! | `bpf_find_vma`, `bpf_loop` (5.17) | no: `mm_rb` walk instead | yes | yes | yes |
 
 use tracer_common::{KernelConfig, RSS_COUNTERS};
 
 /// Comma-separated features to treat as missing, so an older kernel's fallbacks can be tried
-/// (and tested) on a new one: `bpf_find_vma`, `bpf_loop`, `group_dead`.
+/// (and tested) on a new one: `bpf_find_vma`, `bpf_loop`, `mm_rb`, `group_dead`.
 pub const PRETEND_MISSING_ENV: &str = "LEAKTRACE_PRETEND_MISSING";
 
 use super::{
@@ -49,6 +49,8 @@ pub struct Need {
 #[derive(Debug)]
 pub struct HookSupport {
     pub hook: &'static Hook,
+    /// The program to load: the hook's own, or its fallback program when a need takes it.
+    pub program: &'static str,
     pub needs: Vec<Need>,
 }
 
@@ -114,9 +116,19 @@ impl Features {
         };
         let hooks: Vec<HookSupport> = HOOKS
             .iter()
-            .map(|hook| HookSupport {
-                hook,
-                needs: probe.needs_of(hook),
+            .map(|hook| {
+                let needs = probe.needs_of(hook);
+                let fallback = needs
+                    .iter()
+                    .any(|n| matches!(n.support, Support::Fallback(_)));
+                HookSupport {
+                    hook,
+                    program: hook
+                        .fallback_program
+                        .filter(|_| fallback)
+                        .unwrap_or(hook.program),
+                    needs,
+                }
             })
             .collect();
         let rss_attaches = hooks
@@ -159,8 +171,8 @@ impl Features {
             }
             seen.push(without);
             out.push(format!(
-                "this kernel lacks the {}: {without}",
-                hook.missing().join(" and ")
+                "this kernel lacks {}: {without}",
+                hook.missing().join("; ")
             ));
         }
         out
@@ -221,9 +233,8 @@ impl Probe<'_> {
         let mut needs = vec![self.attach_point(hook)];
         match hook.program {
             "sys_enter" | "sys_exit" => {
-                needs.push(self.helper("bpf_find_vma helper (Linux 5.17)", "find_vma"));
-                needs.push(self.helper("bpf_loop helper (Linux 5.17)", "loop"));
                 needs.push(self.syscall_fields());
+                needs.push(self.vma_lookup());
             }
             "task_newtask" => needs.push(self.fields(
                 "task_struct fields",
@@ -281,17 +292,57 @@ impl Probe<'_> {
     }
 
     /// A helper exists when the kernel's `enum bpf_func_id` names it (`BPF_FUNC_<name>`).
-    fn helper(&self, what: &'static str, name: &str) -> Need {
-        let enumerator = format!("BPF_FUNC_{name}");
-        need(
-            what,
-            match self.btf.enum_value(&enumerator) {
-                _ if self.pretends_missing(&format!("bpf_{name}")) => {
-                    Err(format!("treated as missing ({PRETEND_MISSING_ENV})"))
-                }
-                Ok(id) => Ok(format!("{enumerator} = {id}")),
-                Err(_) => Err(format!("no {enumerator} in this kernel")),
+    fn has_helper(&self, name: &str) -> bool {
+        !self.pretends_missing(&format!("bpf_{name}"))
+            && self.btf.enum_value(&format!("BPF_FUNC_{name}")).is_ok()
+    }
+
+    /// How the syscall hooks find the VMAs a range covers: `bpf_find_vma` in `bpf_loop`
+    /// (5.17+), or else, while the mm still has them (before 6.1), `mm_rb` and `vm_next`.
+    fn vma_lookup(&mut self) -> Need {
+        const WHAT: &str =
+            "a VMA lookup: bpf_find_vma and bpf_loop (Linux 5.17), or mm_rb (before 6.1)";
+        let missing: Vec<&str> = ["find_vma", "loop"]
+            .into_iter()
+            .filter(|name| !self.has_helper(name))
+            .collect();
+        if missing.is_empty() {
+            return need(WHAT, Ok("BPF_FUNC_find_vma and BPF_FUNC_loop".into()));
+        }
+        let helpers = missing
+            .iter()
+            .map(|name| format!("no BPF_FUNC_{name}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rbtree = self.fields(
+            WHAT,
+            &[
+                ("mm_struct", "mm_rb"),
+                ("vm_area_struct", "vm_rb"),
+                ("vm_area_struct", "vm_next"),
+                ("rb_node", "rb_left"),
+                ("rb_node", "rb_right"),
+            ],
+            |c, o| {
+                (c.mm_rb, c.vma_rb, c.vma_next, c.rb_left, c.rb_right) =
+                    (o[0], o[1], o[2], o[3], o[4])
             },
+        );
+        if rbtree.support == Support::Native && !self.pretends_missing("mm_rb") {
+            return Need {
+                what: WHAT,
+                found: helpers,
+                support: Support::Fallback(
+                    "walks mm->mm_rb and vm_next with probe reads, up to 32 VMAs per call and \
+                     without the mm's lock (a range another thread changes at that very moment \
+                     can be misattributed; munmap counts it in vma_unattributed)"
+                        .into(),
+                ),
+            };
+        }
+        need(
+            WHAT,
+            Err(format!("{helpers}, and no mm_struct.mm_rb (6.1 and later)")),
         )
     }
 
@@ -353,7 +404,7 @@ impl Probe<'_> {
     /// 6.16 the record says so (`group_dead`); before, `task->signal->live` (the count of live
     /// threads, decremented before the tracepoint) is 0 from the last thread's exit on.
     fn group_dead(&mut self) -> Need {
-        const WHAT: &str = "whether the whole process exited";
+        const WHAT: &str = "the end of a whole process (not one thread)";
         let record =
             tracefs::field_offset(self.tracefs, "sched", "sched_process_exit", "group_dead");
         if let Ok(offset) = record

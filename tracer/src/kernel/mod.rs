@@ -77,6 +77,9 @@ pub enum AttachPoint {
 #[derive(Debug)]
 pub struct Hook {
     pub program: &'static str,
+    /// The program loaded instead where the kernel needs a fallback of this hook's own (see
+    /// `features`): the syscall hooks' rbtree VMA walk, before 5.17.
+    pub fallback_program: Option<&'static str>,
     pub attach: AttachPoint,
     pub description: &'static str,
 }
@@ -84,31 +87,37 @@ pub struct Hook {
 pub static HOOKS: [Hook; 6] = [
     Hook {
         program: "sys_enter",
+        fallback_program: Some("sys_enter_rbtree"),
         attach: AttachPoint::Btf("sys_enter"),
         description: "tp_btf sys_enter: mmap, munmap, brk, mremap, mprotect, madvise entry",
     },
     Hook {
         program: "sys_exit",
+        fallback_program: Some("sys_exit_rbtree"),
         attach: AttachPoint::Btf("sys_exit"),
         description: "tp_btf sys_exit: their return values",
     },
     Hook {
         program: "task_newtask",
+        fallback_program: None,
         attach: AttachPoint::Btf("task_newtask"),
         description: "tp_btf task_newtask: forked children join the tracked set",
     },
     Hook {
         program: "sched_process_exec",
+        fallback_program: None,
         attach: AttachPoint::Tracepoint("sched", "sched_process_exec"),
         description: "tracepoint sched:sched_process_exec",
     },
     Hook {
         program: "sched_process_exit",
+        fallback_program: None,
         attach: AttachPoint::Tracepoint("sched", "sched_process_exit"),
         description: "tracepoint sched:sched_process_exit",
     },
     Hook {
         program: "rss_stat",
+        fallback_program: None,
         attach: AttachPoint::Btf("rss_stat"),
         description: "tp_btf rss_stat: the kernel's resident counters, per process",
     },
@@ -154,8 +163,10 @@ impl Kernel {
             .load(EBPF_OBJECT)
             .map_err(KernelError::Load)?;
         let btf = aya::Btf::from_sys_fs().map_err(|e| KernelError::Load(e.into()))?;
-        for hook in HOOKS.iter().filter(|hook| features.attaches(hook)) {
-            attach(&mut ebpf, hook, &btf).map_err(|source| KernelError::Attach { hook, source })?;
+        for support in features.hooks.iter().filter(|h| h.attaches()) {
+            let hook = support.hook;
+            attach(&mut ebpf, hook, support.program, &btf)
+                .map_err(|source| KernelError::Attach { hook, source })?;
         }
         let events = ebpf
             .take_map("EVENTS")
@@ -291,10 +302,8 @@ fn raise_memlock_limit() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
-fn attach(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf) -> Result<(), ProgramError> {
-    let program = ebpf
-        .program_mut(hook.program)
-        .ok_or(ProgramError::NotLoaded)?;
+fn attach(ebpf: &mut Ebpf, hook: &Hook, program: &str, btf: &aya::Btf) -> Result<(), ProgramError> {
+    let program = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?;
     match hook.attach {
         AttachPoint::Btf(name) => {
             let program: &mut BtfTracePoint = program.try_into()?;
