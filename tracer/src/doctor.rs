@@ -173,7 +173,7 @@ fn hooks(checks: &mut Vec<Check>) {
             ) if std::ptr::eq(*failed, hook) => check(
                 "",
                 Err((
-                    format!("{source:#}"),
+                    verifier_excerpt(&format!("{source:#}")),
                     "the verifier refused it on this kernel; please report this output".into(),
                 )),
             ),
@@ -189,6 +189,23 @@ fn hooks(checks: &mut Vec<Check>) {
         result.notes = needs(support);
         checks.push(result);
     }
+}
+
+/// A refused load's message: its first lines and the end of the verifier's log, where the
+/// reason is (the whole log runs to hundreds of lines).
+fn verifier_excerpt(message: &str) -> String {
+    const HEAD: usize = 2;
+    const TAIL: usize = 12;
+    let lines: Vec<&str> = message.lines().collect();
+    if lines.len() <= HEAD + TAIL + 1 {
+        return message.to_string();
+    }
+    format!(
+        "{}\n[... {} lines of the verifier's log ...]\n{}",
+        lines[..HEAD].join("\n"),
+        lines.len() - HEAD - TAIL,
+        lines[lines.len() - TAIL..].join("\n")
+    )
 }
 
 /// `needs <what>: <found>`, and the fallback in use where there is one.
