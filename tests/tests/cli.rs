@@ -196,8 +196,8 @@ fn doctor_passes_here_and_names_every_hook() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "doctor failed:\n{text}");
     for hook in [
-        "tp_btf/sys_enter",
-        "tp_btf/sys_exit",
+        "syscalls:sys_enter_*",
+        "syscalls:sys_exit_*",
         "tp_btf/task_newtask",
         "tp_btf/rss_stat",
         "sched:sched_process_exec",

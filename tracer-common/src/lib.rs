@@ -209,14 +209,12 @@ pub struct KernelConfig {
     pub mm_total_vm: u32,
     /// task_struct.exit_code, for the exit event.
     pub task_exit_code: u32,
-    /// pt_regs offsets of the six syscall arguments (di, si, dx, r10, r8, r9 on x86_64).
-    pub regs_args: [u32; 6],
-    /// pt_regs.orig_ax: the syscall number, still there at sys_exit.
-    pub regs_syscall_nr: u32,
     pub task_pid: u32,
     pub task_tgid: u32,
     /// mm_struct.owner (CONFIG_MEMCG): the task whose process an mm belongs to.
     pub mm_owner: u32,
+    /// pt_regs offsets of the first four syscall arguments (di, si, dx, r10 on x86_64).
+    pub regs_args: [u32; 4],
     /// Offsets of `mm->rss_stat[i].count` for each of the kernel's NR_MM_COUNTERS counters.
     pub rss_count: [u32; RSS_COUNTERS],
     /// 1 when the counters are `atomic_long_t` (before 6.2), which the verifier of those kernels

@@ -1,21 +1,30 @@
 //! mmap, munmap, brk, mremap, mprotect and madvise of tracked processes, entry paired with return.
 //!
-//! Why raw tracepoints on `sys_enter`/`sys_exit`: fentry/fexit are refused on this kernel, a raw
-//! tracepoint costs ~8 ns per event against ~41 ns for the classic per-syscall ones, and enabling
-//! any syscall tracepoint puts every syscall on the slow path anyway. Every syscall of every task
-//! reaches these programs, so they test the syscall number first (a register, no helper), then
-//! the tracked set, and only then read arguments. Argument registers are found in `pt_regs` at
-//! offsets the loader read from the kernel's BTF.
+//! Why the per-syscall tracepoints (`syscalls:sys_enter_mmap`, `syscalls:sys_exit_mmap`, ...):
+//! the kernel tests each syscall against a bitmap of enabled ones before any program runs, so the
+//! other syscalls of every process on the host, and a bystander's memory syscalls up to one
+//! tracked-set lookup, pay next to nothing. Raw `sys_enter`/`sys_exit` would run these programs
+//! for every syscall of every task (measured: +42 ns on a bystander's `getppid`); fentry is not
+//! available on every kernel leaktrace supports. The record's layout (`__syscall_nr` at 8, the
+//! arguments from 16, `ret` at 16) is the kernel's syscall-tracepoint ABI; the loader checks it
+//! in tracefs before attaching (`kernel::features`).
 //!
-//! Calls that change existing memory (munmap, mprotect, madvise, brk, MAP_FIXED mmap) have the
-//! range they touch classified at entry (`vma::walk`) and stashed per thread; at return, only a
-//! successful call's flows are added, using the real return value (the address mmap chose, the
-//! break brk set). mmap and mremap need nothing from entry: their arguments are still in
-//! `pt_regs` at return, and the new mapping is classified from them (private anonymous) or from
-//! its VMA, so the most frequent calls skip the stash.
+//! At entry, calls that change existing memory (munmap, mprotect, madvise, brk, MAP_FIXED mmap)
+//! have the range they touch classified (`vma::walk`) before it changes, and are stashed per
+//! thread with their arguments. At return, only a successful call's flows are added, using the
+//! real return value (the address mmap chose, the break brk set). mmap and mremap need nothing
+//! from entry where the kernel lends the task's saved registers (`bpf_task_pt_regs`, 5.15): the
+//! return reads their arguments there, so the most frequent calls skip the stash. Before that
+//! (5.10) they are stashed too.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
+    EbpfContext,
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use tracer_common::{CLASS_COUNT, LostReason, ProcessFlows, RegionClass, syscall_nr};
 
@@ -36,11 +45,18 @@ const MADV_DONTNEED: u64 = 4;
 const MADV_FREE: u64 = 8;
 const MADV_REMOVE: u64 = 9;
 
+/// Where the syscall tracepoints' records hold the syscall number, the arguments and the
+/// return value (checked against tracefs by the loader).
+pub const RECORD_NR: usize = 8;
+pub const RECORD_ARGS: usize = 16;
+pub const RECORD_RET: usize = 16;
+
 /// One thread's memory syscall between entry and return.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
-    addr: u64,
+    /// The call's first four arguments.
+    args: [u64; 4],
     /// Page-aligned length (the old length for mremap).
     len: u64,
     /// The break before brk; total_vm (pages) before munmap and MAP_FIXED mmap.
@@ -75,83 +91,90 @@ impl Pending {
     }
 }
 
-fn is_memory_syscall(nr: u64) -> bool {
-    matches!(
-        nr,
-        syscall_nr::MMAP
-            | syscall_nr::MUNMAP
-            | syscall_nr::BRK
-            | syscall_nr::MREMAP
-            | syscall_nr::MPROTECT
-            | syscall_nr::MADVISE
-    )
-}
-
-/// The calls that must be seen at entry, before they change the memory they touch.
-fn needs_entry(nr: u64) -> bool {
-    matches!(
-        nr,
-        syscall_nr::MMAP
-            | syscall_nr::MUNMAP
-            | syscall_nr::BRK
-            | syscall_nr::MPROTECT
-            | syscall_nr::MADVISE
-    )
-}
-
-#[btf_tracepoint(function = "sys_enter")]
-pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
-    enter::<FindVma>(ctx)
-}
-
-/// `sys_enter` for kernels without `bpf_find_vma` (see `vma::RbTree`).
-#[btf_tracepoint(function = "sys_enter")]
-pub fn sys_enter_rbtree(ctx: BtfTracePointContext) -> i32 {
-    enter::<RbTree>(ctx)
-}
-
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
-    exit::<FindVma>(ctx)
-}
-
-/// `sys_exit` for kernels without `bpf_find_vma`.
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit_rbtree(ctx: BtfTracePointContext) -> i32 {
-    exit::<RbTree>(ctx)
-}
-
+/// A field of the tracepoint's record, at a constant offset: a plain load from the context.
 #[inline(always)]
-fn enter<L: Lookup>(ctx: BtfTracePointContext) -> i32 {
-    let nr: u64 = ctx.arg(1);
-    if !needs_entry(nr) {
-        return 0;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_tracked((pid_tgid >> 32) as u32) {
-        return 0;
-    }
-    let regs: u64 = ctx.arg(0);
-    let Some(walk) = scratch_walk() else {
-        return 0;
-    };
-    walk.reset();
-    if on_enter::<L>(nr, regs, walk).is_some() && STASH.insert(&pid_tgid, &walk.pending, 0).is_err()
-    {
-        count_lost(LostReason::StashFull);
-    }
+fn record<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset) as *const T) }
+}
+
+/// Attached to `syscalls:sys_enter_{mmap,munmap,brk,mremap,mprotect,madvise}`.
+#[tracepoint]
+pub fn syscall_enter(ctx: TracePointContext) -> u32 {
+    enter::<FindVma>(&ctx);
     0
 }
 
-fn syscall_arg(regs: u64, index: usize) -> Option<u64> {
-    let offset = match index {
-        0 => config!(regs_args[0]),
-        1 => config!(regs_args[1]),
-        2 => config!(regs_args[2]),
-        3 => config!(regs_args[3]),
-        _ => config!(regs_args[4]),
-    };
-    Some(btf_field(regs, offset))
+/// `syscall_enter` for kernels without `bpf_find_vma` (see `vma::RbTree`).
+#[tracepoint]
+pub fn syscall_enter_rbtree(ctx: TracePointContext) -> u32 {
+    enter::<RbTree>(&ctx);
+    0
+}
+
+/// Attached to `syscalls:sys_exit_{mmap,munmap,brk,mremap,mprotect,madvise}`.
+#[tracepoint]
+pub fn syscall_exit(ctx: TracePointContext) -> u32 {
+    exit::<FindVma>(&ctx)
+}
+
+/// `syscall_exit` for kernels without `bpf_find_vma`.
+#[tracepoint]
+pub fn syscall_exit_rbtree(ctx: TracePointContext) -> u32 {
+    exit::<RbTree>(&ctx)
+}
+
+#[inline(always)]
+fn enter<L: Lookup>(ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_tracked((pid_tgid >> 32) as u32) {
+        return None;
+    }
+    let nr = record::<i32>(ctx, RECORD_NR) as u64;
+    let walk = scratch_walk()?;
+    walk.reset();
+    walk.pending.args = args::<L>(ctx, nr)?;
+    // A new mapping needs nothing from entry where the exit can read the arguments itself.
+    if L::TASK_PT_REGS && is_new_mapping(nr, walk.pending.args[3]) {
+        return None;
+    }
+    if on_enter::<L>(nr, walk).is_some() && STASH.insert(&pid_tgid, &walk.pending, 0).is_err() {
+        count_lost(LostReason::StashFull);
+    }
+    None
+}
+
+/// mremap, or mmap without MAP_FIXED (which replaces what it lands on): only the new mapping
+/// counts, so nothing needs to be seen before the call.
+fn is_new_mapping(nr: u64, arg3: u64) -> bool {
+    nr == syscall_nr::MREMAP || (nr == syscall_nr::MMAP && arg3 & MAP_FIXED == 0)
+}
+
+/// The call's first four arguments: from the task's saved registers where the kernel lends
+/// them (`bpf_task_pt_regs`, 5.15), else from the record. The kernel refuses to attach a
+/// program that loads past the smallest record it is attached to (brk's: the number and one
+/// argument), so past the first argument the record is probe-read, in one go.
+#[inline(always)]
+fn args<L: Lookup>(ctx: &TracePointContext, nr: u64) -> Option<[u64; 4]> {
+    if L::TASK_PT_REGS {
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf() as *mut _) } as u64;
+        return Some([
+            btf_field(regs, config!(regs_args[0])),
+            btf_field(regs, config!(regs_args[1])),
+            btf_field(regs, config!(regs_args[2])),
+            btf_field(regs, config!(regs_args[3])),
+        ]);
+    }
+    let first = record(ctx, RECORD_ARGS);
+    if nr == syscall_nr::BRK {
+        return Some([first, 0, 0, 0]);
+    }
+    match unsafe { ctx.read_at::<[u64; 3]>(RECORD_ARGS + 8) } {
+        Ok([a1, a2, a3]) => Some([first, a1, a2, a3]),
+        Err(_) => {
+            count_lost(LostReason::KernelReadFailed);
+            None
+        }
+    }
 }
 
 fn total_vm() -> Option<u64> {
@@ -159,38 +182,38 @@ fn total_vm() -> Option<u64> {
 }
 
 /// Fills `walk.pending` for a call about to run; None when the call is of no interest.
-fn on_enter<L: Lookup>(nr: u64, regs: u64, walk: &mut Walk) -> Option<()> {
-    let addr = syscall_arg(regs, 0)?;
-    walk.pending.addr = addr;
+fn on_enter<L: Lookup>(nr: u64, walk: &mut Walk) -> Option<()> {
+    let [addr, arg1, arg2, arg3] = walk.pending.args;
     match nr {
         syscall_nr::MMAP => {
-            if syscall_arg(regs, 3)? & MAP_FIXED == 0 {
-                // Nothing to see before the call: sys_exit handles it alone.
-                return None;
+            if arg3 & MAP_FIXED == 0 {
+                // Nothing to see before the call but its arguments.
+                return Some(());
             }
             // MAP_FIXED unmaps whatever it lands on.
-            let len = page_align(syscall_arg(regs, 1)?);
+            let len = page_align(arg1);
             walk.pending.len = len;
             walk.pending.before = total_vm()?;
             walk.run::<L>(addr, addr + len, NO_PROT);
         }
         syscall_nr::MUNMAP => {
-            let len = page_align(syscall_arg(regs, 1)?);
+            let len = page_align(arg1);
             walk.pending.len = len;
             walk.pending.before = total_vm()?;
             walk.run::<L>(addr, addr + len, NO_PROT);
         }
         syscall_nr::MPROTECT => {
-            let len = page_align(syscall_arg(regs, 1)?);
-            let prot = syscall_arg(regs, 2)?;
+            let len = page_align(arg1);
+            let prot = arg2;
             walk.run::<L>(addr, addr + len, prot & PROT_ACCESS);
         }
+        syscall_nr::MREMAP => {}
         syscall_nr::MADVISE => {
-            let advice = syscall_arg(regs, 2)?;
+            let advice = arg2;
             if !matches!(advice, MADV_DONTNEED | MADV_FREE | MADV_REMOVE) {
                 return None;
             }
-            let len = page_align(syscall_arg(regs, 1)?);
+            let len = page_align(arg1);
             walk.run::<L>(addr, addr + len, NO_PROT);
         }
         _ => {
@@ -202,45 +225,41 @@ fn on_enter<L: Lookup>(nr: u64, regs: u64, walk: &mut Walk) -> Option<()> {
 }
 
 #[inline(always)]
-fn exit<L: Lookup>(ctx: BtfTracePointContext) -> i32 {
-    let regs: u64 = ctx.arg(0);
-    let nr = btf_field(regs, config!(regs_syscall_nr));
-    if !is_memory_syscall(nr) {
-        return 0;
-    }
+fn exit<L: Lookup>(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let ret: i64 = ctx.arg(1);
+    let nr = record::<i32>(ctx, RECORD_NR) as u64;
+    let ret: i64 = record(ctx, RECORD_RET);
     // -4095..-1 are errors; brk reports failure by returning the old break, which counts nothing.
     let succeeded = !(-4095..0).contains(&ret);
+    // Only a tracked thread's call was stashed at entry.
     match STASH.get_ptr(&pid_tgid) {
         Some(pending) => {
             if succeeded && let Some(flows) = flows_of(tgid) {
-                on_return::<L>(nr, ret as u64, regs, unsafe { &*pending }, flows);
+                on_return::<L>(nr, ret as u64, unsafe { &*pending }, flows);
             }
             let _ = STASH.remove(&pid_tgid);
         }
         None => {
-            // mmap without MAP_FIXED and mremap are not stashed at entry.
-            let stashless = nr == syscall_nr::MMAP || nr == syscall_nr::MREMAP;
-            if succeeded
-                && stashless
+            if L::TASK_PT_REGS
+                && succeeded
+                && (nr == syscall_nr::MMAP || nr == syscall_nr::MREMAP)
                 && is_tracked(tgid)
+                && let Some(args) = args::<L>(ctx, nr)
+                && is_new_mapping(nr, args[3])
                 && let Some(flows) = flows_of(tgid)
             {
-                on_new_mapping::<L>(nr, ret as u64, regs, flows);
+                on_new_mapping::<L>(nr, ret as u64, &args, flows);
             }
         }
     }
     0
 }
 
-/// mmap (the mapping part) and mremap, from their arguments, still in `pt_regs`.
-fn on_new_mapping<L: Lookup>(nr: u64, addr: u64, regs: u64, flows: &mut ProcessFlows) {
+/// mmap (the mapping part) and mremap, from their arguments.
+fn on_new_mapping<L: Lookup>(nr: u64, addr: u64, args: &[u64; 4], flows: &mut ProcessFlows) {
     if nr == syscall_nr::MREMAP {
-        let (Some(old), Some(new)) = (syscall_arg(regs, 1), syscall_arg(regs, 2)) else {
-            return;
-        };
+        let (old, new) = (args[1], args[2]);
         let (old, new) = (page_align(old), page_align(new));
         let Some(class) = vma::class_at::<L>(addr) else {
             return;
@@ -259,13 +278,7 @@ fn on_new_mapping<L: Lookup>(nr: u64, addr: u64, regs: u64, flows: &mut ProcessF
         }
         return;
     }
-    let (Some(len), Some(prot), Some(map_flags)) = (
-        syscall_arg(regs, 1),
-        syscall_arg(regs, 2),
-        syscall_arg(regs, 3),
-    ) else {
-        return;
-    };
+    let [_, len, prot, map_flags] = *args;
     let class = if map_flags & MAP_ANONYMOUS != 0 && map_flags & MAP_TYPE == MAP_PRIVATE {
         anonymous_class(prot, map_flags)
     } else {
@@ -297,13 +310,16 @@ fn anonymous_class(prot: u64, map_flags: u64) -> usize {
     class as usize
 }
 
-fn on_return<L: Lookup>(nr: u64, ret: u64, regs: u64, pending: &Pending, flows: &mut ProcessFlows) {
+fn on_return<L: Lookup>(nr: u64, ret: u64, pending: &Pending, flows: &mut ProcessFlows) {
     match nr {
         syscall_nr::MMAP => {
-            apply_out(pending, flows, Flow::Unmapped);
-            check_attributed(pending, pending.len);
-            on_new_mapping::<L>(nr, ret, regs, flows);
+            if pending.args[3] & MAP_FIXED != 0 {
+                apply_out(pending, flows, Flow::Unmapped);
+                check_attributed(pending, pending.len);
+            }
+            on_new_mapping::<L>(nr, ret, &pending.args, flows);
         }
+        syscall_nr::MREMAP => on_new_mapping::<L>(nr, ret, &pending.args, flows),
         syscall_nr::MUNMAP => {
             apply_out(pending, flows, Flow::Unmapped);
             check_attributed(pending, 0);

@@ -147,6 +147,9 @@ unsafe extern "C" fn on_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_vo
 
 /// How the VMAs of the current process are found.
 pub trait Lookup {
+    /// Whether kernels of this lookup's era also have `bpf_task_pt_regs` (5.15; `bpf_find_vma`
+    /// came in 5.17), so syscall arguments can be read at return (see `syscalls`).
+    const TASK_PT_REGS: bool;
     /// The VMA containing `addr`, or None in a hole (or, counted, when it cannot be read).
     fn find(addr: u64) -> Option<Vma>;
     /// Steps `walk` over its range, VMA by VMA, until it ends, meets a hole or gives up.
@@ -157,6 +160,8 @@ pub trait Lookup {
 pub struct FindVma;
 
 impl Lookup for FindVma {
+    const TASK_PT_REGS: bool = true;
+
     fn find(addr: u64) -> Option<Vma> {
         let mut vma = Vma::default();
         let task = unsafe { bpf_get_current_task_btf() };
@@ -265,6 +270,8 @@ impl RbTree {
 }
 
 impl Lookup for RbTree {
+    const TASK_PT_REGS: bool = false;
+
     fn find(addr: u64) -> Option<Vma> {
         match Self::containing(addr) {
             0 => None,

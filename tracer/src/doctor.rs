@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::kernel::{
-    self, AttachPoint, Features, HOOKS, Kernel, KernelError,
+    self, AttachPoint, Features, Kernel, KernelError,
     btf::VMLINUX_BTF,
     features::{HookSupport, Support},
     tracefs,
@@ -96,28 +96,6 @@ pub fn diagnose() -> Vec<Check> {
     ));
     if root {
         hooks(&mut checks);
-    } else if let Ok(path) = &tracefs {
-        // Without root we can still say whether the tracepoints exist.
-        for hook in &HOOKS {
-            let (category, event) = match hook.attach {
-                AttachPoint::Btf(name) => ("raw_syscalls", name),
-                AttachPoint::Tracepoint(category, event) => (category, event),
-            };
-            checks.push(check(
-                format!("hook {}", hook_name(hook)),
-                if tracefs::has_event(path, category, event) {
-                    Ok(format!(
-                        "tracepoint exists (not loaded: not root): {}",
-                        hook.description
-                    ))
-                } else {
-                    Err((
-                        format!("tracepoint {category}:{event} missing"),
-                        "use a kernel with CONFIG_FTRACE_SYSCALLS and tracepoints".into(),
-                    ))
-                },
-            ));
-        }
     }
     checks
 }
@@ -227,6 +205,7 @@ fn hook_name(hook: &kernel::Hook) -> String {
     match hook.attach {
         AttachPoint::Btf(name) => format!("tp_btf/{name}"),
         AttachPoint::Tracepoint(category, event) => format!("{category}:{event}"),
+        AttachPoint::Syscalls(prefix) => format!("syscalls:{prefix}_*"),
     }
 }
 

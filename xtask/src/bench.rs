@@ -113,6 +113,76 @@ pub fn run(workspace: &Path, rounds: usize) -> Result<()> {
     }
 
     print_table(&samples, rounds);
+    bystander(&bins, &script, rounds)?;
+    Ok(())
+}
+
+/// The tax on a process leaktrace does not trace: a `getppid` loop (storm `--getppid`) alone,
+/// then while `leaktrace run -- sleep` traces something else, then while bpftrace runs the same
+/// script on its own `sleep`; alternated like the storm. Each tracer is given time to attach
+/// before the loop starts.
+fn bystander(bins: &Bins, script: &str, rounds: usize) -> Result<()> {
+    // A full path: bpftrace -c refuses a name that matches two binaries (/bin and /usr/bin).
+    const SLEEP: &str = "/usr/bin/sleep";
+    const ATTACH: std::time::Duration = std::time::Duration::from_secs(3);
+    let run_loop = || -> Result<f64> {
+        let out = Command::new(&bins.storm).arg("--getppid").output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (calls, secs) = parse_storm(&stdout).context("no storm line from --getppid")?;
+        Ok(secs / calls as f64 * 1e9)
+    };
+    let traced = |tracer: &mut Command| -> Result<f64> {
+        let mut child = tracer
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        std::thread::sleep(ATTACH);
+        // A tracer that failed to start would make the bystander look free.
+        ensure!(
+            child.try_wait()?.is_none(),
+            "{tracer:?} ended before the bystander loop ran"
+        );
+        let result = run_loop();
+        // SIGINT: both tracers end their trace (and the sleep) on it.
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()?;
+        child.wait()?;
+        result
+    };
+    let mut ns: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds {
+        for index in ORDERS[round % ORDERS.len()] {
+            let sample = match VARIANTS[index] {
+                Variant::Untraced => run_loop()?,
+                Variant::Leaktrace => {
+                    traced(Command::new(&bins.leaktrace).args(["run", "-q", "--", "sleep", "600"]))?
+                }
+                Variant::Bpftrace => {
+                    let ns =
+                        traced(Command::new("bpftrace").args(["-e", script, "-c", "sleep 601"]));
+                    // bpftrace may leave its command behind: end it (its own unique duration).
+                    let _ = Command::new("pkill")
+                        .args(["-x", "-f", "sleep 601"])
+                        .status();
+                    ns?
+                }
+            };
+            ns[index].push(sample);
+        }
+    }
+    println!(
+        "\nbystander: a getppid loop outside the traced tree, ns per call (median of {rounds})"
+    );
+    let baseline = median(&mut ns[0].clone());
+    for (variant, samples) in VARIANTS.iter().zip(ns.iter_mut()) {
+        let med = median(samples);
+        println!(
+            "{:<12} {med:>8.1} ns {:>6.2}x",
+            variant.name(),
+            med / baseline
+        );
+    }
     Ok(())
 }
 

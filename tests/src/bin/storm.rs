@@ -1,6 +1,9 @@
 //! The benchmark workload: a tight, single-threaded loop of the memory syscalls leaktrace counts.
 //!
-//! Usage: `storm [--iterations N]`
+//! Usage: `storm [--iterations N] [--getppid]`
+//!
+//! With `--getppid` it makes N x 100 `getppid` calls instead, a syscall leaktrace does not trace:
+//! what a bystander process pays while leaktrace traces something else.
 //!
 //! Each iteration makes [`CALLS_PER_ITERATION`] raw syscalls: mmap 64 KiB anonymous read-write,
 //! touch one page (so the unmap and madvise have a page to free), mprotect half of it PROT_NONE
@@ -24,10 +27,23 @@ const LEN: usize = 64 * 1024;
 const CALLS_PER_ITERATION: u64 = 9;
 /// About 1–2 s untraced on a small 2-core VM; `--iterations` overrides it.
 const DEFAULT_ITERATIONS: u64 = 75_000;
-const USAGE: &str = "usage: storm [--iterations N]";
+const USAGE: &str = "usage: storm [--iterations N] [--getppid]";
+/// getppid calls per iteration with `--getppid`.
+const GETPPID_PER_ITERATION: u64 = 100;
 
 fn main() {
-    let iterations = parse_iterations();
+    let (iterations, getppid) = parse_args();
+    if getppid {
+        let calls = iterations * GETPPID_PER_ITERATION;
+        let start = Instant::now();
+        for _ in 0..calls {
+            // SAFETY: getppid has no arguments and no effects.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!("storm: {calls} syscalls in {secs:.6} s");
+        return;
+    }
 
     // SAFETY: brk(0) only reports the current break.
     let base = unsafe { libc::syscall(libc::SYS_brk, 0 as c_long) } as usize;
@@ -46,16 +62,19 @@ fn main() {
     );
 }
 
-fn parse_iterations() -> u64 {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
+fn parse_args() -> (u64, bool) {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let getppid = args.iter().any(|a| a == "--getppid");
+    args.retain(|a| a != "--getppid");
+    let iterations = match args.as_slice() {
         [] => DEFAULT_ITERATIONS,
         [flag, n] if flag == "--iterations" => match n.parse() {
             Ok(n) => n,
             Err(_) => usage_error(&format!("--iterations wants a number, not {n:?}")),
         },
         _ => usage_error("unexpected arguments"),
-    }
+    };
+    (iterations, getppid)
 }
 
 fn usage_error(what: &str) -> ! {

@@ -80,6 +80,9 @@ pub struct SeriesFit {
     pub cycles: usize,
     /// False when there were fewer than MIN_CYCLES cycles: the numbers are not to be trusted.
     pub trustworthy: bool,
+    /// Cycles per fitted point: 1, or on a long trace the k consecutive cycles whose median
+    /// each point is (see [`MAX_FIT_POINTS`]); the trend test then speaks of those points.
+    pub bin_cycles: usize,
 }
 
 impl Default for SeriesFit {
@@ -96,6 +99,7 @@ impl Default for SeriesFit {
             warmup_cycles: 0,
             cycles: 0,
             trustworthy: false,
+            bin_cycles: 1,
         }
     }
 }
@@ -349,9 +353,44 @@ pub fn detect_warmup(ys: &[f64], significant: f64) -> usize {
     }
 }
 
+/// The most points a series is fitted on. Theil–Sen, Mann–Kendall and the warm-up search are
+/// O(n²); past this, consecutive cycles are binned, each bin's median one point (robust as the
+/// fits are), so a 100,000-cycle trace fits in milliseconds. A bin spans k cycles, so the slope
+/// per point is divided by k; the total change, and so `significant`, is the same.
+pub const MAX_FIT_POINTS: usize = 1000;
+
 /// Fits one series of values at cycle ends.
 /// `significant`: the smallest total change over the fitted cycles that counts as growth.
 pub fn fit(
+    name: impl Into<Series>,
+    ys: &[f64],
+    warmup: Option<usize>,
+    cycle_s: f64,
+    significant: f64,
+) -> SeriesFit {
+    if ys.len() > MAX_FIT_POINTS {
+        let k = ys.len().div_ceil(MAX_FIT_POINTS);
+        let bins: Vec<f64> = ys
+            .chunks(k)
+            .filter_map(|bin| median(&mut bin.to_vec()))
+            .collect();
+        let mut fitted = fit_points(
+            name,
+            &bins,
+            warmup.map(|w| w.div_ceil(k)),
+            cycle_s * k as f64,
+            significant,
+        );
+        fitted.per_cycle /= k as f64;
+        fitted.warmup_cycles = (fitted.warmup_cycles * k).min(ys.len());
+        fitted.cycles = ys.len() - fitted.warmup_cycles;
+        fitted.bin_cycles = k;
+        return fitted;
+    }
+    fit_points(name, ys, warmup, cycle_s, significant)
+}
+
+fn fit_points(
     name: impl Into<Series>,
     ys: &[f64],
     warmup: Option<usize>,
@@ -446,6 +485,35 @@ mod tests {
         assert!((fit.per_day - 2.0 * MIB * 1440.0).abs() < 0.1 * MIB * 1440.0);
         assert_eq!(fit.shape, Some(Shape::Linear));
         assert!(fit.trustworthy);
+    }
+
+    #[test]
+    fn a_long_trace_is_fitted_on_bins_with_the_same_slope_warm_up_and_day_rate() {
+        // 100,000 cycles of 1 s: a 20,000-cycle warm-up rising 1 KiB a cycle, then 64 bytes a
+        // cycle with page-sized noise and a GC outlier every 97 cycles.
+        let ys: Vec<f64> = (0..100_000)
+            .map(|i| {
+                let base = if i < 20_000 {
+                    1024.0 * i as f64
+                } else {
+                    1024.0 * 20_000.0 + 64.0 * (i - 20_000) as f64
+                };
+                base + noise(i, 4096.0) + if i % 97 == 0 { 50.0 * MIB } else { 0.0 }
+            })
+            .collect();
+        let fit = fit("x", &ys, None, 1.0, 256.0 * 1024.0);
+        assert_eq!(fit.bin_cycles, 100);
+        assert!((fit.per_cycle - 64.0).abs() < 2.0, "{}", fit.per_cycle);
+        assert!((fit.per_day - 64.0 * 86_400.0).abs() < 2.0 * 86_400.0);
+        assert!(
+            (19_000..=21_000).contains(&fit.warmup_cycles),
+            "warm-up {}",
+            fit.warmup_cycles
+        );
+        assert_eq!(fit.cycles, 100_000 - fit.warmup_cycles);
+        assert_eq!(fit.shape, Some(Shape::Linear));
+        // Short traces are fitted cycle by cycle.
+        assert_eq!(super::fit("x", &ys[..1000], None, 1.0, 1.0).bin_cycles, 1);
     }
 
     #[test]

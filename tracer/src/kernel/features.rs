@@ -62,7 +62,7 @@ impl HookSupport {
     /// What a detached hook costs the trace, in plain words.
     pub fn without(&self) -> &'static str {
         match self.hook.program {
-            "sys_enter" | "sys_exit" => {
+            "syscall_enter" | "syscall_exit" => {
                 "address-space flows are not counted (the trace says so); processes, resident \
                  memory and /proc samples are traced as usual"
             }
@@ -82,7 +82,10 @@ impl HookSupport {
 
     /// Hooks leaktrace cannot trace with eBPF without.
     pub fn essential(&self) -> bool {
-        !matches!(self.hook.program, "sys_enter" | "sys_exit" | "rss_stat")
+        !matches!(
+            self.hook.program,
+            "syscall_enter" | "syscall_exit" | "rss_stat"
+        )
     }
 }
 
@@ -156,7 +159,7 @@ impl Features {
     pub fn flows(&self) -> bool {
         self.hooks
             .iter()
-            .filter(|h| matches!(h.hook.program, "sys_enter" | "sys_exit"))
+            .filter(|h| matches!(h.hook.program, "syscall_enter" | "syscall_exit"))
             .all(HookSupport::attaches)
     }
 
@@ -232,7 +235,7 @@ impl Probe<'_> {
     fn needs_of(&mut self, hook: &Hook) -> Vec<Need> {
         let mut needs = vec![self.attach_point(hook)];
         match hook.program {
-            "sys_enter" | "sys_exit" => {
+            "syscall_enter" | "syscall_exit" => {
                 needs.push(self.syscall_fields());
                 needs.push(self.vma_lookup());
             }
@@ -276,6 +279,7 @@ impl Probe<'_> {
                     },
                 )
             }
+            super::AttachPoint::Syscalls(prefix) => self.syscall_records(prefix),
             super::AttachPoint::Tracepoint(category, event) => need(
                 "tracepoint",
                 if tracefs::has_event(self.tracefs, category, event) {
@@ -291,6 +295,43 @@ impl Probe<'_> {
         self.pretend_missing.contains(&feature)
     }
 
+    /// Every memory syscall's `syscalls:<prefix>_<name>` tracepoint (CONFIG_FTRACE_SYSCALLS),
+    /// with the record layout the programs read at fixed offsets: the syscall number at 8, then
+    /// the arguments from 16 (entry) or the return value at 16 (exit).
+    fn syscall_records(&self, prefix: &str) -> Need {
+        const WHAT: &str = "the memory syscalls' tracepoints (CONFIG_FTRACE_SYSCALLS)";
+        for name in super::MEMORY_SYSCALLS {
+            let event = format!("{prefix}_{name}");
+            let Ok(fields) = tracefs::fields(self.tracefs, "syscalls", &event) else {
+                return need(WHAT, Err(format!("no syscalls:{event} in tracefs")));
+            };
+            let after_nr: Vec<u32> = fields
+                .iter()
+                .skip_while(|(field, _)| field != "__syscall_nr")
+                .map(|(_, offset)| *offset)
+                .collect();
+            let expected = (0..after_nr.len() as u32 - 1).map(|i| 16 + 8 * i);
+            let layout_ok = after_nr.first() == Some(&8)
+                && after_nr.len() >= 2
+                && after_nr[1..].iter().copied().eq(expected);
+            if !layout_ok {
+                return need(
+                    WHAT,
+                    Err(format!(
+                        "syscalls:{event} has an unexpected record layout: {fields:?}"
+                    )),
+                );
+            }
+        }
+        need(
+            WHAT,
+            Ok(format!(
+                "syscalls:{prefix}_{{{}}}, records as expected",
+                super::MEMORY_SYSCALLS.join(",")
+            )),
+        )
+    }
+
     /// A helper exists when the kernel's `enum bpf_func_id` names it (`BPF_FUNC_<name>`).
     fn has_helper(&self, name: &str) -> bool {
         !self.pretends_missing(&format!("bpf_{name}"))
@@ -302,12 +343,28 @@ impl Probe<'_> {
     fn vma_lookup(&mut self) -> Need {
         const WHAT: &str =
             "a VMA lookup: bpf_find_vma and bpf_loop (Linux 5.17), or mm_rb (before 6.1)";
-        let missing: Vec<&str> = ["find_vma", "loop"]
+        let missing: Vec<&str> = ["find_vma", "loop", "task_pt_regs"]
             .into_iter()
             .filter(|name| !self.has_helper(name))
             .collect();
         if missing.is_empty() {
-            return need(WHAT, Ok("BPF_FUNC_find_vma and BPF_FUNC_loop".into()));
+            // The arguments of mmap and mremap are read at return from the task's registers.
+            let regs = self.fields(
+                WHAT,
+                &[
+                    ("pt_regs", "di"),
+                    ("pt_regs", "si"),
+                    ("pt_regs", "dx"),
+                    ("pt_regs", "r10"),
+                ],
+                |c, o| c.regs_args.copy_from_slice(o),
+            );
+            if regs.support == Support::Native {
+                return need(
+                    WHAT,
+                    Ok("BPF_FUNC_find_vma, BPF_FUNC_loop, BPF_FUNC_task_pt_regs".into()),
+                );
+            }
         }
         let helpers = missing
             .iter()
@@ -368,16 +425,9 @@ impl Probe<'_> {
         need(what, Ok("in BTF".into()))
     }
 
-    /// The syscall hooks read pt_regs, the VMAs and the brk heap.
+    /// The syscall hooks read the VMAs and the brk heap.
     fn syscall_fields(&mut self) -> Need {
-        const FIELDS: [(&str, &str); 18] = [
-            ("pt_regs", "di"),
-            ("pt_regs", "si"),
-            ("pt_regs", "dx"),
-            ("pt_regs", "r10"),
-            ("pt_regs", "r8"),
-            ("pt_regs", "r9"),
-            ("pt_regs", "orig_ax"),
+        const FIELDS: [(&str, &str); 11] = [
             ("task_struct", "mm"),
             ("mm_struct", "start_brk"),
             ("mm_struct", "brk"),
@@ -390,13 +440,11 @@ impl Probe<'_> {
             ("inode", "i_sb"),
             ("super_block", "s_magic"),
         ];
-        self.fields("pt_regs, mm, VMA and file fields", &FIELDS, |c, o| {
-            c.regs_args.copy_from_slice(&o[..6]);
-            c.regs_syscall_nr = o[6];
-            c.task_mm = o[7];
-            (c.mm_start_brk, c.mm_brk, c.mm_total_vm) = (o[8], o[9], o[10]);
-            (c.vma_start, c.vma_end, c.vma_flags, c.vma_file) = (o[11], o[12], o[13], o[14]);
-            (c.file_inode, c.inode_sb, c.sb_magic) = (o[15], o[16], o[17]);
+        self.fields("mm, VMA and file fields", &FIELDS, |c, o| {
+            c.task_mm = o[0];
+            (c.mm_start_brk, c.mm_brk, c.mm_total_vm) = (o[1], o[2], o[3]);
+            (c.vma_start, c.vma_end, c.vma_flags, c.vma_file) = (o[4], o[5], o[6], o[7]);
+            (c.file_inode, c.inode_sb, c.sb_magic) = (o[8], o[9], o[10]);
         })
     }
 

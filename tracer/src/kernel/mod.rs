@@ -1,9 +1,9 @@
 //! The kernel side, seen from userspace: load the eBPF programs with the offsets this kernel
 //! needs, attach them, seed the tracked set, and drain what they collect.
 //!
-//! Hooks (see `tracer-ebpf`): raw tracepoints `sys_enter`/`sys_exit` for the memory syscalls,
-//! classic tracepoints `task:task_newtask`, `sched:sched_process_exec`, `sched:sched_process_exit`
-//! for the process tree. Links detach when [`Kernel`] is dropped.
+//! Hooks (see `tracer-ebpf` and [`HOOKS`]): the memory syscalls' own entry and exit tracepoints,
+//! `task_newtask` (tp_btf), `sched:sched_process_exec` and `sched:sched_process_exit` for the
+//! process tree, `rss_stat` (tp_btf) for resident memory. Links detach when [`Kernel`] is dropped.
 
 pub mod btf;
 pub mod features;
@@ -71,6 +71,9 @@ pub enum AttachPoint {
     /// A BTF-typed raw tracepoint (tp_btf): its pointer arguments can be read directly.
     Btf(&'static str),
     Tracepoint(&'static str, &'static str),
+    /// `syscalls:<prefix>_<name>` for each of [`MEMORY_SYSCALLS`]: one program on six
+    /// tracepoints, which only those syscalls reach.
+    Syscalls(&'static str),
 }
 
 /// One program and where it goes; `leaktrace doctor` lists these.
@@ -84,18 +87,33 @@ pub struct Hook {
     pub description: &'static str,
 }
 
+/// The memory syscalls, whose own tracepoints the syscall hooks attach to (the same list on
+/// entry and exit: mremap's entry is where its arguments are kept for the return).
+pub const MEMORY_SYSCALLS: [&str; 6] = ["mmap", "munmap", "brk", "mremap", "mprotect", "madvise"];
+
+/// The syscalls whose `syscalls:<prefix>_<name>` tracepoints a syscall hook's program attaches
+/// to: all six, but mremap's entry only for the fallback (5.10) program. The native one reads
+/// mremap's arguments at return, and every tracepoint left out saves each call of that syscall,
+/// traced or not, the cost of a dispatch.
+pub fn hooked_syscalls(prefix: &str, fallback: bool) -> impl Iterator<Item = &'static str> {
+    let skip = (prefix == "sys_enter" && !fallback).then_some("mremap");
+    MEMORY_SYSCALLS
+        .into_iter()
+        .filter(move |name| Some(*name) != skip)
+}
+
 pub static HOOKS: [Hook; 6] = [
     Hook {
-        program: "sys_enter",
-        fallback_program: Some("sys_enter_rbtree"),
-        attach: AttachPoint::Btf("sys_enter"),
-        description: "tp_btf sys_enter: mmap, munmap, brk, mremap, mprotect, madvise entry",
+        program: "syscall_enter",
+        fallback_program: Some("syscall_enter_rbtree"),
+        attach: AttachPoint::Syscalls("sys_enter"),
+        description: "syscalls:sys_enter_{mmap,munmap,brk,mprotect,madvise} (and mremap on 5.10): the memory a call will change",
     },
     Hook {
-        program: "sys_exit",
-        fallback_program: Some("sys_exit_rbtree"),
-        attach: AttachPoint::Btf("sys_exit"),
-        description: "tp_btf sys_exit: their return values",
+        program: "syscall_exit",
+        fallback_program: Some("syscall_exit_rbtree"),
+        attach: AttachPoint::Syscalls("sys_exit"),
+        description: "syscalls:sys_exit_{...}: their return values",
     },
     Hook {
         program: "task_newtask",
@@ -302,18 +320,26 @@ fn raise_memlock_limit() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
-fn attach(ebpf: &mut Ebpf, hook: &Hook, program: &str, btf: &aya::Btf) -> Result<(), ProgramError> {
-    let program = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?;
+fn attach(ebpf: &mut Ebpf, hook: &Hook, name: &str, btf: &aya::Btf) -> Result<(), ProgramError> {
+    let program = ebpf.program_mut(name).ok_or(ProgramError::NotLoaded)?;
     match hook.attach {
-        AttachPoint::Btf(name) => {
+        AttachPoint::Btf(event) => {
             let program: &mut BtfTracePoint = program.try_into()?;
-            program.load(name, btf)?;
+            program.load(event, btf)?;
             program.attach()?;
         }
-        AttachPoint::Tracepoint(category, name) => {
+        AttachPoint::Tracepoint(category, event) => {
             let program: &mut TracePoint = program.try_into()?;
             program.load()?;
-            program.attach(category, name)?;
+            program.attach(category, event)?;
+        }
+        AttachPoint::Syscalls(prefix) => {
+            let fallback = hook.fallback_program == Some(name);
+            let program: &mut TracePoint = program.try_into()?;
+            program.load()?;
+            for name in hooked_syscalls(prefix, fallback) {
+                program.attach("syscalls", &format!("{prefix}_{name}"))?;
+            }
         }
     }
     Ok(())

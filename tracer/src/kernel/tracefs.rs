@@ -79,18 +79,46 @@ pub fn field_offset(
     })
 }
 
-/// Finds `field:<type> <field>[..];\toffset:N;` in a tracefs format file.
+/// Every field of tracepoint `category:event`'s record, in order, with its byte offset.
+pub fn fields(
+    tracefs: &Path,
+    category: &str,
+    event: &str,
+) -> Result<Vec<(String, u32)>, TracefsError> {
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(event)
+        .join("format");
+    let format = std::fs::read_to_string(&path).map_err(|source| TracefsError::Format {
+        event: format!("{category}:{event}"),
+        source,
+    })?;
+    Ok(parse_fields(&format))
+}
+
+/// The `field:<type> <name>[..];\toffset:N;` lines of a tracefs format file.
+fn parse_fields(format: &str) -> Vec<(String, u32)> {
+    format
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.trim().split(';').map(str::trim);
+            let decl = parts.next()?.strip_prefix("field:")?;
+            let name = decl.rsplit([' ', '*']).next()?;
+            let name = name.split('[').next()?;
+            let offset = parts
+                .find_map(|p| p.strip_prefix("offset:"))?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), offset))
+        })
+        .collect()
+}
+
 fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
-    format.lines().find_map(|line| {
-        let mut parts = line.trim().split(';').map(str::trim);
-        let decl = parts.next()?.strip_prefix("field:")?;
-        let name = decl.rsplit([' ', '*']).next()?;
-        let name = name.split('[').next()?;
-        if name != field {
-            return None;
-        }
-        parts.find_map(|p| p.strip_prefix("offset:"))?.parse().ok()
-    })
+    parse_fields(format)
+        .into_iter()
+        .find_map(|(name, offset)| (name == field).then_some(offset))
 }
 
 #[cfg(test)]
