@@ -156,15 +156,13 @@ fn bystander(bins: &Bins, script: &str, rounds: usize) -> Result<()> {
             let sample = match VARIANTS[index] {
                 Variant::Untraced => run_loop()?,
                 Variant::Leaktrace => {
-                    traced(Command::new(&bins.leaktrace).args(["run", "-q", "--", "sleep", "600"]))?
+                    traced(Command::new(&bins.leaktrace).args(["run", "-q", "--", SLEEP, "600"]))?
                 }
                 Variant::Bpftrace => {
-                    let ns =
-                        traced(Command::new("bpftrace").args(["-e", script, "-c", "sleep 601"]));
+                    let command = format!("{SLEEP} 601");
+                    let ns = traced(Command::new("bpftrace").args(["-e", script, "-c", &command]));
                     // bpftrace may leave its command behind: end it (its own unique duration).
-                    let _ = Command::new("pkill")
-                        .args(["-x", "-f", "sleep 601"])
-                        .status();
+                    let _ = Command::new("pkill").args(["-x", "-f", &command]).status();
                     ns?
                 }
             };
