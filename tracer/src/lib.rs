@@ -8,6 +8,7 @@
 pub mod analysis;
 pub mod browser;
 pub mod cli;
+pub mod compact_map;
 pub mod diff;
 pub mod doctor;
 pub mod html;

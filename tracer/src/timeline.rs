@@ -8,13 +8,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use tracer_common::RegionClass;
+use tracer_common::{ClassFlow, RegionClass};
 
 use crate::{
     browser::BrowserView,
+    compact_map::CompactMap,
     processes::{ProcessState, Snapshot},
     sampler::ProcSample,
-    trace::{self, Cycle, Growth, Phase, Role, RoleTotals},
+    trace::{Cycle, Growth, Phase, Role, RoleTotals},
 };
 
 /// What a marker says.
@@ -184,7 +185,7 @@ impl OpenCycle {
             phases: self.phases,
             by_role: by_role(end),
             growth: growth(&self.start, end),
-            worker: self.worker,
+            worker: self.worker.into_iter().collect(),
             browser: None,
             ..Cycle::default()
         }
@@ -192,44 +193,44 @@ impl OpenCycle {
 }
 
 /// The live processes of each role in a snapshot.
-fn by_role(snapshot: &Snapshot) -> BTreeMap<Role, RoleTotals> {
-    let mut roles: BTreeMap<Role, RoleTotals> = BTreeMap::new();
+fn by_role(snapshot: &Snapshot) -> CompactMap<Role, RoleTotals> {
+    let mut roles: CompactMap<Role, RoleTotals> = CompactMap::new();
     for process in snapshot.processes.iter().filter(|p| p.live) {
-        roles
-            .entry(process.role.clone())
-            .or_default()
-            .add(&process.pss);
+        roles.get_or_default(process.role.clone()).add(&process.pss);
     }
     roles
 }
 
 /// What changed from `start` to `end`, per role (the role a process has at `end`).
-pub fn growth(start: &Snapshot, end: &Snapshot) -> BTreeMap<Role, Growth> {
+pub fn growth(start: &Snapshot, end: &Snapshot) -> CompactMap<Role, Growth> {
     let before: HashMap<(u32, u64), &ProcessState> =
         start.processes.iter().map(|p| (p.key, p)).collect();
-    let mut roles: BTreeMap<Role, Growth> = BTreeMap::new();
+    let mut roles: CompactMap<Role, Growth> = CompactMap::new();
     for after in &end.processes {
         let before = before.get(&after.key);
-        let growth = roles.entry(after.role.clone()).or_insert_with(|| Growth {
-            address_space: trace::address_space(&Default::default()),
-            ..Growth::default()
-        });
+        let growth = roles.get_or_default(after.role.clone());
         for class in RegionClass::ALL {
             let now = after.flows.classes[class as usize];
             let then = before
                 .map(|b| b.flows.classes[class as usize])
                 .unwrap_or_default();
-            let flow = growth
-                .address_space
-                .entry(class.name().to_string())
-                .or_default();
             // Flows only ever grow; saturate in case a process's counters were collected late.
-            flow.mapped += now.mapped.saturating_sub(then.mapped);
-            flow.unmapped += now.unmapped.saturating_sub(then.unmapped);
-            flow.committed += now.committed.saturating_sub(then.committed);
-            flow.uncommitted += now.uncommitted.saturating_sub(then.uncommitted);
-            flow.released += now.released.saturating_sub(then.released);
-            flow.calls += now.calls.saturating_sub(then.calls);
+            let moved = ClassFlow {
+                mapped: now.mapped.saturating_sub(then.mapped),
+                unmapped: now.unmapped.saturating_sub(then.unmapped),
+                committed: now.committed.saturating_sub(then.committed),
+                uncommitted: now.uncommitted.saturating_sub(then.uncommitted),
+                released: now.released.saturating_sub(then.released),
+                calls: now.calls.saturating_sub(then.calls),
+            };
+            // Classes nothing moved in are left out: most of them in most phases, and a long
+            // trace keeps every cycle's growth (in memory and in the JSON).
+            if moved != ClassFlow::default() {
+                growth
+                    .address_space
+                    .get_or_default(class.name().to_string())
+                    .add(&moved);
+            }
         }
         growth.brk_growth += after.flows.brk_growth - before.map_or(0, |b| b.flows.brk_growth);
         let change = |now: u64, then: Option<u64>| now as i64 - then.unwrap_or(0) as i64;

@@ -1,6 +1,7 @@
 //! The trace document (schema `leaktrace/1`): what a session saw, as written with `-o` and read
 //! back by `leaktrace report`. Its keys are a contract others script against: add, never rename.
 
+use crate::compact_map::CompactMap;
 use std::{
     collections::BTreeMap,
     fs::OpenOptions,
@@ -126,6 +127,9 @@ pub struct Trace {
     /// Fits of the cycle series, the phase growth, and the budget check.
     #[serde(default)]
     pub analysis: Analysis,
+    /// What leaktrace itself cost while tracing: the observer's own footprint.
+    #[serde(default)]
+    pub tracer: TracerCost,
 }
 
 /// One cycle of the worker's loop (or the part of it the trace saw, when `cut`).
@@ -147,11 +151,11 @@ pub struct Cycle {
     pub teardown_reason: Option<String>,
     pub phases: Vec<Phase>,
     /// The live processes of each role at the end of the cycle.
-    pub by_role: BTreeMap<Role, RoleTotals>,
+    pub by_role: CompactMap<Role, RoleTotals>,
     /// What changed over the cycle, per role.
-    pub growth: BTreeMap<Role, Growth>,
+    pub growth: CompactMap<Role, Growth>,
     /// The worker's own figures sent with its markers (`key=value`), the last value per key.
-    pub worker: BTreeMap<String, f64>,
+    pub worker: CompactMap<String, f64>,
     /// What the browser held at the end of the cycle (DevTools), when leaktrace could read it.
     pub browser: Option<BrowserView>,
 }
@@ -171,7 +175,7 @@ pub struct Phase {
     pub name: String,
     pub start_s: f64,
     pub end_s: f64,
-    pub growth: BTreeMap<Role, Growth>,
+    pub growth: CompactMap<Role, Growth>,
     /// Its end snapshot saw the tree tear down: left out of the phase figures.
     pub teardown: bool,
 }
@@ -181,7 +185,7 @@ pub struct Phase {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Growth {
-    pub address_space: BTreeMap<String, ClassFlow>,
+    pub address_space: CompactMap<String, ClassFlow>,
     pub brk_growth: i64,
     pub resident: ResidentChange,
     pub pss: i64,
@@ -194,6 +198,40 @@ impl Growth {
     /// The change of the PSS the processes own (see `RoleTotals::owned`).
     pub fn owned(&self) -> i64 {
         self.pss_anon + self.pss_shmem
+    }
+}
+
+/// leaktrace's own footprint over the trace, read from the kernel when the trace ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TracerCost {
+    /// Peak resident memory of the leaktrace process (VmHWM), in bytes.
+    pub peak_rss: u64,
+    /// CPU time leaktrace used, user plus system, in seconds.
+    pub cpu_s: f64,
+}
+
+impl TracerCost {
+    /// This process's, now.
+    pub fn of_self() -> TracerCost {
+        let peak_rss = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map_or(0, |kib| kib * 1024);
+        // SAFETY: getrusage fills the struct it is given.
+        let usage = unsafe {
+            let mut usage = std::mem::zeroed::<libc::rusage>();
+            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+            usage
+        };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        TracerCost {
+            peak_rss,
+            cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+        }
     }
 }
 
@@ -384,10 +422,25 @@ pub fn totals(processes: &[Process], last_sample: Option<&TreeSample>) -> Totals
 impl Trace {
     /// Writes the trace as JSON, never through a symlink; under sudo the file belongs to the
     /// invoking user.
+    ///
+    /// Streamed to the file, never held whole in memory. Indented up to [`PRETTY_CYCLES`]
+    /// cycles, for people who open it; past that, compact, since indentation doubled the bytes
+    /// of a long trace.
     pub fn write(&self, path: &Path) -> Result<(), TraceFileError> {
-        let mut json = serde_json::to_vec_pretty(self).expect("a trace always serialises");
-        json.push(b'\n');
-        write_file(path, &json)
+        let shown = path.display().to_string();
+        let write_error = |source| TraceFileError::Write {
+            path: shown.clone(),
+            source,
+        };
+        let mut out = std::io::BufWriter::new(create_report_file(path)?);
+        let written = if self.cycles.len() <= PRETTY_CYCLES {
+            serde_json::to_writer_pretty(&mut out, self)
+        } else {
+            serde_json::to_writer(&mut out, self)
+        };
+        written.map_err(|e| write_error(e.into()))?;
+        out.write_all(b"\n").map_err(write_error)?;
+        out.flush().map_err(write_error)
     }
 
     pub fn read(path: &Path) -> Result<Trace, TraceFileError> {
@@ -396,28 +449,41 @@ impl Trace {
             path: shown.clone(),
             source,
         })?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| TraceFileError::Parse {
-                path: shown.clone(),
-                source,
-            })?;
-        let found = value
-            .get("schema")
-            .and_then(|s| s.as_str())
-            .unwrap_or("none")
-            .to_string();
+        // The schema first (ignoring every other key), so another document gets a clear error
+        // rather than a missing field; then the trace itself, straight from the text.
+        #[derive(Deserialize)]
+        struct Header {
+            schema: Option<String>,
+        }
+        let parse_error = |source| TraceFileError::Parse {
+            path: shown.clone(),
+            source,
+        };
+        let header: Header = serde_json::from_str(&text).map_err(parse_error)?;
+        let found = header.schema.unwrap_or_else(|| "none".into());
         if found != SCHEMA {
             return Err(TraceFileError::Schema { path: shown, found });
         }
-        serde_json::from_value(value).map_err(|source| TraceFileError::Parse {
-            path: shown,
-            source,
-        })
+        serde_json::from_str(&text).map_err(parse_error)
     }
 }
 
+/// Traces with more cycles than this are written without indentation.
+pub const PRETTY_CYCLES: usize = 1000;
+
 /// Writes a report file, never through a symlink; under sudo it belongs to the invoking user.
 pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), TraceFileError> {
+    let mut file = create_report_file(path)?;
+    file.write_all(contents)
+        .map_err(|source| TraceFileError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Creates (or truncates) a report file, never through a symlink; under sudo it belongs to the
+/// invoking user.
+fn create_report_file(path: &Path) -> Result<std::fs::File, TraceFileError> {
     let shown = path.display().to_string();
     let write_error = |source| TraceFileError::Write {
         path: shown.clone(),
@@ -430,7 +496,7 @@ pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), TraceFileError> {
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path);
-    let mut file = match file {
+    let file = match file {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(TraceFileError::Symlink(shown));
         }
@@ -441,7 +507,7 @@ pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), TraceFileError> {
     {
         fchown(&file, Some(uid), Some(gid)).map_err(write_error)?;
     }
-    file.write_all(contents).map_err(write_error)
+    Ok(file)
 }
 
 /// Formats a Unix time as RFC 3339 UTC (e.g. 2026-11-29T23:20:24Z).
@@ -520,6 +586,7 @@ mod tests {
             markers: MarkerSummary::default(),
             browser: BrowserSummary::default(),
             analysis: Analysis::default(),
+            tracer: TracerCost::default(),
         };
         assert!(matches!(
             trace.write(&link),

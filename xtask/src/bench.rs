@@ -78,6 +78,7 @@ struct Sample {
 struct Bins {
     storm: PathBuf,
     leaktrace: PathBuf,
+    cycler: PathBuf,
 }
 
 pub fn run(workspace: &Path, rounds: usize) -> Result<()> {
@@ -114,6 +115,65 @@ pub fn run(workspace: &Path, rounds: usize) -> Result<()> {
 
     print_table(&samples, rounds);
     bystander(&bins, &script, rounds)?;
+    for cycles in LONG_TRACES {
+        long_trace(&bins, cycles)?;
+    }
+    Ok(())
+}
+
+/// Cycle counts of the long-trace runs.
+const LONG_TRACES: [u64; 2] = [20_000, 100_000];
+
+/// A fast worker (`cycler --fixed`: 3 socket markers a cycle, a few ms each) traced for `cycles`
+/// cycles: leaktrace's own peak RSS and CPU (from the trace's `tracer` key), how long it took to
+/// finish after the worker exited, the JSON's bytes per cycle, and how long `report` takes.
+fn long_trace(bins: &Bins, cycles: u64) -> Result<()> {
+    let json = env::temp_dir().join(format!("leaktrace-bench-long-{}.json", std::process::id()));
+    let started = Instant::now();
+    let out = Command::new(&bins.leaktrace)
+        .args(["run", "-q", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(&bins.cycler)
+        .args(["--cycles", &cycles.to_string(), "--markers", "socket"])
+        .args(["--exit-at-once", "--fixed"])
+        .output()?;
+    let wall = started.elapsed().as_secs_f64();
+    ensure!(
+        out.status.success(),
+        "long trace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json)?;
+    // The first number after `"key":` (compact JSON past 1000 cycles).
+    let number = |key: &str| -> Result<f64> {
+        let at = text
+            .find(&format!("\"{key}\":"))
+            .with_context(|| format!("no {key} in the trace"))?;
+        let rest = text[at + key.len() + 3..].trim_start();
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-'))
+            .unwrap_or(rest.len());
+        Ok(rest[..end].parse()?)
+    };
+    let (duration, peak, cpu) = (number("duration_s")?, number("peak_rss")?, number("cpu_s")?);
+    let started = Instant::now();
+    let report = Command::new(&bins.leaktrace)
+        .arg("report")
+        .arg(&json)
+        .output()?;
+    let report_s = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&json);
+    ensure!(report.status.success(), "leaktrace report failed");
+    println!(
+        "\nlong trace, {} cycles of a fast worker (cycler --fixed, socket markers): \
+         leaktrace peak RSS {:.0} MiB, CPU {cpu:.1} s over {duration:.1} s traced, \
+         finished {:.2} s after the worker, JSON {:.0} bytes per cycle, `report` {report_s:.2} s",
+        thousands(cycles),
+        peak / 1048576.0,
+        (wall - duration).max(0.0),
+        text.len() as f64 / cycles as f64,
+    );
     Ok(())
 }
 
@@ -238,8 +298,9 @@ fn build(workspace: &Path) -> Result<Bins> {
     let bins = Bins {
         storm: target.join("storm"),
         leaktrace: target.join("leaktrace"),
+        cycler: target.join("cycler"),
     };
-    for bin in [&bins.storm, &bins.leaktrace] {
+    for bin in [&bins.storm, &bins.leaktrace, &bins.cycler] {
         ensure!(bin.is_file(), "the build did not produce {}", bin.display());
     }
     Ok(bins)

@@ -8,6 +8,7 @@ use tracer_common::RegionClass;
 
 pub mod answers;
 
+use crate::compact_map::CompactMap;
 use crate::trace::{ClassFlow, Growth, Process, Role, Trace};
 
 /// Beyond this many processes, the tables show the busiest ones (the JSON has all).
@@ -141,6 +142,14 @@ fn header(out: &mut String, trace: &Trace) {
         trace.processes.len(),
         exited
     );
+    if trace.tracer.peak_rss > 0 {
+        let _ = writeln!(
+            out,
+            "leaktrace itself: {} peak resident, {:.1} s of CPU",
+            bytes(trace.tracer.peak_rss as i64, false),
+            trace.tracer.cpu_s
+        );
+    }
     for warning in &trace.warnings {
         let _ = writeln!(out, "warning: {warning}");
     }
@@ -184,7 +193,7 @@ fn resident_by_role(out: &mut String, trace: &Trace) {
 }
 
 /// The sum over roles of one figure of a cycle's or phase's growth.
-fn total_growth(growth: &BTreeMap<Role, Growth>, figure: impl Fn(&Growth) -> i64) -> i64 {
+fn total_growth(growth: &CompactMap<Role, Growth>, figure: impl Fn(&Growth) -> i64) -> i64 {
     growth.values().map(figure).sum()
 }
 

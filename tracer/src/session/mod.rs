@@ -463,6 +463,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         markers: summary,
         browser: browser.summary,
         analysis: Default::default(),
+        tracer: trace::TracerCost::of_self(),
     })
 }
 
