@@ -63,20 +63,13 @@ pub fn field_offset(
     event: &str,
     field: &str,
 ) -> Result<u32, TracefsError> {
-    let name = format!("{category}:{event}");
-    let path = tracefs
-        .join("events")
-        .join(category)
-        .join(event)
-        .join("format");
-    let format = std::fs::read_to_string(&path).map_err(|source| TracefsError::Format {
-        event: name.clone(),
-        source,
-    })?;
-    parse_field_offset(&format, field).ok_or(TracefsError::NoField {
-        event: name,
-        field: field.to_string(),
-    })
+    fields(tracefs, category, event)?
+        .into_iter()
+        .find_map(|(name, offset)| (name == field).then_some(offset))
+        .ok_or(TracefsError::NoField {
+            event: format!("{category}:{event}"),
+            field: field.to_string(),
+        })
 }
 
 /// Every field of tracepoint `category:event`'s record, in order, with its byte offset.
@@ -115,15 +108,15 @@ fn parse_fields(format: &str) -> Vec<(String, u32)> {
         .collect()
 }
 
-fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
-    parse_fields(format)
-        .into_iter()
-        .find_map(|(name, offset)| (name == field).then_some(offset))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::parse_field_offset;
+    use super::parse_fields;
+
+    fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
+        parse_fields(format)
+            .into_iter()
+            .find_map(|(name, offset)| (name == field).then_some(offset))
+    }
 
     const EXIT_FORMAT: &str = "name: sched_process_exit\nID: 369\nformat:\n\
         \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
