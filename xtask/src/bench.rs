@@ -81,7 +81,7 @@ struct Bins {
     cycler: PathBuf,
 }
 
-pub fn run(workspace: &Path, rounds: usize) -> Result<()> {
+pub fn run(workspace: &Path, rounds: usize, long_cycles: &[u64]) -> Result<()> {
     ensure!(rounds > 0, "bench needs at least one round");
     // Checked before the build so a missing prerequisite fails in a second, not after minutes.
     ensure!(
@@ -115,14 +115,92 @@ pub fn run(workspace: &Path, rounds: usize) -> Result<()> {
 
     print_table(&samples, rounds);
     bystander(&bins, &script, rounds)?;
-    for cycles in LONG_TRACES {
+    worker(workspace, &bins, rounds)?;
+    for &cycles in long_cycles {
         long_trace(&bins, cycles)?;
     }
     Ok(())
 }
 
-/// Cycle counts of the long-trace runs.
-const LONG_TRACES: [u64; 2] = [20_000, 100_000];
+/// Cycles of the real worker's runs.
+const WORKER_CYCLES: &str = "60";
+
+/// The scraper fixture (Bun + puppeteer-core driving Debian's Chromium, `--leak none`) doing
+/// 60 cycles as fast as it can (`--interval-ms 0`), markers at every phase in its log lines:
+/// untraced, traced with DevTools on, and traced with `--cdp off` (the markers' snapshots
+/// alone); wall time of the whole command, alternated like the storm.
+fn worker(workspace: &Path, bins: &Bins, rounds: usize) -> Result<()> {
+    let dir = workspace.join("tests/fixtures/scraper");
+    let bun = dir.join("node_modules/.bin/bun");
+    ensure!(
+        bun.is_file(),
+        "{} is missing: `cargo xtask setup` installs it",
+        bun.display()
+    );
+    let worker = |command: &mut Command| {
+        command
+            .arg(&bun)
+            .args([
+                "run",
+                "worker.ts",
+                "--leak",
+                "none",
+                "--cycles",
+                WORKER_CYCLES,
+            ])
+            .args(["--interval-ms", "0"])
+            .current_dir(&dir);
+    };
+    let traced = |cdp: &str| {
+        let mut command = Command::new(&bins.leaktrace);
+        command
+            .args(["run", "-q", "--cdp", cdp, "--cycles", WORKER_CYCLES])
+            .args([
+                "--cycle-regex",
+                r"cycle \d+ done",
+                "--phase-regex",
+                r"^phase (\w+)",
+            ])
+            .arg("--")
+            .arg(&bun);
+        worker(&mut command);
+        command
+    };
+    const NAMES: [&str; 3] = ["untraced", "leaktrace", "leaktrace --cdp off"];
+    let mut walls: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds {
+        for index in ORDERS[round % ORDERS.len()] {
+            let mut command = match index {
+                0 => {
+                    let mut command = Command::new(&bun);
+                    worker(&mut command);
+                    command
+                }
+                1 => traced("auto"),
+                _ => traced("off"),
+            };
+            let started = Instant::now();
+            let out = command.output()?;
+            ensure!(
+                out.status.success(),
+                "{} worker run failed: {}",
+                NAMES[index],
+                String::from_utf8_lossy(&out.stderr)
+            );
+            walls[index].push(started.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "\nworker: the Bun + puppeteer scraper, {WORKER_CYCLES} cycles as fast as it can, markers \
+         at every phase; wall s (median of {rounds})"
+    );
+    let baseline = median(&mut walls[0].clone());
+    for (name, samples) in NAMES.iter().zip(walls.iter_mut()) {
+        let med = median(samples);
+        println!("{name:<22} {med:>8.2} s {:>6.2}x", med / baseline);
+    }
+    Ok(())
+}
 
 /// A fast worker (`cycler --fixed`: 3 socket markers a cycle, a few ms each) traced for `cycles`
 /// cycles: leaktrace's own peak RSS and CPU (from the trace's `tracer` key), how long it took to

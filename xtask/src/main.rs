@@ -45,6 +45,9 @@ enum Task {
         /// Rounds of the three variants (order alternated each round).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Cycle counts of the long-trace runs (a fast worker: ~2 ms a cycle), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "20000,100000")]
+        long_cycles: Vec<u64>,
     },
     /// Boot Debian's cloud kernels (and the host's, if readable) under qemu and run leaktrace's
     /// kernel-side checks in each: a table kernel × check; exit 1 if any check failed.
@@ -330,7 +333,10 @@ fn main() -> Result<()> {
             }
             run(leaktrace.arg("demo"))?;
         }
-        Task::Bench { rounds } => bench::run(&workspace(), rounds)?,
+        Task::Bench {
+            rounds,
+            long_cycles,
+        } => bench::run(&workspace(), rounds, &long_cycles)?,
         Task::Vmtest { kernels, keep } => {
             if !vmtest::vmtest(&kernels, keep)? {
                 std::process::exit(1);
