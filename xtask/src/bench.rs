@@ -1,4 +1,6 @@
-//! `cargo xtask bench`: what leaktrace costs the process it traces, next to bpftrace.
+//! `cargo xtask bench`: what leaktrace costs the process it traces, next to bpftrace; then what
+//! it costs a bystander (`bystander`), a real Bun + puppeteer worker (`worker`), and itself on
+//! long traces (`long_trace`). The storm comes first:
 //!
 //! The workload is the `storm` fixture, a single-threaded loop of nothing but the memory syscalls
 //! leaktrace counts (mmap, munmap, brk, mremap, mprotect, madvise), so every call pays the
