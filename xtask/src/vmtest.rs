@@ -82,7 +82,7 @@ const CHECKS: [Check; 5] = [
     // The /proc fallback, which must work on any kernel.
     Check {
         name: "proc-mode",
-        run: Run::Shell("leaktrace run -q --no-ebpf -o /tmp/p.json -- sleep 1"),
+        run: Run::Shell("leaktrace run -q --no-ebpf -o $TMPDIR/p.json -- sleep 1"),
         timeout: 60,
     },
 ];
@@ -411,7 +411,7 @@ fn build() -> Result<Vec<(&'static str, PathBuf)>> {
 /// debug information to keep the archive small.
 fn initramfs(root: &Path, initrd: &Path, tests: &[(&str, PathBuf)]) -> Result<()> {
     let _ = fs::remove_dir_all(root);
-    for sub in ["bin", "proc", "sys", "dev", "tmp", "checks"] {
+    for sub in ["bin", "proc", "sys", "dev", "tmp", "scratch", "checks"] {
         fs::create_dir_all(root.join(sub))?;
     }
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -508,10 +508,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 # The archive has no /dev/console, so the kernel may have started /init without a console.
 exec 0</dev/console 1>/dev/console 2>&1
-mount -t tmpfs tmpfs /tmp
+# Scratch space on its own tmpfs, not over /tmp: the workspace (and so the binaries, at their
+# host paths in this archive) may itself live under /tmp.
+mount -t tmpfs tmpfs /scratch
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
-export PATH=/bin:{} HOME=/tmp TMPDIR=/tmp CI=true RUST_BACKTRACE=1
+export PATH=/bin:{} HOME=/scratch TMPDIR=/scratch CI=true RUST_BACKTRACE=1
 echo \"VMTEST kernel=$(cat /proc/sys/kernel/osrelease)\"
 ",
         debug.display()
