@@ -139,9 +139,9 @@ fn worker(workspace: &Path, bins: &Bins, rounds: usize) -> Result<()> {
         "{} is missing: `cargo xtask setup` installs it",
         bun.display()
     );
+    // The worker's arguments, after `bun`.
     let worker = |command: &mut Command| {
         command
-            .arg(&bun)
             .args([
                 "run",
                 "worker.ts",
