@@ -248,6 +248,16 @@ pub mod syscall_nr {
     pub const MADVISE: u64 = 28;
 }
 
+/// Where the memory syscalls' tracepoint records (`syscalls:sys_enter_*`, `sys_exit_*`) hold
+/// the syscall number, the arguments (8 bytes each) and the return value: the kernel's
+/// syscall-tracepoint layout, which the programs read at these fixed offsets and the loader
+/// checks in tracefs before attaching them.
+pub mod syscall_record {
+    pub const NR: usize = 8;
+    pub const ARGS: usize = 16;
+    pub const RET: usize = 16;
+}
+
 /// Marks a tracked tgid in the `TRACKED` map; the value is reserved for flags.
 pub const TRACKED: u32 = 1;
 

@@ -26,7 +26,10 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{CLASS_COUNT, LostReason, ProcessFlows, RegionClass, syscall_nr};
+use tracer_common::{
+    CLASS_COUNT, LostReason, ProcessFlows, RegionClass, syscall_nr,
+    syscall_record::{ARGS as RECORD_ARGS, NR as RECORD_NR, RET as RECORD_RET},
+};
 
 use crate::maps::{
     STASH, btf_field, config, count_lost, flows_of, is_tracked, read_kernel, scratch_walk,
@@ -44,12 +47,6 @@ const PROT_ACCESS: u64 = 0x7;
 const MADV_DONTNEED: u64 = 4;
 const MADV_FREE: u64 = 8;
 const MADV_REMOVE: u64 = 9;
-
-/// Where the syscall tracepoints' records hold the syscall number, the arguments and the
-/// return value (checked against tracefs by the loader).
-pub const RECORD_NR: usize = 8;
-pub const RECORD_ARGS: usize = 16;
-pub const RECORD_RET: usize = 16;
 
 /// One thread's memory syscall between entry and return.
 #[repr(C)]
@@ -97,14 +94,15 @@ fn record<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset) as *const T) }
 }
 
-/// Attached to `syscalls:sys_enter_{mmap,munmap,brk,mremap,mprotect,madvise}`.
+/// Attached to `syscalls:sys_enter_{mmap,munmap,brk,mprotect,madvise}` (mremap's arguments are
+/// read at its return; see `kernel::hooked_syscalls` in the loader).
 #[tracepoint]
 pub fn syscall_enter(ctx: TracePointContext) -> u32 {
     enter::<FindVma>(&ctx);
     0
 }
 
-/// `syscall_enter` for kernels without `bpf_find_vma` (see `vma::RbTree`).
+/// `syscall_enter` for kernels without `bpf_find_vma` (see `vma::RbTree`), on mremap's entry too.
 #[tracepoint]
 pub fn syscall_enter_rbtree(ctx: TracePointContext) -> u32 {
     enter::<RbTree>(&ctx);

@@ -13,7 +13,7 @@
 //! | `rss_stat` counters               | `atomic_long_t` | `atomic_long_t` | `percpu_counter` | same |
 //! | `bpf_find_vma`, `bpf_loop` (5.17) | no: `mm_rb` walk instead | yes | yes | yes |
 
-use tracer_common::{KernelConfig, RSS_COUNTERS};
+use tracer_common::{KernelConfig, RSS_COUNTERS, syscall_record};
 
 /// Comma-separated features to treat as missing, so an older kernel's fallbacks can be tried
 /// (and tested) on a new one: `bpf_find_vma`, `bpf_loop`, `mm_rb`, `group_dead`.
@@ -310,8 +310,8 @@ impl Probe<'_> {
                 .skip_while(|(field, _)| field != "__syscall_nr")
                 .map(|(_, offset)| *offset)
                 .collect();
-            let expected = (0..after_nr.len() as u32 - 1).map(|i| 16 + 8 * i);
-            let layout_ok = after_nr.first() == Some(&8)
+            let expected = (0..after_nr.len() - 1).map(|i| (syscall_record::ARGS + 8 * i) as u32);
+            let layout_ok = after_nr.first() == Some(&(syscall_record::NR as u32))
                 && after_nr.len() >= 2
                 && after_nr[1..].iter().copied().eq(expected);
             if !layout_ok {
