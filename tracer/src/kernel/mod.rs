@@ -71,7 +71,7 @@ pub enum AttachPoint {
     /// A BTF-typed raw tracepoint (tp_btf): its pointer arguments can be read directly.
     Btf(&'static str),
     Tracepoint(&'static str, &'static str),
-    /// `syscalls:<prefix>_<name>` for each of [`MEMORY_SYSCALLS`]: one program on six
+    /// `syscalls:<prefix>_<name>` for the [`hooked_syscalls`]: one program on several
     /// tracepoints, which only those syscalls reach.
     Syscalls(&'static str),
 }
@@ -87,8 +87,8 @@ pub struct Hook {
     pub description: &'static str,
 }
 
-/// The memory syscalls, whose own tracepoints the syscall hooks attach to (the same list on
-/// entry and exit: mremap's entry is where its arguments are kept for the return).
+/// The memory syscalls, whose own tracepoints the syscall hooks attach to (which of them each
+/// program takes: [`hooked_syscalls`]).
 pub const MEMORY_SYSCALLS: [&str; 6] = ["mmap", "munmap", "brk", "mremap", "mprotect", "madvise"];
 
 /// The syscalls whose `syscalls:<prefix>_<name>` tracepoints a syscall hook's program attaches
