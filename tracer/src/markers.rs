@@ -427,12 +427,28 @@ pub fn pass_through(
             pending.extend_from_slice(&buffer[..n]);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                let mut reading = None;
-                for mut event in rules.scan(String::from_utf8_lossy(&line).trim_end()) {
+                let events_of_line = rules.scan(String::from_utf8_lossy(&line).trim_end());
+                let markers: Vec<&Marker> = events_of_line
+                    .iter()
+                    .filter_map(|e| match e {
+                        MarkerEvent::Marker(marker) => Some(marker),
+                        _ => None,
+                    })
+                    .collect();
+                // One reading for a line that both starts a phase and ends a cycle, as deep
+                // as a cycle end's.
+                let reading = markers.first().map(|first| {
+                    let cycle_end = markers.iter().any(|m| m.boundary == Boundary::CycleEnd);
+                    let boundary = if cycle_end {
+                        &Boundary::CycleEnd
+                    } else {
+                        &first.boundary
+                    };
+                    tree.read(first.at_ns, boundary.depth())
+                });
+                for mut event in events_of_line {
                     if let MarkerEvent::Marker(marker) = &mut event {
-                        // One reading for a line that both starts a phase and ends a cycle.
-                        let reading = reading.get_or_insert_with(|| tree.read(marker.at_ns, false));
-                        marker.reading = Some(reading.clone());
+                        marker.reading = reading.clone();
                     }
                     let _ = events.send(event);
                 }

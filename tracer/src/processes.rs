@@ -282,12 +282,10 @@ impl ProcessTable {
 
     /// The kernel's current figures for every process still alive.
     pub fn collect_kernel(&mut self, kernel: &mut Kernel) {
-        for (tgid, flows) in kernel.all_flows() {
-            if let Some(&index) = self.live.get(&tgid) {
+        for (&tgid, &index) in &self.live {
+            if let Some(flows) = kernel.flows(tgid) {
                 self.processes[index].flows = flows;
             }
-        }
-        for (&tgid, &index) in &self.live {
             if let Some(resident) = kernel.resident(tgid, false) {
                 self.processes[index].resident = Some(resident);
             }

@@ -14,8 +14,8 @@ use crate::{
     browser::BrowserView,
     compact_map::CompactMap,
     processes::{ProcessState, Snapshot},
-    sampler::ProcSample,
-    trace::{Cycle, Growth, Phase, Role, RoleTotals},
+    sampler::{Depth, ProcSample},
+    trace::{CompactedCycles, Cycle, Growth, Phase, Role, RoleTotals},
 };
 
 /// What a marker says.
@@ -25,6 +25,17 @@ pub enum Boundary {
     CycleEnd,
     /// The start of a phase with this name (the previous phase ends).
     PhaseStart(String),
+}
+
+impl Boundary {
+    /// How deep the tree is read at this boundary: PSS at cycle ends (within the budget), the
+    /// resident counters alone at phase boundaries (PSS estimated from them).
+    pub fn depth(&self) -> Depth {
+        match self {
+            Boundary::CycleEnd => Depth::Budgeted,
+            Boundary::PhaseStart(_) => Depth::Counters,
+        }
+    }
 }
 
 /// The shortest stub (without a phase or figures) kept as a cut cycle: a worker whose cycles
@@ -46,10 +57,17 @@ struct OpenCycle {
     worker: BTreeMap<String, f64>,
 }
 
+/// How many of the latest cycles keep every detail; older ones are compacted (see
+/// [`Cycle::compact`]), so a trace of 100,000 cycles stays small in memory and on disk.
+pub const FULL_CYCLES: usize = 1000;
+
 pub struct Timeline {
     warmup: u32,
     cycles: Vec<Cycle>,
     open: OpenCycle,
+    /// How many of the latest cycles stay in full.
+    full_cycles: usize,
+    compacted: CompactedCycles,
 }
 
 impl Timeline {
@@ -58,13 +76,21 @@ impl Timeline {
             warmup,
             cycles: Vec::new(),
             open: OpenCycle::new(start_s, start),
+            full_cycles: FULL_CYCLES,
+            compacted: CompactedCycles::default(),
         }
+    }
+
+    /// Keeps only the latest `n` cycles in full (tests use a small `n`).
+    pub fn with_full_cycles(mut self, n: usize) -> Timeline {
+        self.full_cycles = n.max(1);
+        self
     }
 
     /// Records the browser's view at the end of the last complete cycle.
     pub fn attach_browser(&mut self, view: BrowserView) {
         if let Some(cycle) = self.cycles.last_mut() {
-            cycle.browser = Some(view);
+            cycle.browser = Some(Box::new(view));
         }
     }
 
@@ -106,6 +132,11 @@ impl Timeline {
                 let index = self.cycles.len() as u32 + 1;
                 self.cycles
                     .push(done.close(index, now_s, &snapshot, false, index <= self.warmup));
+                // The cycle falling out of the recent ones: its teardown mark and browser view
+                // were settled long ago.
+                if let Some(old) = self.cycles.len().checked_sub(self.full_cycles + 1) {
+                    self.compacted.take(&mut self.cycles[old]);
+                }
             }
         }
     }
@@ -131,7 +162,12 @@ impl Timeline {
     /// The cycles, with the open one added as `cut` when it holds anything worth keeping: a
     /// phase, the worker's figures, or at least half a typical cycle and 0.1 s (a stub between
     /// the last marker and the worker's exit is shutdown, not a cycle).
-    pub fn finish(mut self, end_s: f64, snapshot: Snapshot) -> Vec<Cycle> {
+    /// Returns them with the sums of what compacted cycles dropped, if any were.
+    pub fn finish(
+        mut self,
+        end_s: f64,
+        snapshot: Snapshot,
+    ) -> (Vec<Cycle>, Option<CompactedCycles>) {
         let durations: Vec<f64> = self.cycles.iter().map(|c| c.end_s - c.start_s).collect();
         let typical = median(&durations);
         let open = &self.open;
@@ -147,7 +183,8 @@ impl Timeline {
             self.cycles
                 .push(open.close(index, end_s, &snapshot, true, warmup));
         }
-        self.cycles
+        let compacted = (self.compacted.count > 0).then_some(self.compacted);
+        (self.cycles, compacted)
     }
 }
 
@@ -170,6 +207,7 @@ impl OpenCycle {
                 end_s: now_s,
                 growth: growth(&phase.start, snapshot),
                 teardown: false,
+                tree: None,
             });
         }
     }
@@ -263,7 +301,7 @@ mod tests {
     use tracer_common::ProcessFlows;
 
     use super::*;
-    use crate::trace::ResidentBytes;
+    use crate::trace::{ResidentBytes, TreeChange};
 
     fn state(
         pid: u32,
@@ -325,7 +363,7 @@ mod tests {
             values,
         );
         assert_eq!(timeline.complete_cycles(), 1);
-        let cycles = timeline.finish(
+        let (cycles, _) = timeline.finish(
             3.1,
             snapshot(vec![
                 state(1, "worker", 300, 200, true),
@@ -368,7 +406,7 @@ mod tests {
         timeline.on_boundary(Boundary::CycleEnd, 0.01, start.clone(), BTreeMap::new());
         timeline.on_boundary(Boundary::CycleEnd, 0.02, start.clone(), BTreeMap::new());
         // 30 ms after the last marker, three times a cycle: the worker exiting.
-        assert_eq!(timeline.finish(0.05, start).len(), 2);
+        assert_eq!(timeline.finish(0.05, start).0.len(), 2);
     }
 
     #[test]
@@ -383,9 +421,87 @@ mod tests {
             start.clone(),
             BTreeMap::new(),
         );
-        let cycles = timeline.finish(2.2, start);
+        let (cycles, _) = timeline.finish(2.2, start);
         let summary: Vec<(u32, bool)> = cycles.iter().map(|c| (c.index, c.cut)).collect();
         assert_eq!(summary, [(1, false), (2, false), (3, true)]);
         assert_eq!(cycles[2].phases[0].name, "scrape");
+    }
+
+    /// Five cycles of a worker growing 100 bytes in `scrape` and giving back 30 in `cleanup`,
+    /// kept as `full` full cycles.
+    fn five_cycles(full: usize) -> (Vec<Cycle>, Option<CompactedCycles>) {
+        let at = |i: u64, extra: u64| {
+            snapshot(vec![state(
+                1,
+                "worker",
+                70 * i + extra,
+                70 * i + extra,
+                true,
+            )])
+        };
+        let mut timeline = Timeline::new(0, 0.0, at(0, 0)).with_full_cycles(full);
+        for i in 0..5u64 {
+            let t = i as f64;
+            timeline.on_boundary(
+                Boundary::PhaseStart("scrape".into()),
+                t,
+                at(i, 0),
+                BTreeMap::new(),
+            );
+            timeline.on_boundary(
+                Boundary::PhaseStart("cleanup".into()),
+                t + 0.5,
+                at(i, 100),
+                BTreeMap::new(),
+            );
+            let figures = BTreeMap::from([("heapUsed".to_string(), t)]);
+            timeline.on_boundary(Boundary::CycleEnd, t + 1.0, at(i + 1, 0), figures);
+        }
+        timeline.finish(5.0, at(5, 0))
+    }
+
+    #[test]
+    fn older_cycles_are_compacted_and_the_analysis_reads_them_the_same() {
+        let (full, none) = five_cycles(10);
+        assert!(none.is_none() && full.iter().all(|c| !c.compacted));
+        let (cycles, compacted) = five_cycles(2);
+        let compacted = compacted.expect("three cycles compacted");
+        let flags: Vec<bool> = cycles.iter().map(|c| c.compacted).collect();
+        assert_eq!(flags, [true, true, true, false, false]);
+        // What a compacted cycle keeps: the tree's change over it and over each phase, its
+        // figures per role and the worker's.
+        let old = &cycles[0];
+        assert!(old.growth.is_empty() && old.phases.iter().all(|p| p.growth.is_empty()));
+        assert_eq!(
+            old.tree(),
+            TreeChange {
+                pss: 70,
+                owned: 70,
+                anon: 70
+            }
+        );
+        let phases: Vec<i64> = old.phases.iter().map(|p| p.tree().owned).collect();
+        assert_eq!(phases, [100, -30]);
+        assert_eq!(
+            (old.by_role[&Role::Worker].anon, old.worker["heapUsed"]),
+            (70, 0.0)
+        );
+        // What it drops, summed: three cycles of 70 bytes mapped, 100 in scrape each.
+        assert_eq!(compacted.count, 3);
+        assert_eq!(
+            compacted.growth[&Role::Worker].address_space["anon"].mapped,
+            210
+        );
+        assert_eq!(compacted.phases["scrape"][&Role::Worker].resident.anon, 300);
+        assert_eq!(compacted.phases["cleanup"][&Role::Worker].pss_anon, -90);
+        // The same answers from the compacted trace, also once written and read back.
+        let json = serde_json::to_string(&cycles).unwrap();
+        let read: Vec<Cycle> = serde_json::from_str(&json).unwrap();
+        assert_eq!(read, cycles);
+        let analysis = |cycles: &[Cycle]| crate::analysis::analyze_cycles(cycles, Some(0), None);
+        let (expected, got) = (analysis(&full), analysis(&read));
+        assert_eq!(got.phase_growth, expected.phase_growth);
+        assert_eq!(got.phase_growth["scrape"], 100.0);
+        assert_eq!(got.series, expected.series);
     }
 }

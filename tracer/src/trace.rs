@@ -18,7 +18,7 @@ use tracer_common::{ProcessFlows, RegionClass};
 pub use crate::analysis::Analysis;
 pub use crate::browser::{BrowserSummary, BrowserView};
 pub use crate::roles::Role;
-pub use crate::sampler::ProcSample;
+pub use crate::sampler::{ProcSample, RollupCost};
 
 pub const SCHEMA: &str = "leaktrace/1";
 
@@ -115,9 +115,13 @@ pub struct Trace {
     /// The tree's PSS over time, at most a few hundred points however long the trace.
     #[serde(default)]
     pub samples: Vec<TreeSample>,
-    /// The worker's cycles, when markers cut the trace into them.
+    /// The worker's cycles, when markers cut the trace into them: a long trace keeps its
+    /// recent cycles in full and the older ones compacted.
     #[serde(default)]
     pub cycles: Vec<Cycle>,
+    /// The detail of the compacted cycles, summed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<CompactedCycles>,
     /// How the trace was cut into cycles, and what went wrong with the markers.
     #[serde(default)]
     pub markers: MarkerSummary,
@@ -157,7 +161,14 @@ pub struct Cycle {
     /// The worker's own figures sent with its markers (`key=value`), the last value per key.
     pub worker: CompactMap<String, f64>,
     /// What the browser held at the end of the cycle (DevTools), when leaktrace could read it.
-    pub browser: Option<BrowserView>,
+    pub browser: Option<Box<BrowserView>>,
+    /// An older cycle kept in compact form (see [`Cycle::compact`]): its `growth` and its
+    /// phases' are left empty, and `tree` holds their sum over the roles.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub compacted: bool,
+    /// A compacted cycle's change over the whole tree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeChange>,
 }
 
 impl Cycle {
@@ -165,6 +176,57 @@ impl Cycle {
     /// on a tree tearing down.
     pub fn is_measured(&self) -> bool {
         !self.cut && !self.teardown
+    }
+
+    /// What changed over the cycle in the whole tree.
+    pub fn tree(&self) -> TreeChange {
+        self.tree.unwrap_or_else(|| TreeChange::of(&self.growth))
+    }
+
+    /// Keeps what the analysis reads of every cycle (its figures per role at the end, the
+    /// worker's figures, the browser's counts and JS heap per site, the tree's change over it
+    /// and over each phase) and drops the rest: per-role and per-class growth, the browser's
+    /// process list and URLs. Long traces keep their recent cycles in full and the older ones
+    /// like this, so memory and the JSON grow by a small record per cycle.
+    pub fn compact(&mut self) {
+        if self.compacted {
+            return;
+        }
+        self.tree = Some(self.tree());
+        self.growth = CompactMap::new();
+        for phase in &mut self.phases {
+            phase.tree = Some(phase.tree());
+            phase.growth = CompactMap::new();
+        }
+        self.phases.shrink_to_fit();
+        if let Some(view) = &mut self.browser {
+            view.compact();
+        }
+        self.compacted = true;
+    }
+}
+
+/// The change of the whole tree (every role summed) over a cycle or a phase: what the reports
+/// and the analysis read of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TreeChange {
+    pub pss: i64,
+    /// The PSS the processes own (see `RoleTotals::owned`).
+    pub owned: i64,
+    /// Resident anonymous memory, from the kernel's counters.
+    pub anon: i64,
+}
+
+impl TreeChange {
+    pub fn of(growth: &CompactMap<Role, Growth>) -> TreeChange {
+        growth
+            .values()
+            .fold(TreeChange::default(), |sum, g| TreeChange {
+                pss: sum.pss + g.pss,
+                owned: sum.owned + g.owned(),
+                anon: sum.anon + g.resident.anon,
+            })
     }
 }
 
@@ -178,6 +240,16 @@ pub struct Phase {
     pub growth: CompactMap<Role, Growth>,
     /// Its end snapshot saw the tree tear down: left out of the phase figures.
     pub teardown: bool,
+    /// In a compacted cycle, the phase's change over the whole tree (`growth` is empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeChange>,
+}
+
+impl Phase {
+    /// What changed over the phase in the whole tree.
+    pub fn tree(&self) -> TreeChange {
+        self.tree.unwrap_or_else(|| TreeChange::of(&self.growth))
+    }
 }
 
 /// The change of one role's figures between two boundaries: exact address-space flows per
@@ -199,6 +271,56 @@ impl Growth {
     pub fn owned(&self) -> i64 {
         self.pss_anon + self.pss_shmem
     }
+
+    /// Adds the change over a following span (or another set of processes).
+    pub fn add(&mut self, other: &Growth) {
+        for (class, flow) in &other.address_space {
+            self.address_space.get_or_default(class.clone()).add(flow);
+        }
+        self.brk_growth += other.brk_growth;
+        self.resident.anon += other.resident.anon;
+        self.resident.file += other.resident.file;
+        self.resident.shmem += other.resident.shmem;
+        self.resident.swap += other.resident.swap;
+        self.pss += other.pss;
+        self.pss_anon += other.pss_anon;
+        self.pss_shmem += other.pss_shmem;
+        self.pss_file += other.pss_file;
+    }
+}
+
+/// What compacted cycles no longer hold one by one (see [`Cycle::compact`]), summed over them:
+/// their growth per role and per phase, with the address-space flows per class.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CompactedCycles {
+    /// How many cycles were compacted: the first `count` of `cycles`.
+    pub count: u32,
+    pub growth: CompactMap<Role, Growth>,
+    /// Per phase name.
+    pub phases: BTreeMap<String, CompactMap<Role, Growth>>,
+}
+
+impl CompactedCycles {
+    /// Compacts `cycle`, adding the detail it drops to the sums.
+    pub fn take(&mut self, cycle: &mut Cycle) {
+        if cycle.compacted {
+            return;
+        }
+        add_growth(&mut self.growth, &cycle.growth);
+        for phase in &cycle.phases {
+            let sums = self.phases.entry(phase.name.clone()).or_default();
+            add_growth(sums, &phase.growth);
+        }
+        cycle.compact();
+        self.count += 1;
+    }
+}
+
+fn add_growth(sums: &mut CompactMap<Role, Growth>, growth: &CompactMap<Role, Growth>) {
+    for (role, g) in growth {
+        sums.get_or_default(role.clone()).add(g);
+    }
 }
 
 /// leaktrace's own footprint over the trace, read from the kernel when the trace ends.
@@ -209,11 +331,13 @@ pub struct TracerCost {
     pub peak_rss: u64,
     /// CPU time leaktrace used, user plus system, in seconds.
     pub cpu_s: f64,
+    /// Reading PSS: what smaps_rollup cost, and how often PSS was estimated instead.
+    pub smaps_rollup: RollupCost,
 }
 
 impl TracerCost {
-    /// This process's, now.
-    pub fn of_self() -> TracerCost {
+    /// This process's, now, with what its readings of smaps_rollup cost.
+    pub fn of_self(smaps_rollup: RollupCost) -> TracerCost {
         let peak_rss = std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|status| {
@@ -231,6 +355,7 @@ impl TracerCost {
         TracerCost {
             peak_rss,
             cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            smaps_rollup,
         }
     }
 }
@@ -583,6 +708,7 @@ mod tests {
             totals: Totals::default(),
             samples: vec![],
             cycles: vec![],
+            compacted: None,
             markers: MarkerSummary::default(),
             browser: BrowserSummary::default(),
             analysis: Analysis::default(),

@@ -133,17 +133,6 @@ fn distribution(at_cycle_ends: &[f64]) -> Option<Distribution> {
     })
 }
 
-/// The origin of a URL (scheme and host), or its scheme when it has no host (data:, about:).
-pub fn origin(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => format!(
-            "{scheme}://{}",
-            rest.split(['/', '?', '#']).next().unwrap_or("")
-        ),
-        None => url.split(':').next().unwrap_or(url).to_string() + ":",
-    }
-}
-
 impl Analysis {
     pub fn tree(&self) -> Option<&SeriesFit> {
         self.series.iter().find(|s| s.name == Series::TreeOwned)
@@ -252,7 +241,7 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
         for (i, view) in views.iter().enumerate() {
             for page in view.page_list.iter().filter(|p| !p.internal) {
                 let heap = sites
-                    .entry(origin(&page.url))
+                    .entry(crate::browser::origin(&page.url))
                     .or_insert_with(|| vec![0.0; views.len()]);
                 heap[i] += page.js_heap_used as f64;
             }
@@ -268,7 +257,7 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
     for cycle in cycles.iter().skip(tree_warmup) {
         for phase in cycle.phases.iter().filter(|p| !p.teardown) {
             let entry = sums.entry(phase.name.clone()).or_default();
-            entry.0 += phase.growth.values().map(|g| g.owned() as f64).sum::<f64>();
+            entry.0 += phase.tree().owned as f64;
             entry.1 += 1;
         }
     }
@@ -293,11 +282,11 @@ mod tests {
     #[test]
     fn sites_are_origins() {
         assert_eq!(
-            origin("https://shop.example:8443/p/1?x=2"),
+            crate::browser::origin("https://shop.example:8443/p/1?x=2"),
             "https://shop.example:8443"
         );
-        assert_eq!(origin("data:text/html,<p>hi</p>"), "data:");
-        assert_eq!(origin("about:blank"), "about:");
+        assert_eq!(crate::browser::origin("data:text/html,<p>hi</p>"), "data:");
+        assert_eq!(crate::browser::origin("about:blank"), "about:");
     }
 
     #[test]

@@ -155,7 +155,7 @@ pub(super) fn answers(analysis: &Analysis, cycles: &[&Cycle]) -> Answers {
     });
     // Recreation: a cycle whose page or context count fell below the previous cycle's.
     let count = |c: &Cycle| c.browser.as_ref().map(|b| (b.pages, b.contexts));
-    let owned = |c: &Cycle| c.growth.values().map(|g| g.owned() as f64).sum::<f64>();
+    let owned = |c: &Cycle| c.tree().owned as f64;
     let (mut recreated, mut others) = (Vec::new(), Vec::new());
     for pair in cycles.windows(2) {
         match (count(pair[0]), count(pair[1])) {

@@ -117,6 +117,39 @@ pub struct BrowserView {
     pub failed_calls: u64,
 }
 
+impl BrowserView {
+    /// Keeps what the analysis reads of an older cycle's view: the counts, the JS heap, and
+    /// the JS heap per site (one entry per origin of the worker's pages); drops the URLs, the
+    /// pages one by one and the process list.
+    pub fn compact(&mut self) {
+        let mut sites: BTreeMap<String, u64> = BTreeMap::new();
+        for page in self.page_list.iter().filter(|p| !p.internal) {
+            *sites.entry(origin(&page.url)).or_default() += page.js_heap_used;
+        }
+        self.page_list = sites
+            .into_iter()
+            .map(|(url, js_heap_used)| PageView {
+                url,
+                js_heap_used,
+                ..PageView::default()
+            })
+            .collect();
+        self.urls = Vec::new();
+        self.processes = Vec::new();
+    }
+}
+
+/// The origin of a URL (scheme and host), or its scheme when it has no host (data:, about:).
+pub fn origin(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!(
+            "{scheme}://{}",
+            rest.split(['/', '?', '#']).next().unwrap_or("")
+        ),
+        None => url.split(':').next().unwrap_or(url).to_string() + ":",
+    }
+}
+
 /// The DevTools side of a whole trace.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

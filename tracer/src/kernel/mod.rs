@@ -3,7 +3,8 @@
 //!
 //! Hooks (see `tracer-ebpf` and [`HOOKS`]): the memory syscalls' own entry and exit tracepoints,
 //! `task_newtask` (tp_btf), `sched:sched_process_exec` and `sched:sched_process_exit` for the
-//! process tree, `rss_stat` (tp_btf) for resident memory. Links detach when [`Kernel`] is dropped.
+//! process tree, `rss_stat` (tp_btf) for resident memory. Links detach when [`Kernel`] is dropped (the syscall
+//! hooks' may go first, see [`Kernel::stop_flows`]).
 
 pub mod btf;
 pub mod features;
@@ -143,6 +144,8 @@ pub static HOOKS: [Hook; 6] = [
 
 /// Loaded and attached programs with their maps.
 pub struct Kernel {
+    /// Declared first, so they detach before the programs unload.
+    links: Links,
     ebpf: Ebpf,
     events: RingBuf<MapData>,
     /// The resident counters' indices; `None` when `rss_stat` is not attached on this kernel.
@@ -181,9 +184,10 @@ impl Kernel {
             .load(EBPF_OBJECT)
             .map_err(KernelError::Load)?;
         let btf = aya::Btf::from_sys_fs().map_err(|e| KernelError::Load(e.into()))?;
+        let mut links = Links::default();
         for support in features.hooks.iter().filter(|h| h.attaches()) {
             let hook = support.hook;
-            attach(&mut ebpf, hook, support.program, &btf)
+            attach(&mut ebpf, hook, support.program, &btf, &mut links)
                 .map_err(|source| KernelError::Attach { hook, source })?;
         }
         let events = ebpf
@@ -199,12 +203,20 @@ impl Kernel {
                 })
             })?;
         Ok(Kernel {
+            links,
             ebpf,
             events,
             rss: features.rss,
             flows: features.flows(),
             losses: features.losses(),
         })
+    }
+
+    /// Stops counting address-space flows: the trace is ending. The syscall hooks detach in the
+    /// background (see [`Links`]); the process tree and resident counters stay followed until
+    /// the end.
+    pub fn stop_flows(&mut self) {
+        self.links.detach_syscalls();
     }
 
     /// Adds a process to the tracked set; its future children join it in the kernel.
@@ -267,16 +279,15 @@ impl Kernel {
         Some(total)
     }
 
-    /// The flows of every process still in the map, summed over CPUs.
-    pub fn all_flows(&mut self) -> Vec<(u32, ProcessFlows)> {
-        let Ok(flows) = self.map_mut::<PerCpuHashMap<_, u32, ProcessFlows>>("FLOWS") else {
-            return Vec::new();
-        };
-        flows
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(tgid, per_cpu)| (tgid, sum_flows(per_cpu.iter())))
-            .collect()
+    /// The flows of `tgid` summed over CPUs (left in the map).
+    ///
+    /// Looked up by key: walking the map instead (`get_next_key` from bucket to bucket) costs
+    /// as much as its capacity however few processes are in it, and it was a fifth of
+    /// leaktrace's CPU on a fast worker.
+    pub fn flows(&mut self, tgid: u32) -> Option<ProcessFlows> {
+        let flows: PerCpuHashMap<_, u32, ProcessFlows> = self.map_mut("FLOWS").ok()?;
+        let per_cpu = flows.get(&tgid, 0).ok()?;
+        Some(sum_flows(per_cpu.iter()))
     }
 
     /// Lost-event counters, indexed by `LostReason`, summed over CPUs.
@@ -320,29 +331,82 @@ fn raise_memlock_limit() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
-fn attach(ebpf: &mut Ebpf, hook: &Hook, name: &str, btf: &aya::Btf) -> Result<(), ProgramError> {
+fn attach(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    name: &str,
+    btf: &aya::Btf,
+    links: &mut Links,
+) -> Result<(), ProgramError> {
     let program = ebpf.program_mut(name).ok_or(ProgramError::NotLoaded)?;
     match hook.attach {
         AttachPoint::Btf(event) => {
             let program: &mut BtfTracePoint = program.try_into()?;
             program.load(event, btf)?;
-            program.attach()?;
+            let id = program.attach()?;
+            links.others.push(Box::new(program.take_link(id)?));
         }
         AttachPoint::Tracepoint(category, event) => {
             let program: &mut TracePoint = program.try_into()?;
             program.load()?;
-            program.attach(category, event)?;
+            let id = program.attach(category, event)?;
+            links.others.push(Box::new(program.take_link(id)?));
         }
         AttachPoint::Syscalls(prefix) => {
             let fallback = hook.fallback_program == Some(name);
             let program: &mut TracePoint = program.try_into()?;
             program.load()?;
             for name in hooked_syscalls(prefix, fallback) {
-                program.attach("syscalls", &format!("{prefix}_{name}"))?;
+                let id = program.attach("syscalls", &format!("{prefix}_{name}"))?;
+                links.syscalls.push(Box::new(program.take_link(id)?));
             }
         }
     }
     Ok(())
+}
+
+/// Every attachment, owned apart from the programs so it can be detached on its own. Detaching
+/// a tracepoint waits for RCU grace periods (~75 ms here): one after the other, the thirteen
+/// links held leaktrace for a second after the traced command had exited. Side by side their
+/// waits partly overlap (~40 ms each), and the syscall hooks' eleven go as soon as the trace
+/// ends, in the background, while leaktrace takes its last snapshot and writes the trace.
+#[derive(Default)]
+struct Links {
+    syscalls: Vec<Link>,
+    others: Vec<Link>,
+    /// The syscall hooks being detached.
+    detaching: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A link, held for its `Drop`, which detaches it.
+type Link = Box<dyn Send>;
+
+impl Links {
+    fn detach_syscalls(&mut self) {
+        let links = std::mem::take(&mut self.syscalls);
+        if !links.is_empty() {
+            self.detaching = Some(std::thread::spawn(move || detach(links)));
+        }
+    }
+}
+
+/// Detaches every link at once, each on its own thread.
+fn detach(links: Vec<Link>) {
+    std::thread::scope(|scope| {
+        for link in links {
+            scope.spawn(move || drop(link));
+        }
+    });
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        self.detach_syscalls();
+        detach(std::mem::take(&mut self.others));
+        if let Some(detaching) = self.detaching.take() {
+            let _ = detaching.join();
+        }
+    }
 }
 
 fn sum_flows<'a>(per_cpu: impl Iterator<Item = &'a ProcessFlows>) -> ProcessFlows {

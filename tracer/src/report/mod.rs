@@ -8,8 +8,7 @@ use tracer_common::RegionClass;
 
 pub mod answers;
 
-use crate::compact_map::CompactMap;
-use crate::trace::{ClassFlow, Growth, Process, Role, Trace};
+use crate::trace::{ClassFlow, Process, Trace};
 
 /// Beyond this many processes, the tables show the busiest ones (the JSON has all).
 const MAX_ROWS: usize = 40;
@@ -143,11 +142,16 @@ fn header(out: &mut String, trace: &Trace) {
         exited
     );
     if trace.tracer.peak_rss > 0 {
+        let rollup = &trace.tracer.smaps_rollup;
         let _ = writeln!(
             out,
-            "leaktrace itself: {} peak resident, {:.1} s of CPU",
+            "leaktrace itself: {} peak resident, {:.1} s of CPU ({:.2} s reading PSS: {} smaps_rollup \
+             reads, {} estimates from the resident counters)",
             bytes(trace.tracer.peak_rss as i64, false),
-            trace.tracer.cpu_s
+            trace.tracer.cpu_s,
+            rollup.seconds,
+            rollup.reads,
+            rollup.estimates
         );
     }
     for warning in &trace.warnings {
@@ -193,10 +197,6 @@ fn resident_by_role(out: &mut String, trace: &Trace) {
 }
 
 /// The sum over roles of one figure of a cycle's or phase's growth.
-fn total_growth(growth: &CompactMap<Role, Growth>, figure: impl Fn(&Growth) -> i64) -> i64 {
-    growth.values().map(figure).sum()
-}
-
 fn cycles(out: &mut String, trace: &Trace) {
     if trace.cycles.is_empty() {
         return;
@@ -214,9 +214,14 @@ fn cycles(out: &mut String, trace: &Trace) {
     );
     for cycle in &trace.cycles {
         let pss: u64 = cycle.by_role.values().map(|r| r.pss).sum();
-        let net = total_growth(&cycle.growth, |g| {
-            g.address_space.values().map(ClassFlow::net).sum()
-        });
+        let tree = cycle.tree();
+        // A compacted cycle keeps the tree's change, not its flows.
+        let net = if cycle.compacted {
+            "-".to_string()
+        } else {
+            let flows = cycle.growth.values().flat_map(|g| g.address_space.values());
+            bytes(flows.map(ClassFlow::net).sum(), true)
+        };
         let figures: Vec<String> = cycle
             .worker
             .iter()
@@ -238,10 +243,10 @@ fn cycles(out: &mut String, trace: &Trace) {
             cycle.start_s,
             cycle.end_s - cycle.start_s,
             size(pss),
-            bytes(total_growth(&cycle.growth, |g| g.pss), true),
-            bytes(total_growth(&cycle.growth, Growth::owned), true),
-            bytes(total_growth(&cycle.growth, |g| g.resident.anon), true),
-            bytes(net, true),
+            bytes(tree.pss, true),
+            bytes(tree.owned, true),
+            bytes(tree.anon, true),
+            net,
             figures.join(" ")
         );
     }
@@ -250,9 +255,10 @@ fn cycles(out: &mut String, trace: &Trace) {
     for cycle in trace.cycles.iter().filter(|c| c.is_measured() && !c.warmup) {
         for phase in cycle.phases.iter().filter(|p| !p.teardown) {
             let entry = phases.entry(&phase.name).or_default();
-            entry.0 += total_growth(&phase.growth, |g| g.pss);
-            entry.1 += total_growth(&phase.growth, Growth::owned);
-            entry.2 += total_growth(&phase.growth, |g| g.resident.anon);
+            let tree = phase.tree();
+            entry.0 += tree.pss;
+            entry.1 += tree.owned;
+            entry.2 += tree.anon;
             entry.3 += 1;
         }
     }
@@ -294,7 +300,7 @@ fn browser(out: &mut String, trace: &Trace) {
     let with_views: Vec<_> = trace
         .cycles
         .iter()
-        .filter_map(|c| c.browser.as_ref().map(|b| (c.index, b)))
+        .filter_map(|c| c.browser.as_deref().map(|b| (c.index, b)))
         .collect();
     if !with_views.is_empty() {
         let _ = writeln!(

@@ -9,7 +9,7 @@ use crate::{
     kernel::{Kernel, RssIndices},
     processes::{self, ProcessTable, SampleSeries, Snapshot},
     roles::Role,
-    sampler::{self, Reading, TreeReader},
+    sampler::{self, Depth, Reading, TreeReader},
     target,
     trace::TreeSample,
 };
@@ -73,20 +73,21 @@ impl Collectors {
         }
     }
 
-    /// A /proc sample of every live process, kept in the bounded series: a quick one (PSS read
-    /// again where resident memory moved), since samples come every `--interval` however large
-    /// the tree (17 browsers are 193 processes: 1.3 s of smaps_rollup, measured).
+    /// A /proc sample of every live process, kept in the bounded series: a budgeted one (PSS
+    /// read again where resident memory moved, within the budget), since samples come every
+    /// `--interval` however large the tree (17 browsers are 193 processes: 1.3 s of
+    /// smaps_rollup, measured).
     pub(super) fn sample(&mut self) -> TreeSample {
         let reading = Reading {
             at_ns: sampler::boot_ns(),
             ..Reading::default()
         };
-        self.sample_with(reading, false)
+        self.sample_with(reading, Depth::Budgeted)
     }
 
     /// Takes in `reading`, with every live process it does not cover (forked since its pid
-    /// list was set) read now; `full` reads every smaps_rollup.
-    fn sample_with(&mut self, mut reading: Reading, full: bool) -> TreeSample {
+    /// list was set) read now, as deep as `depth`.
+    fn sample_with(&mut self, mut reading: Reading, depth: Depth) -> TreeSample {
         self.follow();
         let missing: Vec<u32> = self
             .table
@@ -94,7 +95,7 @@ impl Collectors {
             .into_iter()
             .filter(|pid| !reading.samples.contains_key(pid))
             .collect();
-        let now = self.tree.read_pids(&missing, reading.at_ns, full);
+        let now = self.tree.read_pids(&missing, reading.at_ns, depth);
         reading.samples.extend(now.samples);
         reading.done_ns = reading.done_ns.max(now.done_ns);
         self.read_until_ns = reading.done_ns;
@@ -109,24 +110,24 @@ impl Collectors {
 
     /// Everything every collector knows now, for the start and end of the trace.
     pub(super) fn snapshot(&mut self) -> (f64, Snapshot, TreeSample) {
-        let boundary = self.boundary(sampler::boot_ns(), None, true);
+        let boundary = self.boundary(sampler::boot_ns(), None, Depth::Full);
         (boundary.t_s, boundary.snapshot, boundary.sample)
     }
 
     /// Everything every collector knew at a marker read at `at_ns`: the tree's memory from
-    /// `reading` (taken when the marker was read) or read now, and the kernel's flows. `full`:
-    /// every process's PSS, not only where memory moved.
+    /// `reading` (taken when the marker was read) or read now as deep as `depth`, and the
+    /// kernel's flows.
     pub(super) fn boundary(
         &mut self,
         at_ns: u64,
         reading: Option<Reading>,
-        full: bool,
+        depth: Depth,
     ) -> BoundarySnapshot {
         let reading = reading.unwrap_or_else(|| Reading {
             at_ns,
             ..Reading::default()
         });
-        let sample = self.sample_with(reading, full);
+        let sample = self.sample_with(reading, depth);
         if let Some(kernel) = &mut self.kernel {
             self.table.collect_kernel(kernel);
         }

@@ -67,7 +67,10 @@ impl Cutting {
             }
         };
         self.check_teardown(collectors);
-        let boundary = collectors.boundary(marker.at_ns, marker.reading, false);
+        let boundary = collectors.boundary(marker.at_ns, marker.reading, marker.boundary.depth());
+        // A marker on the socket holds the worker until its snapshot is taken (the phase's
+        // counters are exact), and not a moment longer: never while DevTools is read.
+        let answered = marker.ack.map(|ack| ack.send(()));
         let sample = boundary.sample;
         if marker.boundary == Boundary::CycleEnd {
             self.summary.cycles_seen += 1;
@@ -85,8 +88,7 @@ impl Cutting {
         if cycle_end && let Some(inspector) = &mut self.inspector {
             values.extend(inspector.read().await);
         }
-        // A marker answered on the socket held the worker until its snapshot was taken.
-        if marker.ack.is_none() {
+        if answered.is_none() {
             let until = collectors.read_until_ns + TEARDOWN_WINDOW_NS;
             self.watch = Some((marker.boundary.clone(), marker.at_ns, until));
         }
@@ -97,9 +99,6 @@ impl Cutting {
             if let Some(view) = read_browser(collectors, browser).await {
                 self.timeline.attach_browser(view);
             }
-        }
-        if let Some(ack) = marker.ack {
-            let _ = ack.send(());
         }
         if cycle_end {
             self.interim_analysis();

@@ -382,6 +382,11 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             }
         }
     };
+    // No flow after this moment belongs to the trace: the syscall hooks start detaching (slow,
+    // see `kernel::Links`) while the rest of the trace is gathered.
+    if let Some(kernel) = collectors.kernel.as_mut() {
+        kernel.stop_flows();
+    }
     // The command's last lines may still be in its readers, each taking its reading before it
     // hands its marker on: wait for them to reach the end of the output, a moment at most (a
     // daemonized grandchild can hold the pipe open).
@@ -416,7 +421,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         ..
     } = cutting;
     browser.summary.failed_calls += inspector.map_or(0, |i| i.failed_calls);
-    let cycles = timeline.finish(end_s, end);
+    let (cycles, compacted) = timeline.finish(end_s, end);
     if mode == "run" {
         if exit_status.is_none() {
             exit_status = stop_command(root_pid, &mut status_rx, ended_by).await;
@@ -460,10 +465,11 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         processes,
         samples: collectors.series.into_points(),
         cycles,
+        compacted,
         markers: summary,
         browser: browser.summary,
         analysis: Default::default(),
-        tracer: trace::TracerCost::of_self(),
+        tracer: trace::TracerCost::of_self(collectors.tree.cost()),
     })
 }
 
