@@ -348,7 +348,10 @@ mod tests {
         assert_eq!((cost.reads, cost.estimates), (1, 1));
         // Other tests run alongside: within 1 MiB of smaps_rollup read at the same moment, where
         // the last reading is 16 MiB off.
-        assert!(actual.pss_anon >= before.pss_anon + 15 * MIB, "{before:?} {actual:?}");
+        assert!(
+            actual.pss_anon >= before.pss_anon + 15 * MIB,
+            "{before:?} {actual:?}"
+        );
         assert!(
             estimated.pss_anon.abs_diff(actual.pss_anon) < MIB,
             "estimated {} against {}",

@@ -130,7 +130,9 @@ const WORKER_CYCLES: &str = "60";
 /// The scraper fixture (Bun + puppeteer-core driving Debian's Chromium, `--leak none`) doing
 /// 60 cycles as fast as it can (`--interval-ms 0`), markers at every phase in its log lines:
 /// untraced, traced with DevTools on, and traced with `--cdp off` (the markers' snapshots
-/// alone); wall time of the whole command, alternated like the storm.
+/// alone), alternated like the storm. Each run's wall time twice: of the whole command
+/// (leaktrace's start-up and finish included), and of the worker itself (GNU time around it,
+/// in every variant); and leaktrace's own CPU, from its trace.
 fn worker(workspace: &Path, bins: &Bins, rounds: usize) -> Result<()> {
     let dir = workspace.join("tests/fixtures/scraper");
     let bun = dir.join("node_modules/.bin/bun");
@@ -139,42 +141,46 @@ fn worker(workspace: &Path, bins: &Bins, rounds: usize) -> Result<()> {
         "{} is missing: `cargo xtask setup` installs it",
         bun.display()
     );
-    // The worker's arguments, after `bun`.
+    ensure!(
+        Path::new(GNU_TIME).is_file(),
+        "{GNU_TIME} is missing: `cargo xtask setup` installs it (apt package time)"
+    );
+    let scratch = env::temp_dir().join(format!("leaktrace-bench-worker-{}", std::process::id()));
+    let (times, json) = (
+        scratch.with_extension("time"),
+        scratch.with_extension("json"),
+    );
+    // The worker, timed by GNU time, from `program` on.
     let worker = |command: &mut Command| {
         command
-            .args([
-                "run",
-                "worker.ts",
-                "--leak",
-                "none",
-                "--cycles",
-                WORKER_CYCLES,
-            ])
-            .args(["--interval-ms", "0"])
+            .args(["-f", "%e", "-o"])
+            .arg(&times)
+            .arg(&bun)
+            .args(["run", "worker.ts", "--leak", "none"])
+            .args(["--cycles", WORKER_CYCLES, "--interval-ms", "0"])
             .current_dir(&dir);
     };
     let traced = |cdp: &str| {
         let mut command = Command::new(&bins.leaktrace);
         command
             .args(["run", "-q", "--cdp", cdp, "--cycles", WORKER_CYCLES])
-            .args([
-                "--cycle-regex",
-                r"cycle \d+ done",
-                "--phase-regex",
-                r"^phase (\w+)",
-            ])
-            .arg("--")
-            .arg(&bun);
+            .args(["--cycle-regex", r"cycle \d+ done"])
+            .args(["--phase-regex", r"^phase (\w+)", "-o"])
+            .arg(&json)
+            .args(["--", GNU_TIME]);
         worker(&mut command);
         command
     };
     const NAMES: [&str; 3] = ["untraced", "leaktrace", "leaktrace --cdp off"];
+    // Per variant: whole-command walls, the worker's own walls, leaktrace's share of a core.
     let mut walls: [Vec<f64>; 3] = Default::default();
+    let mut own: [Vec<f64>; 3] = Default::default();
+    let mut cpu: [Vec<f64>; 3] = Default::default();
     for round in 0..rounds {
         for index in ORDERS[round % ORDERS.len()] {
             let mut command = match index {
                 0 => {
-                    let mut command = Command::new(&bun);
+                    let mut command = Command::new(GNU_TIME);
                     worker(&mut command);
                     command
                 }
@@ -190,18 +196,51 @@ fn worker(workspace: &Path, bins: &Bins, rounds: usize) -> Result<()> {
                 String::from_utf8_lossy(&out.stderr)
             );
             walls[index].push(started.elapsed().as_secs_f64());
+            own[index].push(std::fs::read_to_string(&times)?.trim().parse()?);
+            if index > 0 {
+                let trace = std::fs::read_to_string(&json)?;
+                cpu[index].push(json_number(&trace, "cpu_s")? / json_number(&trace, "duration_s")?);
+            }
         }
     }
+    let _ = std::fs::remove_file(&times);
+    let _ = std::fs::remove_file(&json);
     println!(
         "\nworker: the Bun + puppeteer scraper, {WORKER_CYCLES} cycles as fast as it can, markers \
-         at every phase; wall s (median of {rounds})"
+         at every phase; median of {rounds}\n{:<22} {:>17} {:>17} {:>16}",
+        "", "whole command", "worker itself", "leaktrace CPU"
     );
-    let baseline = median(&mut walls[0].clone());
-    for (name, samples) in NAMES.iter().zip(walls.iter_mut()) {
-        let med = median(samples);
-        println!("{name:<22} {med:>8.2} s {:>6.2}x", med / baseline);
+    let (whole, itself) = (median(&mut walls[0].clone()), median(&mut own[0].clone()));
+    for index in 0..NAMES.len() {
+        let (w, o) = (median(&mut walls[index]), median(&mut own[index]));
+        let share = if cpu[index].is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.1}% of a core", 100.0 * median(&mut cpu[index]))
+        };
+        println!(
+            "{:<22} {w:>8.2} s {:>6.2}x {o:>8.2} s {:>6.2}x {share:>16}",
+            NAMES[index],
+            w / whole,
+            o / itself
+        );
     }
     Ok(())
+}
+
+/// GNU time, which times the worker in the worker benchmark.
+const GNU_TIME: &str = "/usr/bin/time";
+
+/// The first number after `"key":` in a trace's JSON (compact past 1000 cycles).
+fn json_number(text: &str, key: &str) -> Result<f64> {
+    let at = text
+        .find(&format!("\"{key}\":"))
+        .with_context(|| format!("no {key} in the trace"))?;
+    let rest = text[at + key.len() + 3..].trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-'))
+        .unwrap_or(rest.len());
+    Ok(rest[..end].parse()?)
 }
 
 /// A fast worker (`cycler --fixed`: 3 socket markers a cycle, a few ms each) traced for `cycles`
@@ -225,17 +264,7 @@ fn long_trace(bins: &Bins, cycles: u64) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&json)?;
-    // The first number after `"key":` (compact JSON past 1000 cycles).
-    let number = |key: &str| -> Result<f64> {
-        let at = text
-            .find(&format!("\"{key}\":"))
-            .with_context(|| format!("no {key} in the trace"))?;
-        let rest = text[at + key.len() + 3..].trim_start();
-        let end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-'))
-            .unwrap_or(rest.len());
-        Ok(rest[..end].parse()?)
-    };
+    let number = |key| json_number(&text, key);
     let (duration, peak, cpu) = (number("duration_s")?, number("peak_rss")?, number("cpu_s")?);
     let started = Instant::now();
     let report = Command::new(&bins.leaktrace)

@@ -74,8 +74,9 @@ const PACKAGES: [&str; 5] = [
     "llvm-{llvm}-dev",
     "libpolly-{llvm}-dev",
 ];
-/// Also installed: Chromium (the browser tests drive it) and bpftrace (the benchmark's yardstick).
-const TOOLS: [&str; 2] = ["chromium", "bpftrace"];
+/// Also installed: Chromium (the browser tests drive it), bpftrace (the benchmark's yardstick)
+/// and GNU time (the benchmark times the worker with it).
+const TOOLS: [&str; 3] = ["chromium", "bpftrace", "time"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
