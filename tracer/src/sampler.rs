@@ -68,6 +68,18 @@ fn add_rollup(process: &procfs::process::Process, sample: &mut ProcSample) -> bo
     true
 }
 
+/// The CPU time this thread has used, in seconds: what a read costs, without the time it
+/// waited for a lock or a core.
+fn thread_cpu_s() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
 /// Now, on CLOCK_BOOTTIME: the clock of the kernel programs' event times.
 pub fn boot_ns() -> u64 {
     let mut now = libc::timespec {
@@ -129,7 +141,7 @@ struct TreeState {
 /// change without them (another process starts or stops sharing its pages).
 pub const ROLLUP_MAX_AGE: Duration = Duration::from_secs(10);
 /// The share of one core smaps_rollup may take, averaged over the trace.
-pub const ROLLUP_SHARE: f64 = 0.02;
+pub const ROLLUP_SHARE: f64 = 0.03;
 /// What smaps_rollup may take before the share applies: a short trace reads it at every cycle
 /// end.
 pub const ROLLUP_BURST: Duration = Duration::from_millis(300);
@@ -140,7 +152,7 @@ pub const ROLLUP_BURST: Duration = Duration::from_millis(300);
 pub struct RollupCost {
     /// smaps_rollup files read.
     pub reads: u64,
-    /// Their time, in seconds (mostly kernel time walking page tables).
+    /// The CPU time they took, in seconds (kernel time walking page tables).
     pub seconds: f64,
     /// Process readings whose PSS was estimated from the resident counters instead.
     pub estimates: u64,
@@ -227,10 +239,10 @@ impl TreeReader {
             };
             match last {
                 _ if read => {
-                    let started = Instant::now();
+                    let started = thread_cpu_s();
                     let ok = add_rollup(process, &mut sample);
                     let cost = &mut state.budget.cost;
-                    cost.seconds += started.elapsed().as_secs_f64();
+                    cost.seconds += thread_cpu_s() - started;
                     cost.reads += 1;
                     if ok {
                         state.rollups.insert(*pid, (sample, Instant::now()));

@@ -73,16 +73,16 @@ impl Collectors {
         }
     }
 
-    /// A /proc sample of every live process, kept in the bounded series: a budgeted one (PSS
-    /// read again where resident memory moved, within the budget), since samples come every
-    /// `--interval` however large the tree (17 browsers are 193 processes: 1.3 s of
-    /// smaps_rollup, measured).
-    pub(super) fn sample(&mut self) -> TreeSample {
+    /// A /proc sample of every live process, kept in the bounded series: never a full one
+    /// (PSS read again where resident memory moved, within the budget, or not at all), since
+    /// samples come every `--interval` however large the tree (17 browsers are 193 processes:
+    /// 1.3 s of smaps_rollup, measured).
+    pub(super) fn sample(&mut self, depth: Depth) -> TreeSample {
         let reading = Reading {
             at_ns: sampler::boot_ns(),
             ..Reading::default()
         };
-        self.sample_with(reading, Depth::Budgeted)
+        self.sample_with(reading, depth)
     }
 
     /// Takes in `reading`, with every live process it does not cover (forked since its pid

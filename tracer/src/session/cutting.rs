@@ -67,12 +67,18 @@ impl Cutting {
             }
         };
         self.check_teardown(collectors);
+        let cycle_end = marker.boundary == Boundary::CycleEnd;
         let boundary = collectors.boundary(marker.at_ns, marker.reading, marker.boundary.depth());
-        // A marker on the socket holds the worker until its snapshot is taken (the phase's
-        // counters are exact), and not a moment longer: never while DevTools is read.
-        let answered = marker.ack.map(|ack| ack.send(()));
+        // A marker on the socket holds the worker until the boundary is recorded: at a phase
+        // boundary its counters (cheap), at a cycle end also the browser's view, so the view is
+        // the cycle's and not the next one's first moments.
+        let marker_was_async = marker.ack.is_none();
+        let mut ack = marker.ack;
+        if !cycle_end && let Some(ack) = ack.take() {
+            let _ = ack.send(());
+        }
         let sample = boundary.sample;
-        if marker.boundary == Boundary::CycleEnd {
+        if cycle_end {
             self.summary.cycles_seen += 1;
             self.owned_at_cycle_ends.push(sample.owned());
             self.progress.update(
@@ -83,12 +89,11 @@ impl Cutting {
         } else {
             self.summary.phases_seen += 1;
         }
-        let cycle_end = marker.boundary == Boundary::CycleEnd;
         let mut values = marker.values;
         if cycle_end && let Some(inspector) = &mut self.inspector {
             values.extend(inspector.read().await);
         }
-        if answered.is_none() {
+        if marker_was_async {
             let until = collectors.read_until_ns + TEARDOWN_WINDOW_NS;
             self.watch = Some((marker.boundary.clone(), marker.at_ns, until));
         }
@@ -99,6 +104,9 @@ impl Cutting {
             if let Some(view) = read_browser(collectors, browser).await {
                 self.timeline.attach_browser(view);
             }
+        }
+        if let Some(ack) = ack {
+            let _ = ack.send(());
         }
         if cycle_end {
             self.interim_analysis();

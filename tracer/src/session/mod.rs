@@ -40,6 +40,7 @@ use crate::{
     markers::{self, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket},
     processes::{ProcessTable, SampleSeries},
     progress::Progress,
+    sampler::Depth,
     target::{self, Identity, LaunchIo, ProcInfo, TargetError},
     timeline::{Boundary, Timeline},
     trace::{self, EndReason, MarkerSummary, SCHEMA, Trace},
@@ -369,7 +370,10 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                 }
             }
             _ = sample_tick.tick() => {
-                let sample = collectors.sample();
+                // While cycles are cut, their ends read PSS: a sample only reads the counters,
+                // and leaves the budget to them.
+                let depth = if cutting.summary.cycles_seen > 0 { Depth::Counters } else { Depth::Budgeted };
+                let sample = collectors.sample(depth);
                 follow_browser(&collectors, &mut browser, options.warn, cutting.summary.cycles_seen == 0).await;
                 cutting.progress.update(started.elapsed(), sample.pss, &cutting.owned_at_cycle_ends);
             }
