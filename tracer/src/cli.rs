@@ -1,13 +1,20 @@
 //! The command line: parse, run the library, print, and map errors to exit codes.
 //!
-//! Exit codes: 0 ok, 1 error, 2 usage error (from clap), 3 budget exceeded.
+//! Exit codes: 0 ok; 1 error (also: an output that could not be written when the trace ended,
+//! after the report was printed and the trace saved elsewhere); 2 usage error, before anything
+//! runs (from clap, and a bad regex, `--cycle-log` or output path); 3 budget exceeded.
 
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::{diff, doctor, report, session, trace::Trace};
+use crate::{
+    diff, doctor,
+    markers::LineRules,
+    report, session,
+    trace::{ReportFile, Trace},
+};
 
 const ABOUT: &str = "Which process, and which kind of memory in it, keeps growing.";
 const LONG_ABOUT: &str = "\
@@ -158,9 +165,10 @@ struct TraceArgs {
     /// that stays in the traced browser and grows: off unless asked for.
     #[arg(long)]
     page_renderers: bool,
-    /// A Node worker's inspector (`node --inspect=HOST:PORT`): its Runtime.getHeapUsage at
-    /// every cycle end becomes the worker figures inspect.heapUsed and inspect.heapTotal.
-    #[arg(long, value_name = "URL")]
+    /// A Node worker's inspector (`node --inspect=HOST:PORT`, given as http://HOST:PORT or a
+    /// ws:// URL): its Runtime.getHeapUsage at every cycle end becomes the worker figures
+    /// inspect.heapUsed and inspect.heapTotal.
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
     worker_inspect: Option<String>,
     /// Fail (exit 3) when the PSS the tree owns (anonymous and shared memory; file-backed pages
     /// are page cache) grows faster than RATE after warm-up: 5MiB/day, 200KiB/cycle, 1MB/hour.
@@ -179,6 +187,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string());
     }
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 30s, 5m or 2h)"))
+}
+
+fn parse_endpoint(text: &str) -> Result<String, String> {
+    match text.parse::<crate::browser::CdpMode>() {
+        Ok(crate::browser::CdpMode::Url(url)) => Ok(url),
+        _ => Err(format!("{text:?}: expected a ws:// or http:// URL")),
+    }
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
@@ -202,8 +217,88 @@ fn print(to_stderr: bool, text: &str) -> Result<()> {
     }
 }
 
+/// A mistake in the command line found before anything runs: exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+/// An error and its causes, on one line.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// What `run` and `attach` write, opened before the trace starts.
+struct Outputs {
+    json: Option<ReportFile>,
+    trace_events: Option<ReportFile>,
+}
+
+/// Everything that can be checked before anything runs: the regexes, the log to follow, and
+/// every output path (opened now, never through a symlink, and kept open).
+fn check_before_start(args: &TraceArgs) -> Result<Outputs, UsageError> {
+    LineRules::new(
+        args.cycle_regex.as_deref(),
+        args.phase_regex.as_deref(),
+        args.figures_regex.as_deref(),
+    )
+    .map_err(|e| UsageError(with_causes(&e)))?;
+    if let Some(log) = &args.cycle_log {
+        std::fs::File::open(log)
+            .map_err(|e| UsageError(format!("cannot read --cycle-log {}: {e}", log.display())))?;
+    }
+    let open = |path: &Option<PathBuf>, option: &str| {
+        path.as_deref()
+            .map(|path| {
+                ReportFile::create(path)
+                    .map_err(|e| UsageError(format!("{option}: {}", with_causes(&e))))
+            })
+            .transpose()
+    };
+    Ok(Outputs {
+        json: open(&args.output, "--output")?,
+        trace_events: open(&args.trace_events, "--trace-events")?,
+    })
+}
+
+/// Writes the trace into `file`; if that fails, says so and saves it in the temporary
+/// directory instead. False when the file could not be written.
+fn write_or_save(trace: &Trace, file: ReportFile, verbose: bool) -> bool {
+    let path = file.path().to_path_buf();
+    let Err(error) = trace.write_into(file) else {
+        if verbose {
+            eprintln!("leaktrace: wrote {}", path.display());
+        }
+        return true;
+    };
+    eprintln!("leaktrace: error: {}", with_causes(&error));
+    let fallback = std::env::temp_dir().join(format!(
+        "leaktrace-{}-{}.json",
+        std::process::id(),
+        trace.started_at.replace(':', "")
+    ));
+    match ReportFile::create_new(&fallback).and_then(|file| trace.write_into(file)) {
+        Ok(()) => eprintln!(
+            "leaktrace: the trace is saved in {} instead",
+            fallback.display()
+        ),
+        Err(e) => eprintln!(
+            "leaktrace: error: the trace could not be saved in {} either: {}",
+            fallback.display(),
+            with_causes(&e)
+        ),
+    }
+    false
+}
+
 /// Traces, writes and prints; the exit code says whether the budget held.
 fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result<ExitCode> {
+    let outputs = check_before_start(args)?;
     let announce = match target {
         session::Target::Run(_) => args.verbose,
         session::Target::Attach(_) => !args.quiet,
@@ -236,19 +331,25 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
     let mut trace = session::trace(target, options)?;
     let warmup = (args.warmup > 0).then_some(args.warmup as usize);
     trace.analysis = crate::analysis::analyze(&trace, warmup, args.budget);
-    if let Some(path) = &args.trace_events {
-        crate::trace_events::write(&trace, path)?;
+    // One output failing never stops the others, nor the report.
+    let mut written = true;
+    if let Some(file) = outputs.trace_events
+        && let Err(error) = crate::trace_events::write_into(&trace, file)
+    {
+        eprintln!("leaktrace: error: {}", with_causes(&error));
+        written = false;
     }
-    if let Some(path) = &args.output {
-        trace.write(path)?;
-        if args.verbose {
-            eprintln!("leaktrace: wrote {}", path.display());
-        }
+    if let Some(file) = outputs.json {
+        written &= write_or_save(&trace, file, args.verbose);
     }
     if !args.quiet {
         print(true, &report::render(&trace))?;
     }
-    Ok(budget_exit_code(&trace))
+    Ok(if written {
+        budget_exit_code(&trace)
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The demo: the zoo worker next to this binary, traced over its cycles.
@@ -373,7 +474,8 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("leaktrace: error: {error:#}");
-            ExitCode::from(1)
+            let usage = error.downcast_ref::<UsageError>().is_some();
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }

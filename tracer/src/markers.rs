@@ -335,27 +335,79 @@ impl Drop for MarkerSocket {
     }
 }
 
+/// The longest marker line the socket takes: a marker is a word and a few figures.
+pub const MAX_SOCKET_LINE: usize = 64 * 1024;
+
+/// Every line gets an answer: `ok` once its boundary is recorded, or `error: why` (the worker
+/// may wait for one, and must never hang on a line leaktrace could not use).
 async fn serve_connection(stream: tokio::net::UnixStream, events: Sender) {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.trim().is_empty() {
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        let too_long = match read_capped_line(&mut reader, &mut line).await {
+            Ok(Some(too_long)) => too_long,
+            Ok(None) | Err(_) => return,
+        };
+        let text = String::from_utf8_lossy(&line);
+        if !too_long && text.trim().is_empty() {
             continue;
         }
-        match parse_protocol_line(&line) {
+        let parsed = if too_long {
+            Err(format!("a line longer than {} KiB", MAX_SOCKET_LINE / 1024))
+        } else {
+            parse_protocol_line(&text)
+        };
+        let answer = match parsed {
             Ok((boundary, values)) => {
                 let (ack, acked) = oneshot::channel();
                 if events.send(marker(boundary, values, Some(ack))).is_err() {
                     return;
                 }
-                // The worker may never read the answer; a failed write is not an error.
-                if acked.await.is_ok() && write.write_all(b"ok\n").await.is_err() {
-                    return;
+                match acked.await {
+                    Ok(()) => "ok\n".to_string(),
+                    Err(_) => "error: the trace has ended\n".to_string(),
                 }
             }
             Err(reason) => {
+                let answer = format!("error: {reason}\n");
                 let _ = events.send(MarkerEvent::Malformed(reason));
+                answer
             }
+        };
+        // The worker may never read the answer; a failed write is not an error.
+        if write.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one line (without its newline) into `line`, keeping at most [`MAX_SOCKET_LINE`] bytes
+/// of it: `Some(true)` when it was longer (the rest is read and dropped), `None` at the end.
+async fn read_capped_line(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    line: &mut Vec<u8>,
+) -> std::io::Result<Option<bool>> {
+    line.clear();
+    let mut too_long = false;
+    loop {
+        let buffer = reader.fill_buf().await?;
+        if buffer.is_empty() {
+            return Ok((!line.is_empty() || too_long).then_some(too_long));
+        }
+        let (chunk, done) = match buffer.iter().position(|b| *b == b'\n') {
+            Some(end) => (&buffer[..end], Some(end + 1)),
+            None => (buffer, None),
+        };
+        if line.len() + chunk.len() > MAX_SOCKET_LINE {
+            too_long = true;
+        } else {
+            line.extend_from_slice(chunk);
+        }
+        let used = done.unwrap_or(buffer.len());
+        reader.consume(used);
+        if done.is_some() {
+            return Ok(Some(too_long));
         }
     }
 }

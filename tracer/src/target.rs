@@ -32,8 +32,21 @@ pub enum TargetError {
     },
     #[error("the launched command did not report its pid before exec")]
     NoPid,
-    #[error("{var} is not a valid id: {value:?}")]
+    #[error(
+        "{var} is not a valid id: {value:?}; the command would run as root (give --as-root if it should)"
+    )]
     BadId { var: &'static str, value: String },
+    #[error(
+        "{set} is set but {missing} is not: under sudo both say who to run the command as; the command would run as root (give --as-root if it should)"
+    )]
+    HalfSudo {
+        set: &'static str,
+        missing: &'static str,
+    },
+    #[error(
+        "SUDO_UID {0} is no user of this machine (no passwd entry); the command would run as root (give --as-root if it should)"
+    )]
+    UnknownUser(u32),
     #[error("process {0} does not exist")]
     NoSuchProcess(u32),
     #[error("cannot read /proc")]
@@ -50,9 +63,24 @@ pub struct Identity {
 
 impl Identity {
     /// The user who ran `sudo leaktrace`, from SUDO_UID/SUDO_GID; None when not under sudo.
+    /// Half of the pair, an id that is not a number, or a uid with no passwd entry is refused:
+    /// running the command as root instead would be silent and wrong.
     pub fn from_sudo() -> Result<Option<Identity>, TargetError> {
-        let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID")) else {
-            return Ok(None);
+        let (uid, gid) = match (std::env::var("SUDO_UID"), std::env::var("SUDO_GID")) {
+            (Ok(uid), Ok(gid)) => (uid, gid),
+            (Err(_), Err(_)) => return Ok(None),
+            (Ok(_), Err(_)) => {
+                return Err(TargetError::HalfSudo {
+                    set: "SUDO_UID",
+                    missing: "SUDO_GID",
+                });
+            }
+            (Err(_), Ok(_)) => {
+                return Err(TargetError::HalfSudo {
+                    set: "SUDO_GID",
+                    missing: "SUDO_UID",
+                });
+            }
         };
         let parse = |var, value: String| {
             value
@@ -61,14 +89,14 @@ impl Identity {
                 .map_err(|_| TargetError::BadId { var, value })
         };
         let (uid, gid) = (parse("SUDO_UID", uid)?, parse("SUDO_GID", gid)?);
-        let groups = supplementary_groups(uid, gid);
+        let groups = supplementary_groups(uid, gid).ok_or(TargetError::UnknownUser(uid))?;
         Ok(Some(Identity { uid, gid, groups }))
     }
 }
 
-/// The user's groups from the group database (getgrouplist); just `gid` when the uid has no
-/// passwd entry.
-fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
+/// The user's groups from the group database (getgrouplist); None when the uid has no passwd
+/// entry.
+fn supplementary_groups(uid: u32, gid: u32) -> Option<Vec<u32>> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut found: *mut libc::passwd = std::ptr::null_mut();
@@ -83,17 +111,18 @@ fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
         )
     };
     if rc != 0 || found.is_null() {
-        return vec![gid];
+        return None;
     }
     let mut groups = vec![0 as libc::gid_t; 256];
     let mut count = groups.len() as libc::c_int;
     // SAFETY: pw_name points into `buf`; `groups` holds `count` entries.
     let rc = unsafe { libc::getgrouplist(pwd.pw_name, gid, groups.as_mut_ptr(), &mut count) };
     if rc < 0 {
-        return vec![gid];
+        // More than 256 groups: the primary one at least.
+        return Some(vec![gid]);
     }
     groups.truncate(count.max(0) as usize);
-    groups
+    Some(groups)
 }
 
 /// What the command gets besides its arguments.

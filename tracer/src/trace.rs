@@ -7,7 +7,7 @@ use std::{
     fs::OpenOptions,
     io::Write,
     os::unix::fs::{OpenOptionsExt, fchown},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
@@ -547,17 +547,22 @@ pub fn totals(processes: &[Process], last_sample: Option<&TreeSample>) -> Totals
 impl Trace {
     /// Writes the trace as JSON, never through a symlink; under sudo the file belongs to the
     /// invoking user.
+    pub fn write(&self, path: &Path) -> Result<(), TraceFileError> {
+        self.write_into(ReportFile::create(path)?)
+    }
+
+    /// Writes the trace as JSON into a file opened before (see [`ReportFile`]).
     ///
     /// Streamed to the file, never held whole in memory. Indented up to [`PRETTY_CYCLES`]
     /// cycles, for people who open it; past that, compact, since indentation doubled the bytes
     /// of a long trace.
-    pub fn write(&self, path: &Path) -> Result<(), TraceFileError> {
-        let shown = path.display().to_string();
+    pub fn write_into(&self, file: ReportFile) -> Result<(), TraceFileError> {
+        let ReportFile { path, file } = file;
         let write_error = |source| TraceFileError::Write {
-            path: shown.clone(),
+            path: path.display().to_string(),
             source,
         };
-        let mut out = std::io::BufWriter::new(create_report_file(path)?);
+        let mut out = std::io::BufWriter::new(file);
         let written = if self.cycles.len() <= PRETTY_CYCLES {
             serde_json::to_writer_pretty(&mut out, self)
         } else {
@@ -598,41 +603,75 @@ pub const PRETTY_CYCLES: usize = 1000;
 
 /// Writes a report file, never through a symlink; under sudo it belongs to the invoking user.
 pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), TraceFileError> {
-    let mut file = create_report_file(path)?;
-    file.write_all(contents)
-        .map_err(|source| TraceFileError::Write {
-            path: path.display().to_string(),
-            source,
-        })
+    ReportFile::create(path)?.write_all(contents)
 }
 
-/// Creates (or truncates) a report file, never through a symlink; under sudo it belongs to the
-/// invoking user.
-fn create_report_file(path: &Path) -> Result<std::fs::File, TraceFileError> {
-    let shown = path.display().to_string();
-    let write_error = |source| TraceFileError::Write {
-        path: shown.clone(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path);
-    let file = match file {
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(TraceFileError::Symlink(shown));
-        }
-        other => other.map_err(write_error)?,
-    };
-    if let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID"))
-        && let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse())
-    {
-        fchown(&file, Some(uid), Some(gid)).map_err(write_error)?;
+/// An output file (the trace, its Trace Event twin, the HTML page), opened when leaktrace
+/// starts and written when the trace ends: a path that cannot be written fails before anything
+/// runs, not after an hour of tracing.
+#[derive(Debug)]
+pub struct ReportFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl ReportFile {
+    /// Creates (or truncates) a report file, never through a symlink; under sudo it belongs to
+    /// the invoking user.
+    pub fn create(path: &Path) -> Result<ReportFile, TraceFileError> {
+        Self::open(path, false)
     }
-    Ok(file)
+
+    /// Creates a file that does not exist yet (a fallback in a shared directory).
+    pub fn create_new(path: &Path) -> Result<ReportFile, TraceFileError> {
+        Self::open(path, true)
+    }
+
+    fn open(path: &Path, new: bool) -> Result<ReportFile, TraceFileError> {
+        let shown = path.display().to_string();
+        let write_error = |source| TraceFileError::Write {
+            path: shown.clone(),
+            source,
+        };
+        let mut options = OpenOptions::new();
+        options
+            .write(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        if new {
+            options.create_new(true);
+        } else {
+            options.create(true).truncate(true);
+        }
+        let file = match options.open(path) {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(TraceFileError::Symlink(shown));
+            }
+            other => other.map_err(write_error)?,
+        };
+        if let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID"))
+            && let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse())
+        {
+            fchown(&file, Some(uid), Some(gid)).map_err(write_error)?;
+        }
+        Ok(ReportFile {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn write_all(mut self, contents: &[u8]) -> Result<(), TraceFileError> {
+        self.file
+            .write_all(contents)
+            .map_err(|source| TraceFileError::Write {
+                path: self.path.display().to_string(),
+                source,
+            })
+    }
 }
 
 /// Formats a Unix time as RFC 3339 UTC (e.g. 2026-11-29T23:20:24Z).

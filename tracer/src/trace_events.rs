@@ -64,7 +64,15 @@ pub fn trace_events(trace: &Trace) -> Value {
 
 /// Writes the events where the JSON trace would go: never through a symlink.
 pub fn write(trace: &Trace, path: &std::path::Path) -> Result<(), crate::trace::TraceFileError> {
+    write_into(trace, crate::trace::ReportFile::create(path)?)
+}
+
+/// The same into a file opened before (see [`crate::trace::ReportFile`]).
+pub fn write_into(
+    trace: &Trace,
+    file: crate::trace::ReportFile,
+) -> Result<(), crate::trace::TraceFileError> {
     let mut text = serde_json::to_vec(&trace_events(trace)).expect("events always serialise");
     text.push(b'\n');
-    crate::trace::write_file(path, &text)
+    file.write_all(&text)
 }

@@ -44,6 +44,11 @@ impl std::str::FromStr for Budget {
         let bytes = crate::markers::parse_amount(amount).ok_or_else(|| {
             format!("{amount:?} is not an amount (use a number with B, KiB, MiB, GiB, KB, MB, GB)")
         })?;
+        if !(bytes >= 0.0 && bytes.is_finite()) {
+            return Err(format!(
+                "{amount:?}: a budget is a growth that may not be exceeded, 0 or more"
+            ));
+        }
         match per.trim() {
             "day" | "d" => Ok(Budget::PerDay(bytes)),
             "hour" | "h" => Ok(Budget::PerDay(bytes * 24.0)),
@@ -312,6 +317,7 @@ mod tests {
         );
         assert_eq!("1MB/hour".parse::<Budget>().unwrap(), Budget::PerDay(24e6));
         assert!("5 MiB".parse::<Budget>().is_err());
+        assert!("-5MiB/day".parse::<Budget>().is_err());
         assert!("5XB/day".parse::<Budget>().is_err());
         let tree = SeriesFit {
             per_day: 6.0 * MIB,

@@ -32,7 +32,7 @@ mod stop;
 use self::{
     collectors::{Collectors, follow_browser, read_browser},
     cutting::{Cutting, marker_sources},
-    stop::{stop_command, stop_leftovers},
+    stop::{reap_children, stop_command, stop_leftovers},
 };
 use crate::{
     browser::{BrowserReader, CdpMode, WorkerInspector},
@@ -434,6 +434,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         // leaktrace started them, so it does not leave them behind.
         collectors.follow();
         stop_leftovers(&mut collectors).await;
+        reap_children().await;
     }
     collectors.follow();
     collectors.table.reap();

@@ -34,6 +34,26 @@ pub(super) async fn stop_leftovers(collectors: &mut Collectors) {
     }
 }
 
+/// Waits for every child leaktrace still has, so none is left a zombie: as the subreaper of the
+/// command's tree it inherits every orphan (Chromium's processes when the worker dies), and
+/// after leaktrace exits nothing may reap them (a container's init often does not). Called
+/// once the command's own status is in, and its tree stopped.
+pub(super) async fn reap_children() {
+    let deadline = tokio::time::Instant::now() + KILL_GRACE;
+    loop {
+        // SAFETY: waitpid with a null status pointer; WNOHANG never blocks.
+        let reaped = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if reaped > 0 {
+            continue;
+        }
+        // -1: no child left (ECHILD); 0: children still running after the grace period.
+        if reaped < 0 || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
 /// Stops a command the session launched. After Ctrl-C the terminal already sent it SIGINT, so
 /// it first gets a grace period; otherwise SIGTERM at once. SIGKILL ends the escalation.
 pub(super) async fn stop_command(
