@@ -382,6 +382,9 @@ pub struct MarkerSummary {
     pub phases_seen: u64,
     /// Marker lines that could not be understood (counted, warned about once).
     pub malformed: u64,
+    /// Markers still queued when the trace ended that there was no time to take in (a flood
+    /// faster than leaktrace's snapshots).
+    pub dropped: u64,
     pub warmup: u32,
 }
 

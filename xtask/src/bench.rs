@@ -163,7 +163,9 @@ fn worker(workspace: &Path, bins: &Bins, rounds: usize) -> Result<()> {
     let traced = |cdp: &str| {
         let mut command = Command::new(&bins.leaktrace);
         command
-            .args(["run", "-q", "--cdp", cdp, "--cycles", WORKER_CYCLES])
+            // No --cycles: the trace ends when the worker exits after its last cycle (stopping
+            // it at its 60th marker would stop GNU time before it wrote).
+            .args(["run", "-q", "--cdp", cdp])
             .args(["--cycle-regex", r"cycle \d+ done"])
             .args(["--phase-regex", r"^phase (\w+)", "-o"])
             .arg(&json)

@@ -196,7 +196,6 @@ fn resident_by_role(out: &mut String, trace: &Trace) {
     }
 }
 
-/// The sum over roles of one figure of a cycle's or phase's growth.
 fn cycles(out: &mut String, trace: &Trace) {
     if trace.cycles.is_empty() {
         return;
@@ -207,6 +206,14 @@ fn cycles(out: &mut String, trace: &Trace) {
         "\nCYCLES: {complete} complete (markers: {}); growth over each cycle, all roles",
         trace.markers.sources.join(", ")
     );
+    let markers = &trace.markers;
+    if markers.malformed + markers.dropped > 0 {
+        let _ = writeln!(
+            out,
+            "markers: {} malformed (ignored), {} still queued when the trace ended (not taken in)",
+            markers.malformed, markers.dropped
+        );
+    }
     let _ = writeln!(
         out,
         "{:>4} {:>8} {:>7} {:>10} {:>9} {:>9} {:>10} {:>10}  WORKER FIGURES",

@@ -39,7 +39,12 @@ pub(super) struct Cutting {
     /// The last boundary an asynchronous marker made, when it was read, and until when a
     /// teardown would still have been under way while the tree was read.
     pub(super) watch: Option<(Boundary, u64, u64)>,
+    /// When the last interim analysis was printed.
+    pub(super) last_interim: Option<Instant>,
 }
+
+/// The least time between two interim analyses.
+const INTERIM_GAP: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Cutting {
     /// Takes one marker event; true once `--cycles` complete cycles are in.
@@ -152,15 +157,21 @@ impl Cutting {
         }
     }
 
-    /// Every `--analyze-every` cycles, the fits so far, on stderr.
-    fn interim_analysis(&self) {
+    /// Every `--analyze-every` cycles, the fits so far, on stderr; at most one every
+    /// [`INTERIM_GAP`], since each costs time linear in the cycles so far and a flood of
+    /// markers would otherwise spend it on every few.
+    fn interim_analysis(&mut self) {
         let done = self.timeline.complete_cycles();
         if !self.warn
             || self.analyze_every == 0
             || !done.is_multiple_of(self.analyze_every as usize)
+            || self
+                .last_interim
+                .is_some_and(|at| at.elapsed() < INTERIM_GAP)
         {
             return;
         }
+        self.last_interim = Some(Instant::now());
         let warmup = (self.warmup > 0).then_some(self.warmup as usize);
         let analysis = crate::analysis::analyze_cycles(self.timeline.cycles(), warmup, None);
         let Some(tree) = analysis.tree() else { return };

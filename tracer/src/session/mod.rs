@@ -50,6 +50,8 @@ use crate::{
 const TICK: Duration = Duration::from_millis(50);
 /// How long the command's last output may take to be read after it exits.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+/// How long the markers queued when the trace ended may take to be taken in.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// How long a stopped command gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -328,6 +330,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         analyze_every: marker_options.analyze_every,
         warmup: marker_options.warmup,
         watch: None,
+        last_interim: None,
     };
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(TICK);
@@ -339,9 +342,11 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     let mut exit_status = None;
     let ended_by = loop {
         tokio::select! {
-            // Markers first: one that arrived before the command's exit or a signal belongs to
-            // the trace.
+            // Signals first, so a flood of markers cannot hold them off; then markers, so one
+            // that arrived before the command's exit belongs to the trace.
             biased;
+            _ = interrupt.recv() => break EndReason::Interrupted,
+            _ = terminate.recv() => break EndReason::Terminated,
             event = marker_rx.recv(), if markers_open => match event {
                 None => markers_open = false,
                 Some(event) => {
@@ -354,8 +359,6 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                 exit_status = Some(status_code(status.expect("waiter thread").map_err(SessionError::Wait)?));
                 break EndReason::CommandExited;
             }
-            _ = interrupt.recv() => break EndReason::Interrupted,
-            _ = terminate.recv() => break EndReason::Terminated,
             _ = sleep_until(deadline) => break EndReason::Duration,
             _ = tick_every(&mut every) => {
                 let marker = Marker {
@@ -400,9 +403,16 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    // Markers already sent when the trace ended still count.
+    // Markers already sent when the trace ended still count, as many as [`DRAIN_LIMIT`] allows:
+    // a flood queued faster than it could be taken in must not hold the trace for minutes.
     if ended_by != EndReason::CyclesDone {
+        let until = Instant::now() + DRAIN_LIMIT;
         while let Ok(event) = marker_rx.try_recv() {
+            if Instant::now() > until {
+                cutting.summary.dropped =
+                    1 + std::iter::from_fn(|| marker_rx.try_recv().ok()).count() as u64;
+                break;
+            }
             if cutting.on_event(&mut collectors, &mut browser, event).await {
                 break;
             }

@@ -1,0 +1,298 @@
+//! Faults, tried as a hostile user would (issue 13's matrix): a bad output path or regex fails
+//! before the command starts; an output that cannot be written at the end loses nothing; every
+//! line on the marker socket gets an answer; half a sudo identity is refused; a dying worker
+//! leaves no zombie behind.
+
+mod support;
+
+use std::{path::Path, process::Command};
+
+use leaktrace::trace::Trace;
+use support::{Scratch, fixture, leaktrace, require_root};
+
+/// `leaktrace ARGS -- touch FILE`: the exit code and stderr, and whether the command ran.
+fn before_start(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> (i32, String, bool) {
+    let ran = scratch.path("ran");
+    let _ = std::fs::remove_file(&ran);
+    let out = Command::new(leaktrace())
+        .arg("run")
+        .args(args)
+        .args(["--", "touch"])
+        .arg(&ran)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        ran.exists(),
+    )
+}
+
+#[test]
+fn a_bad_path_or_pattern_exits_2_before_the_command_starts() {
+    let scratch = Scratch::new("faults-usage");
+    let link = scratch.path("link.json");
+    std::os::unix::fs::symlink(scratch.path("elsewhere"), &link).unwrap();
+    let link = link.to_str().unwrap();
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["-o", "/nonexistent/dir/t.json"],
+            "/nonexistent/dir/t.json",
+        ),
+        (&["-o", link], "symbolic link"),
+        (&["--trace-events", link], "symbolic link"),
+        (&["--cycle-log", "/nonexistent.log"], "--cycle-log"),
+        (&["--cycle-regex", "("], "--cycle-regex"),
+        (&["--budget", "-5MiB/day"], "budget"),
+        (&["--worker-inspect", "notaurl"], "ws:// or http://"),
+    ];
+    for (args, says) in cases {
+        let (code, stderr, ran) = before_start(&scratch, args, &[]);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} says {says:?}: {stderr}");
+        assert!(!ran, "{args:?}: the command must not have started");
+    }
+    assert!(
+        !scratch.path("elsewhere").exists(),
+        "nothing written through the link"
+    );
+}
+
+#[test]
+fn half_a_sudo_identity_never_runs_the_command_as_root() {
+    let scratch = Scratch::new("faults-sudo");
+    for (env, missing) in [
+        (&[("SUDO_UID", "65534")][..], "SUDO_GID"),
+        (&[("SUDO_GID", "65534")][..], "SUDO_UID"),
+    ] {
+        let (code, stderr, ran) = before_start(&scratch, &["-q", "--no-ebpf"], env);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(missing) && stderr.contains("--as-root"),
+            "{stderr}"
+        );
+        assert!(!ran, "the command must not have run (as root)");
+    }
+    // A uid this machine does not know is no one to run as either.
+    let unknown = [("SUDO_UID", "3999999"), ("SUDO_GID", "3999999")];
+    let (code, stderr, ran) = before_start(&scratch, &["-q", "--no-ebpf"], &unknown);
+    assert_eq!((code, ran), (1, false), "{stderr}");
+    assert!(stderr.contains("no passwd entry"), "{stderr}");
+    // Asked for, it does.
+    let (code, stderr, ran) = before_start(
+        &scratch,
+        &["-q", "--no-ebpf", "--as-root"],
+        &[("SUDO_UID", "65534")],
+    );
+    assert_eq!((code, ran), (0, true), "{stderr}");
+}
+
+#[test]
+fn an_output_that_fails_at_the_end_loses_nothing() {
+    let scratch = Scratch::new("faults-full");
+    let events = scratch.path("events.json");
+    // /dev/full opens, and every write to it fails with ENOSPC: a disk that filled up during
+    // the trace.
+    let out = Command::new(leaktrace())
+        .args(["run", "--no-ebpf", "-o", "/dev/full", "--trace-events"])
+        .arg(&events)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write /dev/full"),
+        "says what failed: {stderr}"
+    );
+    // The trace is saved elsewhere, where it says, and reads back.
+    let saved = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("leaktrace: the trace is saved in "))
+        .and_then(|l| l.strip_suffix(" instead"))
+        .unwrap_or_else(|| panic!("no fallback path: {stderr}"));
+    let trace = Trace::read(Path::new(saved)).unwrap();
+    std::fs::remove_file(saved).unwrap();
+    assert_eq!(trace.command, ["true"]);
+    // The other output and the report are not lost with it.
+    let events: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&events).unwrap()).unwrap();
+    assert!(
+        events["traceEvents"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert!(stderr.contains("processes: "), "the report: {stderr}");
+}
+
+#[test]
+fn every_line_on_the_marker_socket_is_answered() {
+    if !require_root("every_line_on_the_marker_socket_is_answered") {
+        return;
+    }
+    let scratch = Scratch::new("faults-socket");
+    let json = scratch.path("t.json");
+    let out = Command::new(leaktrace())
+        .args(["run", "-q", "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(fixture("marker_client"))
+        .args(["phase", "cycle x=notnum", "cycle heapUsed=1e400"])
+        .args([
+            "phase scrape pages=2",
+            "--long",
+            "100000",
+            "cycle heapUsed=5",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = answers.lines().collect();
+    assert_eq!(
+        answers,
+        [
+            "error: a phase marker needs a name: \"phase\"",
+            "error: not a number: \"x=notnum\" in \"cycle x=notnum\"",
+            "error: not a number: \"heapUsed=1e400\" in \"cycle heapUsed=1e400\"",
+            "ok",
+            "error: a line longer than 64 KiB",
+            "ok",
+        ]
+    );
+    let trace = Trace::read(&json).unwrap();
+    assert_eq!(
+        (
+            trace.markers.malformed,
+            trace.markers.cycles_seen,
+            trace.markers.phases_seen
+        ),
+        (4, 1, 1)
+    );
+    assert_eq!(trace.cycles[0].worker["heapUsed"], 5.0);
+    assert_eq!(trace.cycles[0].worker["pages"], 2.0);
+}
+
+/// Whether `pid` is a zombie (its /proc entry says state Z).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state == 'Z')
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_worker_that_never_reaps_leaves_no_zombie() {
+    if !require_root("a_worker_that_never_reaps_leaves_no_zombie") {
+        return;
+    }
+    // This test process inherits what leaktrace leaves behind, as a container's init would;
+    // it never reaps them, so a zombie left would stay here to be seen.
+    // SAFETY: prctl with an integer argument.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    // The worker starts two children and becomes a program that never reaps (as a killed
+    // Chromium never does): the first exits at once and stays its zombie until the worker
+    // exits a second later, then passes to leaktrace, as its subreaper, already dead (and
+    // long after leaktrace took in its exit); the second outlives the worker, and leaktrace
+    // stops it. Both must be reaped.
+    let out = Command::new(leaktrace())
+        .args(["run", "-q", "--interval", "100ms", "--", "sh", "-c"])
+        .arg("sleep 0.1 & echo $!; sleep 60 & echo $!; exec sleep 1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let orphans: Vec<u32> = stdout.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(orphans.len(), 2, "{stdout}");
+    for pid in orphans {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} is left {}",
+            if is_zombie(pid) {
+                "a zombie"
+            } else {
+                "running"
+            }
+        );
+    }
+}
+
+#[test]
+fn a_flood_of_markers_is_taken_in_whole() {
+    if !require_root("a_flood_of_markers_is_taken_in_whole") {
+        return;
+    }
+    let scratch = Scratch::new("faults-flood");
+    let json = scratch.path("t.json");
+    const LINES: u64 = 100_000;
+    let out = Command::new(leaktrace())
+        .args(["run", "-q", "--cycle-regex", "^cycle", "-o"])
+        .arg(&json)
+        .args(["--", "sh", "-c"])
+        .arg(format!("seq 1 {LINES} | sed 's/^/cycle /'"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The command's output passes through whole, and every marker is a cycle or counted.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count() as u64, LINES);
+    assert_eq!(
+        stdout.lines().last(),
+        Some(format!("cycle {LINES}").as_str())
+    );
+    let trace = Trace::read(&json).unwrap();
+    assert_eq!(trace.markers.cycles_seen + trace.markers.dropped, LINES);
+    assert_eq!(trace.markers.dropped, 0, "taken in before the trace ended");
+    assert_eq!(trace.cycles.iter().filter(|c| !c.cut).count() as u64, LINES);
+    // Older cycles are compacted, what they dropped summed.
+    let compacted = trace.compacted.as_ref().expect("compacted cycles");
+    assert_eq!(u64::from(compacted.count), LINES - 1000);
+}
+
+#[test]
+fn sigterm_ends_a_trace_flooded_with_markers() {
+    if !require_root("sigterm_ends_a_trace_flooded_with_markers") {
+        return;
+    }
+    let scratch = Scratch::new("faults-flood-term");
+    let json = scratch.path("t.json");
+    // Markers as fast as `yes` writes them, for ever.
+    let traced = support::spawn(
+        Command::new(leaktrace())
+            .args(["run", "-q", "--cycle-regex", "^cycle", "-o"])
+            .arg(&json)
+            .args(["--", "sh", "-c", "yes cycle"]),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let sent = std::time::Instant::now();
+    // SAFETY: signalling a child of ours that has not been reaped.
+    unsafe { libc::kill(traced.pid() as i32, libc::SIGTERM) };
+    let out = traced.wait_output();
+    let took = sent.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = Trace::read(&json).unwrap();
+    assert_eq!(trace.ended_by, leaktrace::trace::EndReason::Terminated);
+    // Acted on at once: the queue left is dropped and counted, not worked through.
+    assert!(took.as_secs() < 15, "SIGTERM took {took:?}");
+    assert!(trace.markers.cycles_seen > 0);
+    assert!(
+        trace.duration_s < 2.0 + took.as_secs_f64() + 1.0,
+        "{}",
+        trace.duration_s
+    );
+}
