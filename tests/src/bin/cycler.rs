@@ -13,14 +13,14 @@
 //! in the middle of each `--period-ms` (matching `--cycle-every`). Without the socket's answer,
 //! the worker pauses `--pause-ms` after each marker so the tracer's snapshot comes first.
 //! `--wait-file` prints `ready <pid>` and waits for PATH to exist before starting (for attach);
-//! `--send-junk` first sends two malformed socket lines; `--fixed` runs the same script without
+//! `--send-junk` first sends two malformed socket lines (and reads their `error:` answers); `--fixed` runs the same script without
 //! its leak (cleanup unmaps all 2 MiB, the child keeps nothing); `--exit-at-once` exits right
 //! after its last marker, without the pause.
 
 use leaktrace_tests::{arg_value, sys::map_and_touch};
 use std::{
     fs::OpenOptions,
-    io::{BufReader, Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     os::unix::net::UnixStream,
     time::{Duration, Instant},
 };
@@ -138,6 +138,12 @@ fn main() {
             .get_mut()
             .write_all(b"hello there\ncycle heapUsed=lots\n")
             .unwrap();
+        // Each gets its answer, an error saying why.
+        for _ in 0..2 {
+            let mut answer = String::new();
+            stream.read_line(&mut answer).unwrap();
+            assert!(answer.starts_with("error: "), "{answer:?}");
+        }
     }
     let started = Instant::now();
 

@@ -39,12 +39,12 @@ pub(super) struct Cutting {
     /// The last boundary an asynchronous marker made, when it was read, and until when a
     /// teardown would still have been under way while the tree was read.
     pub(super) watch: Option<(Boundary, u64, u64)>,
-    /// When the last interim analysis was printed.
-    pub(super) last_interim: Option<Instant>,
+    /// When the last interim analysis started, and how long it took (seconds).
+    pub(super) last_interim: Option<(Instant, f64)>,
 }
 
-/// The least time between two interim analyses.
-const INTERIM_GAP: std::time::Duration = std::time::Duration::from_secs(5);
+/// The share of the time the interim analyses may take.
+const INTERIM_SHARE: f64 = 0.05;
 
 impl Cutting {
     /// Takes one marker event; true once `--cycles` complete cycles are in.
@@ -157,9 +157,9 @@ impl Cutting {
         }
     }
 
-    /// Every `--analyze-every` cycles, the fits so far, on stderr; at most one every
-    /// [`INTERIM_GAP`], since each costs time linear in the cycles so far and a flood of
-    /// markers would otherwise spend it on every few.
+    /// Every `--analyze-every` cycles, the fits so far, on stderr. Each costs time linear in
+    /// the cycles so far, so one is skipped while the last took more than [`INTERIM_SHARE`] of
+    /// the time since: a flood of markers cannot be made to spend its time on them.
     fn interim_analysis(&mut self) {
         let done = self.timeline.complete_cycles();
         if !self.warn
@@ -167,11 +167,11 @@ impl Cutting {
             || !done.is_multiple_of(self.analyze_every as usize)
             || self
                 .last_interim
-                .is_some_and(|at| at.elapsed() < INTERIM_GAP)
+                .is_some_and(|(at, took)| at.elapsed().as_secs_f64() * INTERIM_SHARE < took)
         {
             return;
         }
-        self.last_interim = Some(Instant::now());
+        let started = Instant::now();
         let warmup = (self.warmup > 0).then_some(self.warmup as usize);
         let analysis = crate::analysis::analyze_cycles(self.timeline.cycles(), warmup, None);
         let Some(tree) = analysis.tree() else { return };
@@ -184,5 +184,6 @@ impl Cutting {
             analysis.verdict.source,
         );
         self.progress.pass(true, line.as_bytes());
+        self.last_interim = Some((started, started.elapsed().as_secs_f64()));
     }
 }
