@@ -296,3 +296,53 @@ fn sigterm_ends_a_trace_flooded_with_markers() {
         trace.duration_s
     );
 }
+
+#[test]
+fn a_devtools_endpoint_that_never_answers_holds_nothing_up() {
+    if !require_root("a_devtools_endpoint_that_never_answers_holds_nothing_up") {
+        return;
+    }
+    let scratch = Scratch::new("faults-cdp");
+    let json = scratch.path("t.json");
+    // The kernel completes the handshake into the backlog; nothing ever accepts or answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let out = Command::new(leaktrace())
+        .args(["run", "-q", "--cdp", &endpoint, "-o"])
+        .arg(&json)
+        .arg("--")
+        .arg(fixture("cycler"))
+        .args(["--cycles", "5", "--markers", "socket"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = Trace::read(&json).unwrap();
+    let lengths: Vec<f64> = trace
+        .cycles
+        .iter()
+        .filter(|c| !c.cut)
+        .map(|c| c.end_s - c.start_s)
+        .collect();
+    assert_eq!(lengths.len(), 5);
+    // A cycle of this worker takes milliseconds; one waiting out a DevTools timeout (3 s a
+    // call) would be seconds long. One connection attempt (1 s at most) then backs off.
+    assert!(
+        lengths.iter().all(|l| *l < 2.5),
+        "cycle lengths {lengths:?}"
+    );
+    assert!(
+        lengths.iter().filter(|l| **l > 0.5).count() <= 1,
+        "{lengths:?}"
+    );
+    assert_eq!(trace.browser.connects, 0);
+    assert!(
+        trace.browser.notes.iter().any(|n| n.contains(&endpoint)),
+        "says why: {:?}",
+        trace.browser.notes
+    );
+    drop(listener);
+}

@@ -182,8 +182,11 @@ fn resident_counters_follow_fork_and_exec_to_the_right_process() {
         (40 * MIB..42 * MIB).contains(&parent_anon),
         "parent {parent_anon}"
     );
+    // 40 copied and 16 of its own, give or take the few pages the kernel moved between the two
+    // (seen once under load: 55.9 MiB, /proc agreeing to the page); the exact check is the one
+    // against /proc above.
     assert!(
-        (56 * MIB..58 * MIB).contains(&child_anon),
+        (55 * MIB..58 * MIB).contains(&child_anon),
         "child {child_anon}"
     );
 

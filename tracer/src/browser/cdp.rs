@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long one DevTools call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting may take, the TCP handshake and the websocket URL's HTTP request each:
+/// an endpoint that never completes a handshake must not hold the trace.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The websocket URL behind `http://host:port`: a browser's from `/json/version`, a Node
 /// inspector's (which has no browser endpoint) from the first target of `/json/list`.
@@ -43,11 +46,20 @@ fn websocket_url(endpoint: &str) -> Result<String, String> {
 /// A JSON document over plain HTTP/1.1 (Chromium's DevTools server ignores 1.0 requests and
 /// keeps the connection open, so the body is read up to its Content-Length).
 fn http_get_json(host: &str, path: &str) -> Result<Value, String> {
-    let mut stream =
-        std::net::TcpStream::connect(host).map_err(|e| format!("cannot connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(CALL_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+    use std::net::ToSocketAddrs;
+    let address = host
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} resolves to no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    for timeout in [
+        stream.set_read_timeout(Some(CONNECT_TIMEOUT)),
+        stream.set_write_timeout(Some(CONNECT_TIMEOUT)),
+    ] {
+        timeout.map_err(|e| e.to_string())?;
+    }
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -93,9 +105,13 @@ pub struct Cdp {
 
 impl Cdp {
     pub async fn connect(endpoint: &str) -> Result<Cdp, String> {
-        let url = websocket_url(endpoint)?;
+        // Blocking HTTP, off the session's thread: signals and markers go on meanwhile.
+        let owned = endpoint.to_string();
+        let url = tokio::task::spawn_blocking(move || websocket_url(&owned))
+            .await
+            .map_err(|e| e.to_string())??;
         let mut conn = tokio::time::timeout(
-            CALL_TIMEOUT,
+            CONNECT_TIMEOUT,
             Connection::<CdpJsonEventMessage>::connect(&url),
         )
         .await

@@ -161,6 +161,8 @@ pub struct BrowserSummary {
     pub connects: u64,
     pub disconnects: u64,
     pub failed_calls: u64,
+    /// Cycle-end views that DevTools did not give within the deadline (left missing).
+    pub late_views: u64,
     /// What could not be done, in plain words (pipe mode, unreachable endpoint, ...).
     pub notes: Vec<String>,
     /// The last view read.
@@ -179,7 +181,18 @@ pub struct BrowserReader {
     sessions: HashMap<String, (SessionId, Option<u32>)>,
     pub summary: BrowserSummary,
     noted: BTreeSet<String>,
+    /// No connection attempt before this, and the wait after the next failure: an endpoint
+    /// that fails or never answers is tried again after 1, 2, 4, ... 30 s.
+    retry_at: Option<std::time::Instant>,
+    backoff: std::time::Duration,
 }
+
+/// The first wait after a failed connection, and the longest.
+const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long the browser's view at a cycle end may take: past it the view is missing for that
+/// cycle, the connection is dropped (and retried later), and the trace goes on.
+pub const VIEW_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl BrowserReader {
     pub fn new(mode: CdpMode, redact_urls: bool, page_renderers: bool) -> BrowserReader {
@@ -194,6 +207,8 @@ impl BrowserReader {
             page_renderers,
             cdp: None,
             sessions: HashMap::new(),
+            retry_at: None,
+            backoff: FIRST_BACKOFF,
             summary: BrowserSummary {
                 mode: label.to_string(),
                 ..BrowserSummary::default()
@@ -267,13 +282,56 @@ impl BrowserReader {
             }
         };
         let Some(endpoint) = endpoint else { return };
+        if self
+            .retry_at
+            .is_some_and(|at| std::time::Instant::now() < at)
+        {
+            return;
+        }
         match Cdp::connect(&endpoint).await {
             Ok(cdp) => {
                 self.cdp = Some(cdp);
                 self.summary.connects += 1;
                 self.summary.endpoint = Some(endpoint);
+                (self.retry_at, self.backoff) = (None, FIRST_BACKOFF);
             }
-            Err(e) => self.note(format!("DevTools endpoint {endpoint}: {e}"), warn),
+            Err(e) => {
+                self.note(format!("DevTools endpoint {endpoint}: {e}"), warn);
+                self.back_off();
+            }
+        }
+    }
+
+    /// No connection attempt for a while, twice as long as the last time.
+    fn back_off(&mut self) {
+        self.retry_at = Some(std::time::Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// [`Self::read`] within [`VIEW_DEADLINE`]: an endpoint that does not answer in time loses
+    /// its connection (and is retried later, see `retry_at`), and this view is missing.
+    pub async fn read_within_deadline(&mut self, warn: bool) -> Option<BrowserView> {
+        if !self.is_connected() {
+            return None;
+        }
+        match tokio::time::timeout(VIEW_DEADLINE, self.read()).await {
+            Ok(view) => view,
+            Err(_) => {
+                self.summary.late_views += 1;
+                self.cdp = None;
+                self.sessions.clear();
+                self.summary.disconnects += 1;
+                self.note_once(
+                    "late".into(),
+                    format!(
+                        "DevTools did not answer within {VIEW_DEADLINE:?}: that cycle's browser view is missing, \
+                         and leaktrace reconnects later; the kernel and /proc view goes on"
+                    ),
+                    warn,
+                );
+                self.back_off();
+                None
+            }
         }
     }
 

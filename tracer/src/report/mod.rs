@@ -298,8 +298,8 @@ fn browser(out: &mut String, trace: &Trace) {
     let endpoint = summary.endpoint.as_deref().unwrap_or("none");
     let _ = writeln!(
         out,
-        "\nBROWSER (DevTools, read-only): endpoint {endpoint}; {} connects, {} disconnects, {} failed calls",
-        summary.connects, summary.disconnects, summary.failed_calls
+        "\nBROWSER (DevTools, read-only): endpoint {endpoint}; {} connects, {} disconnects, {} failed calls, {} late views",
+        summary.connects, summary.disconnects, summary.failed_calls, summary.late_views
     );
     for note in &summary.notes {
         let _ = writeln!(out, "note: {note}");

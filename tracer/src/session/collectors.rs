@@ -175,16 +175,18 @@ pub(super) async fn follow_browser(
         .collect();
     browser.ensure_connected(&browsers, warn).await;
     if read {
-        read_browser(collectors, browser).await;
+        read_browser(collectors, browser, warn).await;
     }
 }
 
-/// Reads the browser's view, with leaktrace's role for each of Chromium's processes.
+/// Reads the browser's view (within its deadline), with leaktrace's role for each of
+/// Chromium's processes.
 pub(super) async fn read_browser(
     collectors: &Collectors,
     browser: &mut BrowserReader,
+    warn: bool,
 ) -> Option<BrowserView> {
-    let mut view = browser.read().await?;
+    let mut view = browser.read_within_deadline(warn).await?;
     for process in &mut view.processes {
         process.role = collectors.table.role_of_pid(process.pid);
     }

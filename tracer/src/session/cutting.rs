@@ -9,7 +9,7 @@ use super::{
     collectors::{Collectors, follow_browser, read_browser},
 };
 use crate::{
-    browser::{BrowserReader, WorkerInspector},
+    browser::{BrowserReader, VIEW_DEADLINE, WorkerInspector},
     markers::{LineRules, MarkerEvent},
     progress::Progress,
     sampler,
@@ -96,7 +96,10 @@ impl Cutting {
         }
         let mut values = marker.values;
         if cycle_end && let Some(inspector) = &mut self.inspector {
-            values.extend(inspector.read().await);
+            match tokio::time::timeout(VIEW_DEADLINE, inspector.read()).await {
+                Ok(figures) => values.extend(figures),
+                Err(_) => inspector.failed_calls += 1,
+            }
         }
         if marker_was_async {
             let until = collectors.read_until_ns + TEARDOWN_WINDOW_NS;
@@ -106,7 +109,7 @@ impl Cutting {
             .on_boundary(marker.boundary, boundary.t_s, boundary.snapshot, values);
         if cycle_end {
             follow_browser(collectors, browser, self.warn, false).await;
-            if let Some(view) = read_browser(collectors, browser).await {
+            if let Some(view) = read_browser(collectors, browser, self.warn).await {
                 self.timeline.attach_browser(view);
             }
         }

@@ -425,7 +425,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     cutting.check_teardown(&collectors);
     // The last view, if still connected: no reconnecting to a browser that is shutting down.
     if browser.is_connected() {
-        read_browser(&collectors, &mut browser).await;
+        read_browser(&collectors, &mut browser, options.warn).await;
     }
     browser.close().await;
     let Cutting {
