@@ -346,3 +346,16 @@ fn a_devtools_endpoint_that_never_answers_holds_nothing_up() {
     );
     drop(listener);
 }
+
+#[test]
+fn report_refuses_what_is_not_a_trace_file() {
+    for path in ["/dev/zero", "/proc/self"] {
+        let out = Command::new(leaktrace())
+            .args(["report", path])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{path}: {stderr}");
+        assert!(stderr.contains("not a regular file"), "{path}: {stderr}");
+    }
+}

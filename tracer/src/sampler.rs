@@ -109,10 +109,9 @@ pub enum Depth {
     /// Every process's smaps_rollup: the start and the end of the trace (PSS can move without
     /// the resident counters, when another process starts or stops sharing pages).
     Full,
-    /// smaps_rollup where the anonymous and shared-memory counters moved by [`ROLLUP_MOVE`] or
-    /// the figures are older than [`ROLLUP_MAX_AGE`], stalest first, within [`ROLLUP_SHARE`]
-    /// (PSS estimated elsewhere): cycle ends, and the samples every `--interval` while no
-    /// cycles are cut.
+    /// smaps_rollup where the resident counters moved or the figures are older than
+    /// [`ROLLUP_MAX_AGE`], stalest first, within [`ROLLUP_SHARE`] (PSS estimated elsewhere):
+    /// cycle ends, and the samples every `--interval` while no cycles are cut.
     Budgeted,
     /// The resident counters alone (status), PSS estimated from them: phase boundaries.
     Counters,
@@ -141,10 +140,6 @@ struct TreeState {
 /// How old a process's PSS figures may be when its resident counters have not moved: PSS can
 /// change without them (another process starts or stops sharing its pages).
 pub const ROLLUP_MAX_AGE: Duration = Duration::from_secs(10);
-/// How far a process's anonymous and shared-memory counters must move before a cycle end
-/// reads its smaps_rollup again: below it the estimate is as good (a busy Chromium process
-/// moves them by a few pages all the time).
-pub const ROLLUP_MOVE: u64 = 256 * 1024;
 /// The share of one core smaps_rollup may take, averaged over the trace.
 pub const ROLLUP_SHARE: f64 = 0.03;
 /// What smaps_rollup may take before the share applies: a short trace reads it at every cycle
@@ -235,15 +230,12 @@ impl TreeReader {
             let moved = last.is_none_or(|(last, at)| {
                 !same_counters(&last, &sample) || at.elapsed() >= ROLLUP_MAX_AGE
             });
-            // Worth a reading: the memory it owns moved by more than the estimate could miss.
-            let due = last.is_none_or(|(last, at)| {
-                owned_move(&last, &sample) >= ROLLUP_MOVE || at.elapsed() >= ROLLUP_MAX_AGE
-            });
+
             let read = match depth {
                 Depth::Full => true,
                 // A process never read has no figures to estimate from.
                 _ if last.is_none() => true,
-                Depth::Budgeted => due && state.budget.allows(),
+                Depth::Budgeted => moved && state.budget.allows(),
                 Depth::Counters => false,
             };
             match last {
@@ -304,11 +296,6 @@ pub fn estimate(last: &ProcSample, now: &ProcSample) -> ProcSample {
         swap: (last.swap + now.vm_swap).saturating_sub(last.vm_swap),
         ..*now
     }
-}
-
-/// How far the anonymous and shared-memory counters moved between two samples, in bytes.
-fn owned_move(a: &ProcSample, b: &ProcSample) -> u64 {
-    a.rss_anon.abs_diff(b.rss_anon) + a.rss_shmem.abs_diff(b.rss_shmem)
 }
 
 /// Whether two samples have the same resident counters (status): nothing was faulted in or

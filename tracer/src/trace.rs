@@ -578,10 +578,15 @@ impl Trace {
 
     pub fn read(path: &Path) -> Result<Trace, TraceFileError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| TraceFileError::Read {
+        let read_error = |source| TraceFileError::Read {
             path: shown.clone(),
             source,
-        })?;
+        };
+        // A device or a pipe (`report /dev/zero`) would be read until memory runs out.
+        if !std::fs::metadata(path).map_err(read_error)?.is_file() {
+            return Err(read_error(std::io::Error::other("not a regular file")));
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
         // The schema first (ignoring every other key), so another document gets a clear error
         // rather than a missing field; then the trace itself, straight from the text.
         #[derive(Deserialize)]
