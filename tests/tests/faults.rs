@@ -8,7 +8,7 @@ mod support;
 use std::{path::Path, process::Command};
 
 use leaktrace::trace::Trace;
-use support::{Scratch, fixture, leaktrace, require_root};
+use support::{Scratch, fixture, leaktrace, require_root, succeeded};
 
 /// `leaktrace ARGS -- touch FILE`: the exit code and stderr, and whether the command ran.
 fn before_start(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> (i32, String, bool) {
@@ -133,24 +133,19 @@ fn every_line_on_the_marker_socket_is_answered() {
     }
     let scratch = Scratch::new("faults-socket");
     let json = scratch.path("t.json");
-    let out = Command::new(leaktrace())
-        .args(["run", "-q", "-o"])
-        .arg(&json)
-        .arg("--")
-        .arg(fixture("marker_client"))
-        .args(["phase", "cycle x=notnum", "cycle heapUsed=1e400"])
-        .args([
-            "phase scrape pages=2",
-            "--long",
-            "100000",
-            "cycle heapUsed=5",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeded(
+        Command::new(leaktrace())
+            .args(["run", "-q", "-o"])
+            .arg(&json)
+            .arg("--")
+            .arg(fixture("marker_client"))
+            .args(["phase", "cycle x=notnum", "cycle heapUsed=1e400"])
+            .args([
+                "phase scrape pages=2",
+                "--long",
+                "100000",
+                "cycle heapUsed=5",
+            ]),
     );
     let answers = String::from_utf8_lossy(&out.stdout);
     let answers: Vec<&str> = answers.lines().collect();
@@ -232,17 +227,12 @@ fn a_flood_of_markers_is_taken_in_whole() {
     let scratch = Scratch::new("faults-flood");
     let json = scratch.path("t.json");
     const LINES: u64 = 100_000;
-    let out = Command::new(leaktrace())
-        .args(["run", "-q", "--cycle-regex", "^cycle", "-o"])
-        .arg(&json)
-        .args(["--", "sh", "-c"])
-        .arg(format!("seq 1 {LINES} | sed 's/^/cycle /'"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeded(
+        Command::new(leaktrace())
+            .args(["run", "-q", "--cycle-regex", "^cycle", "-o"])
+            .arg(&json)
+            .args(["--", "sh", "-c"])
+            .arg(format!("seq 1 {LINES} | sed 's/^/cycle /'")),
     );
     // The command's output passes through whole, and every marker is a cycle or counted.
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -307,18 +297,13 @@ fn a_devtools_endpoint_that_never_answers_holds_nothing_up() {
     // The kernel completes the handshake into the backlog; nothing ever accepts or answers.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let out = Command::new(leaktrace())
-        .args(["run", "-q", "--cdp", &endpoint, "-o"])
-        .arg(&json)
-        .arg("--")
-        .arg(fixture("cycler"))
-        .args(["--cycles", "5", "--markers", "socket"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeded(
+        Command::new(leaktrace())
+            .args(["run", "-q", "--cdp", &endpoint, "-o"])
+            .arg(&json)
+            .arg("--")
+            .arg(fixture("cycler"))
+            .args(["--cycles", "5", "--markers", "socket"]),
     );
     let trace = Trace::read(&json).unwrap();
     let lengths: Vec<f64> = trace
