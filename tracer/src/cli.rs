@@ -108,9 +108,12 @@ enum Command {
 #[derive(Debug, Args)]
 struct TraceArgs {
     /// Also write Chrome Trace Event Format JSON to FILE (open it in Perfetto or chrome://tracing).
+    /// Opened before the command starts, like -o.
     #[arg(long, value_name = "FILE")]
     trace_events: Option<PathBuf>,
-    /// Write the trace as JSON (schema leaktrace/1) to FILE. Never follows a symlink.
+    /// Write the trace as JSON (schema leaktrace/1) to FILE. Opened before the command starts
+    /// (a path that cannot be written exits 2 at once), never through a symlink; if writing it
+    /// fails at the end, the trace is saved in the temporary directory instead (path printed).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Stop after this long (e.g. 30s, 5m, 2h; a bare number is seconds).
