@@ -230,7 +230,6 @@ impl TreeReader {
             let moved = last.is_none_or(|(last, at)| {
                 !same_counters(&last, &sample) || at.elapsed() >= ROLLUP_MAX_AGE
             });
-
             let read = match depth {
                 Depth::Full => true,
                 // A process never read has no figures to estimate from.
@@ -352,11 +351,11 @@ mod tests {
         let reader = TreeReader::default();
         reader.set_pids(vec![pid]);
         let before = reader.read(0, Depth::Full).samples[&pid];
-        // 16 MiB of this process's own, touched: resident, anonymous, private.
-        let block = vec![1u8; 16 * MIB as usize];
+        // 64 MiB of this process's own, touched: resident, anonymous, private.
+        let block = vec![1u8; 64 * MIB as usize];
         let estimated = reader.read(0, Depth::Counters).samples[&pid];
         let actual = sample(pid).expect("own sample");
-        assert_eq!(block.iter().map(|b| *b as u64).sum::<u64>(), 16 * MIB);
+        assert_eq!(block.iter().map(|b| *b as u64).sum::<u64>(), 64 * MIB);
         let cost = reader.cost();
         assert_eq!((cost.reads, cost.estimates), (1, 1));
         // Other tests run alongside: within 1 MiB of smaps_rollup read at the same moment, where

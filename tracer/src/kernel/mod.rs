@@ -3,8 +3,8 @@
 //!
 //! Hooks (see `tracer-ebpf` and [`HOOKS`]): the memory syscalls' own entry and exit tracepoints,
 //! `task_newtask` (tp_btf), `sched:sched_process_exec` and `sched:sched_process_exit` for the
-//! process tree, `rss_stat` (tp_btf) for resident memory. Links detach when [`Kernel`] is dropped (the syscall
-//! hooks' may go first, see [`Kernel::stop_flows`]).
+//! process tree, `rss_stat` (tp_btf) for resident memory. Links detach when [`Kernel`] is
+//! dropped (the syscall hooks' may go first, see [`Kernel::stop_flows`]).
 
 pub mod btf;
 pub mod features;
@@ -272,9 +272,8 @@ impl Kernel {
     /// The flows of `tgid` summed over CPUs, removed from the map (the process has exited, and
     /// its pid may be reused).
     pub fn take_flows(&mut self, tgid: u32) -> Option<ProcessFlows> {
+        let total = self.flows(tgid)?;
         let mut flows: PerCpuHashMap<_, u32, ProcessFlows> = self.map_mut("FLOWS").ok()?;
-        let per_cpu = flows.get(&tgid, 0).ok()?;
-        let total = sum_flows(per_cpu.iter());
         let _ = flows.remove(&tgid);
         Some(total)
     }

@@ -375,8 +375,8 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             _ = sample_tick.tick() => {
                 // While cycles are cut, their ends read PSS: a sample only reads the counters,
                 // and leaves the budget to them.
-                let depth = if cutting.summary.cycles_seen > 0 { Depth::Counters } else { Depth::Budgeted };
-                let sample = collectors.sample(depth);
+                let cutting_cycles = cutting.summary.cycles_seen > 0;
+                let sample = collectors.sample(if cutting_cycles { Depth::Counters } else { Depth::Budgeted });
                 follow_browser(&collectors, &mut browser, options.warn, cutting.summary.cycles_seen == 0).await;
                 cutting.progress.update(started.elapsed(), sample.pss, &cutting.owned_at_cycle_ends);
             }
