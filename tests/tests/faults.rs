@@ -1,14 +1,19 @@
 //! Faults, tried as a hostile user would (issue 13's matrix): a bad output path or regex fails
 //! before the command starts; an output that cannot be written at the end loses nothing; every
 //! line on the marker socket gets an answer; half a sudo identity is refused; a dying worker
-//! leaves no zombie behind.
+//! leaves no zombie behind; a killed tracer leaves no process behind.
 
 mod support;
 
-use std::{path::Path, process::Command};
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use leaktrace::trace::Trace;
-use support::{Scratch, fixture, leaktrace, require_root, succeeded};
+use support::{Scratch, fixture, leaktrace, require_chromium, require_root, spawn, succeeded};
 
 /// `leaktrace ARGS -- touch FILE`: the exit code and stderr, and whether the command ran.
 fn before_start(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> (i32, String, bool) {
@@ -342,5 +347,75 @@ fn report_refuses_what_is_not_a_trace_file() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{path}: {stderr}");
         assert!(stderr.contains("not a regular file"), "{path}: {stderr}");
+    }
+}
+
+/// Row 6: leaktrace killed with SIGKILL while it traces a Chromium worker. None of its own
+/// clean-up runs; its watchdog stops the whole tree (the worker, Chromium and the crash handler
+/// that daemonized) within 5 s, and removes the marker socket's directory.
+#[test]
+fn a_tracer_killed_with_sigkill_leaves_nothing_of_the_tree_behind() {
+    if !require_root("a_tracer_killed_with_sigkill_leaves_nothing_of_the_tree_behind")
+        || !require_chromium("a_tracer_killed_with_sigkill_leaves_nothing_of_the_tree_behind")
+    {
+        return;
+    }
+    let mut tracer = spawn(
+        Command::new(leaktrace())
+            .args(["run", "-q", "--"])
+            .arg(fixture("browser_worker"))
+            .args(["--pages", "2", "--cycles", "100"]),
+    );
+    let tracer_pid = tracer.pid();
+    let stdout = tracer.child().stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.starts_with("cycle 1 done"))),
+        "the worker never finished a cycle"
+    );
+    // Everything leaktrace started, the watchdog apart: its descendants in /proc.
+    let all = leaktrace::target::all_processes().unwrap();
+    let started = leaktrace::target::with_descendants(
+        vec![leaktrace::target::proc_info(tracer_pid).unwrap()],
+        &all,
+    );
+    let is_watchdog = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__watchdog"))
+    };
+    let tree: Vec<_> = started[1..]
+        .iter()
+        .filter(|p| !is_watchdog(p.pid))
+        .cloned()
+        .collect();
+    assert!(
+        tree.iter().filter(|p| p.comm.contains("chrom")).count() >= 3,
+        "Chromium's processes are in the tree: {tree:?}"
+    );
+    let socket_dir = std::env::temp_dir().join(format!("leaktrace-{tracer_pid}"));
+    assert!(socket_dir.is_dir(), "the marker socket's directory");
+
+    leaktrace::target::signal(tracer_pid, libc::SIGKILL);
+    let _ = tracer.child().wait();
+    let alive = |p: &leaktrace::target::ProcInfo| {
+        leaktrace::target::proc_info(p.pid)
+            .is_some_and(|now| (now.start_time - p.start_time).abs() < 0.05)
+            && leaktrace::target::is_alive(p.pid)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tree.iter().any(alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left: Vec<_> = tree.iter().filter(|p| alive(p)).collect();
+    assert!(
+        left.is_empty(),
+        "left running 5 s after leaktrace died: {left:?}"
+    );
+    assert!(!socket_dir.exists(), "{} is left", socket_dir.display());
+    // Orphans may have come to this process (a subreaper if another test made it one): reap
+    // exactly those, never another test's children.
+    for process in started {
+        // SAFETY: waitpid on one pid with a null status pointer; WNOHANG never blocks.
+        unsafe { libc::waitpid(process.pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
     }
 }

@@ -312,3 +312,53 @@ fn attach_mode_counts_what_happens_after_attaching_including_new_children() {
         "the root's parent is this test"
     );
 }
+
+/// A child exits and the next one takes its pid within a millisecond, before leaktrace has
+/// collected the first one's counters: each keeps its own (A mapped 4 MiB in two calls, B
+/// 1 MiB in one). Keyed by pid alone, B's mapping landed on A in 8 of 9 runs.
+#[test]
+fn a_reused_pid_never_mixes_two_processes_counters() {
+    if !require_root("a_reused_pid_never_mixes_two_processes_counters") {
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    let scratch = Scratch::new("pid-reuse");
+    let json = scratch.path("t.json");
+    let fixture = fixture("pid_reuse");
+    let (output, trace) = leaktrace_run(
+        &[
+            "run",
+            "-q",
+            "-o",
+            json.to_str().unwrap(),
+            "--",
+            fixture.to_str().unwrap(),
+        ],
+        &json,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let reused: Vec<u32> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("reused ")?.parse().ok())
+        .collect();
+    assert_eq!(reused.len(), 3, "the fixture's pairs: {stdout}");
+    for pid in reused {
+        // The processes that had this pid, in the order they appeared; the last two are the pair
+        // (an earlier attempt may have left one that got another pid, never this one twice).
+        let mapped: Vec<(u64, u64)> = trace
+            .processes
+            .iter()
+            .filter(|p| p.pid == pid)
+            .map(|p| {
+                let anon = p.address_space.get("anon").copied().unwrap_or_default();
+                (anon.mapped, anon.calls)
+            })
+            .collect();
+        assert!(mapped.len() >= 2, "pid {pid}: {mapped:?}");
+        assert_eq!(
+            mapped[mapped.len() - 2..],
+            [(4 * MIB, 2), (MIB, 1)],
+            "pid {pid}: A then B, (bytes, calls)"
+        );
+    }
+}

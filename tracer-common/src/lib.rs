@@ -131,6 +131,9 @@ pub struct LifecycleEvent {
     pub parent_tgid: u32,
     /// The exit code (`task->exit_code`, wait(2) encoding) for `Exit`; 0 otherwise.
     pub exit_code: u32,
+    /// The process's generation in the tracked set (see [`ProcessKey`]).
+    pub generation: u32,
+    pub _pad: u32,
     /// bpf_ktime_get_boot_ns() at the event.
     pub time_ns: u64,
     /// comm of the process after the event (the parent's for `Fork`).
@@ -258,8 +261,21 @@ pub mod syscall_record {
     pub const RET: usize = 16;
 }
 
-/// Marks a tracked tgid in the `TRACKED` map; the value is reserved for flags.
-pub const TRACKED: u32 = 1;
+/// Which process a `FLOWS` or `RESIDENT` entry belongs to. A pid alone is not enough: a process
+/// of the tree can exit and a new one take its pid within a millisecond, before the loader has
+/// collected the first one's figures; the new one must not add to them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProcessKey {
+    pub tgid: u32,
+    /// The value of the process's `TRACKED` entry: [`GENERATION_OF_LOADER`] for processes the
+    /// loader adds, a value the kernel picks at fork for the others.
+    pub generation: u32,
+}
+
+/// The generation of a process the loader tracks itself (the launched command, or an attached
+/// tree); the kernel never gives a forked child 0.
+pub const GENERATION_OF_LOADER: u32 = 0;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -269,4 +285,5 @@ mod pod {
     unsafe impl aya::Pod for super::LifecycleEvent {}
     unsafe impl aya::Pod for super::KernelConfig {}
     unsafe impl aya::Pod for super::Resident {}
+    unsafe impl aya::Pod for super::ProcessKey {}
 }

@@ -19,10 +19,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tracer_common::{LifecycleEvent, LifecycleKind, LostReason, TRACKED as TRACKED_FLAG};
+use tracer_common::{LifecycleEvent, LifecycleKind, LostReason, ProcessKey};
 
 use crate::{
-    maps::{EVENTS, TRACKED, btf_field, config, count_lost, is_tracked, read_kernel},
+    maps::{EVENTS, TRACKED, btf_field, config, count_lost, read_kernel, tracked},
     resident,
 };
 
@@ -32,7 +32,7 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 #[btf_tracepoint(function = "task_newtask")]
 pub fn task_newtask(ctx: BtfTracePointContext) -> i32 {
     let parent = current_tgid();
-    if !is_tracked(parent) {
+    if tracked(parent).is_none() {
         return 0;
     }
     let task: u64 = ctx.arg(0);
@@ -40,40 +40,43 @@ pub fn task_newtask(ctx: BtfTracePointContext) -> i32 {
     if clone_flags & CLONE_THREAD != 0 {
         return 0;
     }
-    let child: u32 = btf_field(task, config!(task_pid));
+    let child = ProcessKey {
+        tgid: btf_field(task, config!(task_pid)),
+        // Any value but the loader's 0 will do, as long as the next process to take this pid
+        // gets another: the clock's low bits move every nanosecond.
+        generation: unsafe { bpf_ktime_get_boot_ns() } as u32 | 1,
+    };
     // The child has not run yet (task_newtask fires in copy_process, before its first wake-up).
-    if TRACKED.insert(&child, &TRACKED_FLAG, 0).is_err() {
+    if TRACKED.insert(&child.tgid, &child.generation, 0).is_err() {
         count_lost(LostReason::TrackedSetFull);
         return 0;
     }
     let mm: u64 = btf_field(task, config!(task_mm));
     if mm != 0 {
-        resident::start_from_mm(child, |counter| resident::counter_of(mm, counter));
+        resident::start_from_mm(&child, |counter| resident::counter_of(mm, counter));
     }
-    emit(LifecycleKind::Fork, child, parent, 0);
+    emit(LifecycleKind::Fork, &child, parent, 0);
     0
 }
 
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    let tgid = current_tgid();
-    if is_tracked(tgid) {
+    if let Some(key) = tracked(current_tgid()) {
         // bpf_get_current_task, not its BTF-typed twin: that one needs 5.11.
         let task = unsafe { bpf_get_current_task() };
         if let Some(mm) = read_kernel::<u64>(task, config!(task_mm)).filter(|mm| *mm != 0) {
-            resident::start_from_mm(tgid, |counter| read_kernel(mm, counter).unwrap_or(0));
+            resident::start_from_mm(&key, |counter| read_kernel(mm, counter).unwrap_or(0));
         }
-        emit(LifecycleKind::Exec, tgid, 0, 0);
+        emit(LifecycleKind::Exec, &key, 0, 0);
     }
     0
 }
 
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    let tgid = current_tgid();
-    if !is_tracked(tgid) {
+    let Some(key) = tracked(current_tgid()) else {
         return 0;
-    }
+    };
     // The tracepoint fires for every thread; the process is gone when its last one goes.
     let task = unsafe { bpf_get_current_task() };
     let group_dead = if config!(exit_from_signal) == 0 {
@@ -89,9 +92,9 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let exit_code = read_kernel::<u32>(task, config!(task_exit_code)).unwrap_or(0);
-    emit(LifecycleKind::Exit, tgid, 0, exit_code);
+    emit(LifecycleKind::Exit, &key, 0, exit_code);
     // A later process that reuses this pid is not ours unless it is forked from the tree.
-    let _ = TRACKED.remove(&tgid);
+    let _ = TRACKED.remove(&key.tgid);
     0
 }
 
@@ -99,12 +102,14 @@ fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-fn emit(kind: LifecycleKind, tgid: u32, parent_tgid: u32, exit_code: u32) {
+fn emit(kind: LifecycleKind, process: &ProcessKey, parent_tgid: u32, exit_code: u32) {
     let event = LifecycleEvent {
         kind: kind as u32,
-        tgid,
+        tgid: process.tgid,
         parent_tgid,
         exit_code,
+        generation: process.generation,
+        _pad: 0,
         time_ns: unsafe { bpf_ktime_get_boot_ns() },
         comm: bpf_get_current_comm().unwrap_or_default(),
     };

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
-    KernelConfig, LOST_REASON_COUNT, LostReason, ProcessFlows, RSS_COUNTERS, Resident,
+    KernelConfig, LOST_REASON_COUNT, LostReason, ProcessFlows, ProcessKey, RSS_COUNTERS, Resident,
 };
 
 use crate::{syscalls::Pending, vma::Walk};
@@ -65,13 +65,13 @@ pub fn read_config(field: &u32) -> u32 {
     unsafe { core::ptr::read_volatile(field) }
 }
 
-/// The tracked set: tgid -> `tracer_common::TRACKED`.
+/// The tracked set: tgid -> its generation (see `ProcessKey`).
 #[map]
 pub static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROCESSES, 0);
 
 /// Per-process flows, per CPU so that updates need no atomics.
 #[map]
-pub static FLOWS: PerCpuHashMap<u32, ProcessFlows> =
+pub static FLOWS: PerCpuHashMap<ProcessKey, ProcessFlows> =
     PerCpuHashMap::with_max_entries(MAX_PROCESSES, 0);
 
 /// A zeroed `ProcessFlows` to insert from: the value is too large for the 512-byte stack.
@@ -85,7 +85,7 @@ pub static STASH: HashMap<u64, Pending> = HashMap::with_max_entries(MAX_THREADS,
 /// Resident counters per tracked tgid, from kmem:rss_stat. Not per CPU: each update stores the
 /// kernel's absolute counter value, so the last writer is right.
 #[map]
-pub static RESIDENT: HashMap<u32, Resident> = HashMap::with_max_entries(MAX_PROCESSES, 0);
+pub static RESIDENT: HashMap<ProcessKey, Resident> = HashMap::with_max_entries(MAX_PROCESSES, 0);
 
 /// Scratch space for one VMA walk per CPU: a walk is too large for the 512-byte stack.
 #[map]
@@ -109,19 +109,24 @@ pub fn count_lost(reason: LostReason) {
     }
 }
 
-pub fn is_tracked(tgid: u32) -> bool {
-    tgid != config!(own_tgid) && unsafe { TRACKED.get(&tgid) }.is_some()
+/// The key of a tracked process's entries, or None when `tgid` is not tracked.
+pub fn tracked(tgid: u32) -> Option<ProcessKey> {
+    if tgid == config!(own_tgid) {
+        return None;
+    }
+    let generation = *unsafe { TRACKED.get(&tgid) }?;
+    Some(ProcessKey { tgid, generation })
 }
 
-/// The calling CPU's flows of `tgid`, created on first use.
-pub fn flows_of(tgid: u32) -> Option<&'static mut ProcessFlows> {
-    if let Some(flows) = FLOWS.get_ptr_mut(&tgid) {
+/// The calling CPU's flows of a process, created on first use.
+pub fn flows_of(key: &ProcessKey) -> Option<&'static mut ProcessFlows> {
+    if let Some(flows) = FLOWS.get_ptr_mut(key) {
         return Some(unsafe { &mut *flows });
     }
     let zero = unsafe { &*ZERO_FLOWS.get_ptr(0)? };
     // BPF_NOEXIST: another CPU may have created it meanwhile; that is fine, values are per CPU.
-    let _ = FLOWS.insert(&tgid, zero, 1);
-    match FLOWS.get_ptr_mut(&tgid) {
+    let _ = FLOWS.insert(key, zero, 1);
+    match FLOWS.get_ptr_mut(key) {
         Some(flows) => Some(unsafe { &mut *flows }),
         None => {
             count_lost(LostReason::FlowMapFull);

@@ -11,9 +11,9 @@
 //! (`get_mm_counter()` -> `percpu_counter_read_positive()`).
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{RSS_COUNTERS, Resident};
+use tracer_common::{ProcessKey, RSS_COUNTERS, Resident};
 
-use crate::maps::{RESIDENT, btf_field, config, is_tracked, read_kernel};
+use crate::maps::{RESIDENT, btf_field, config, read_kernel, tracked};
 
 #[btf_tracepoint(function = "rss_stat")]
 pub fn rss_stat(ctx: BtfTracePointContext) -> i32 {
@@ -24,14 +24,17 @@ pub fn rss_stat(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let tgid: u32 = btf_field(owner, config!(task_tgid));
-    if !is_tracked(tgid) || btf_field::<u64>(owner, config!(task_mm)) != mm {
+    let Some(key) = tracked(tgid) else {
+        return 0;
+    };
+    if btf_field::<u64>(owner, config!(task_mm)) != mm {
         return 0;
     }
     let Some(counter) = counter_offset(member) else {
         return 0;
     };
     let pages = counter_of(mm, counter).max(0) as u64;
-    if let Some(resident) = resident_of(tgid) {
+    if let Some(resident) = resident_of(&key) {
         let index = member as usize & (RSS_COUNTERS - 1);
         resident.last[index] = pages;
         if pages > resident.peak[index] {
@@ -64,13 +67,13 @@ fn counter_offset(member: i32) -> Option<u32> {
     }
 }
 
-fn resident_of(tgid: u32) -> Option<&'static mut Resident> {
-    if let Some(resident) = RESIDENT.get_ptr_mut(&tgid) {
+fn resident_of(key: &ProcessKey) -> Option<&'static mut Resident> {
+    if let Some(resident) = RESIDENT.get_ptr_mut(key) {
         return Some(unsafe { &mut *resident });
     }
-    let _ = RESIDENT.insert(&tgid, &Resident::default(), 1);
+    let _ = RESIDENT.insert(key, &Resident::default(), 1);
     RESIDENT
-        .get_ptr_mut(&tgid)
+        .get_ptr_mut(key)
         .map(|resident| unsafe { &mut *resident })
 }
 
@@ -78,8 +81,8 @@ fn resident_of(tgid: u32) -> Option<&'static mut Resident> {
 /// fork), so counters that never change afterwards are still right. `read` reads a counter at
 /// an offset into the mm: a plain load where the mm pointer is BTF-typed, a probe read where not.
 #[inline(always)]
-pub fn start_from_mm(tgid: u32, read: impl Fn(u32) -> i64) {
-    let Some(resident) = resident_of(tgid) else {
+pub fn start_from_mm(key: &ProcessKey, read: impl Fn(u32) -> i64) {
+    let Some(resident) = resident_of(key) else {
         return;
     };
     for member in 0..RSS_COUNTERS as i32 {

@@ -27,12 +27,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    CLASS_COUNT, LostReason, ProcessFlows, RegionClass, syscall_nr,
+    CLASS_COUNT, LostReason, ProcessFlows, ProcessKey, RegionClass, syscall_nr,
     syscall_record::{ARGS as RECORD_ARGS, NR as RECORD_NR, RET as RECORD_RET},
 };
 
 use crate::maps::{
-    STASH, btf_field, config, count_lost, flows_of, is_tracked, read_kernel, scratch_walk,
+    STASH, btf_field, config, count_lost, flows_of, read_kernel, scratch_walk, tracked,
 };
 use crate::vma::{self, FindVma, Lookup, NO_PROT, PAGE_SIZE, RbTree, Walk, bounded, page_align};
 
@@ -64,6 +64,8 @@ pub struct Pending {
     out: [u64; CLASS_COUNT],
     /// Bytes per class mprotect moves in.
     into: [u64; CLASS_COUNT],
+    /// The calling process's generation in the tracked set, found at entry.
+    generation: u64,
 }
 
 impl Pending {
@@ -124,12 +126,11 @@ pub fn syscall_exit_rbtree(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn enter<L: Lookup>(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_tracked((pid_tgid >> 32) as u32) {
-        return None;
-    }
+    let key = tracked((pid_tgid >> 32) as u32)?;
     let nr = record::<i32>(ctx, RECORD_NR) as u64;
     let walk = scratch_walk()?;
     walk.reset();
+    walk.pending.generation = key.generation as u64;
     walk.pending.args = args::<L>(ctx, nr)?;
     // A new mapping needs nothing from entry where the exit can read the arguments itself.
     if L::TASK_PT_REGS && is_new_mapping(nr, walk.pending.args[3]) {
@@ -233,8 +234,13 @@ fn exit<L: Lookup>(ctx: &TracePointContext) -> u32 {
     // Only a tracked thread's call was stashed at entry.
     match STASH.get_ptr(&pid_tgid) {
         Some(pending) => {
-            if succeeded && let Some(flows) = flows_of(tgid) {
-                on_return::<L>(nr, ret as u64, unsafe { &*pending }, flows);
+            let pending = unsafe { &*pending };
+            let key = ProcessKey {
+                tgid,
+                generation: pending.generation as u32,
+            };
+            if succeeded && let Some(flows) = flows_of(&key) {
+                on_return::<L>(nr, ret as u64, pending, flows);
             }
             let _ = STASH.remove(&pid_tgid);
         }
@@ -242,10 +248,10 @@ fn exit<L: Lookup>(ctx: &TracePointContext) -> u32 {
             if L::TASK_PT_REGS
                 && succeeded
                 && (nr == syscall_nr::MMAP || nr == syscall_nr::MREMAP)
-                && is_tracked(tgid)
+                && let Some(key) = tracked(tgid)
                 && let Some(args) = args::<L>(ctx, nr)
                 && is_new_mapping(nr, args[3])
-                && let Some(flows) = flows_of(tgid)
+                && let Some(flows) = flows_of(&key)
             {
                 on_new_mapping::<L>(nr, ret as u64, &args, flows);
             }

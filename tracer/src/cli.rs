@@ -103,6 +103,9 @@ enum Command {
         #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(2..))]
         cycles: u32,
     },
+    /// leaktrace's own watchdog in `run` mode (see `session::watchdog`): not for users.
+    #[command(name = session::watchdog::SUBCOMMAND, hide = true)]
+    Watchdog,
 }
 
 #[derive(Debug, Args)]
@@ -459,6 +462,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Demo { leak, cycles } => demo(&leak, cycles)?,
+        Command::Watchdog => return Ok(session::watchdog::watch()),
         Command::Doctor => {
             let checks = doctor::diagnose();
             print(false, &doctor::render(&checks))?;

@@ -329,6 +329,13 @@ impl MarkerSocket {
     }
 }
 
+impl MarkerSocket {
+    /// The private directory the socket is in.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
 impl Drop for MarkerSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

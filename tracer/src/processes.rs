@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use tracer_common::{LifecycleEvent, LifecycleKind, ProcessFlows, Resident};
+use tracer_common::{LifecycleEvent, LifecycleKind, ProcessFlows, ProcessKey, Resident};
 
 use crate::{
     kernel::{Kernel, RssIndices},
@@ -25,6 +25,8 @@ struct Tracked {
     /// Whether the last round of samples read it: what a boundary snapshot counts as live.
     sampled: bool,
     flows: ProcessFlows,
+    /// Its generation in the kernel's tracked set: with the pid, the key of its kernel entries.
+    generation: u32,
     /// The kernel's counters, in pages (eBPF only).
     resident: Option<Resident>,
     last_sample: Option<ProcSample>,
@@ -40,6 +42,8 @@ pub struct ProcessTable {
     live: HashMap<u32, usize>,
     /// Exited processes that may be zombies left to leaktrace (run mode is their subreaper).
     to_reap: Vec<u32>,
+    /// Processes added since the last [`ProcessTable::take_joined`].
+    joined: Vec<ProcInfo>,
 }
 
 impl ProcessTable {
@@ -49,6 +53,7 @@ impl ProcessTable {
             processes: Vec::new(),
             live: HashMap::new(),
             to_reap: Vec::new(),
+            joined: Vec::new(),
         }
     }
 
@@ -64,12 +69,15 @@ impl ProcessTable {
         self.live.keys().copied().collect()
     }
 
-    pub fn add(&mut self, info: ProcInfo) {
+    /// A process that joined the tree, with its generation in the kernel's tracked set
+    /// (`GENERATION_OF_LOADER` for one leaktrace tracked itself, or without eBPF).
+    pub fn add(&mut self, info: ProcInfo, generation: u32) {
         if self.live.contains_key(&info.pid) {
             return;
         }
         let role = self.role_of(info.pid, info.ppid, &info.comm);
         self.live.insert(info.pid, self.processes.len());
+        self.joined.push(info.clone());
         self.processes.push(Tracked {
             info,
             role,
@@ -78,6 +86,7 @@ impl ProcessTable {
             exited_ns: None,
             sampled: false,
             flows: ProcessFlows::default(),
+            generation,
             resident: None,
             last_sample: None,
             peak_sample: ProcSample::default(),
@@ -113,12 +122,15 @@ impl ProcessTable {
     pub fn on_event(&mut self, event: &LifecycleEvent, kernel: &mut Kernel) {
         let comm = comm(&event.comm);
         match event.kind {
-            k if k == LifecycleKind::Fork as u32 => self.add(ProcInfo {
-                pid: event.tgid,
-                ppid: event.parent_tgid,
-                comm,
-                start_time: event.time_ns as f64 / 1e9,
-            }),
+            k if k == LifecycleKind::Fork as u32 => self.add(
+                ProcInfo {
+                    pid: event.tgid,
+                    ppid: event.parent_tgid,
+                    comm,
+                    start_time: event.time_ns as f64 / 1e9,
+                },
+                event.generation,
+            ),
             k if k == LifecycleKind::Exec as u32 => {
                 if let Some(&index) = self.live.get(&event.tgid) {
                     // A launcher that execs (Debian's /usr/bin/chromium script) becomes what
@@ -136,14 +148,20 @@ impl ProcessTable {
                     process.exited = true;
                     process.exited_ns = Some(event.time_ns);
                     process.exit_code = Some(exit_code(event.exit_code as i32));
-                    if let Some(flows) = kernel.take_flows(event.tgid) {
+                    let key = process.key();
+                    if let Some(flows) = kernel.take_flows(key) {
                         process.flows = flows;
                     }
-                    process.resident = kernel.resident(event.tgid, true).or(process.resident);
+                    process.resident = kernel.resident(key, true).or(process.resident);
                 }
             }
             _ => {}
         }
+    }
+
+    /// The processes added since the last call.
+    pub fn take_joined(&mut self) -> Vec<ProcInfo> {
+        std::mem::take(&mut self.joined)
     }
 
     /// Live processes with this role.
@@ -282,11 +300,12 @@ impl ProcessTable {
 
     /// The kernel's current figures for every process still alive.
     pub fn collect_kernel(&mut self, kernel: &mut Kernel) {
-        for (&tgid, &index) in &self.live {
-            if let Some(flows) = kernel.flows(tgid) {
+        for &index in self.live.values() {
+            let key = self.processes[index].key();
+            if let Some(flows) = kernel.flows(key) {
                 self.processes[index].flows = flows;
             }
-            if let Some(resident) = kernel.resident(tgid, false) {
+            if let Some(resident) = kernel.resident(key, false) {
                 self.processes[index].resident = Some(resident);
             }
         }
@@ -353,6 +372,14 @@ impl ProcessTable {
 }
 
 impl Tracked {
+    /// The key of its entries in the kernel's maps.
+    fn key(&self) -> ProcessKey {
+        ProcessKey {
+            tgid: self.info.pid,
+            generation: self.generation,
+        }
+    }
+
     /// Resident memory (last, peak) in bytes: the kernel's counters when there are any, else the
     /// /proc samples.
     fn resident_bytes(&self, rss: Option<RssIndices>) -> (ResidentBytes, ResidentBytes) {

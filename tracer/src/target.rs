@@ -279,35 +279,41 @@ pub fn proc_info(pid: u32) -> Option<ProcInfo> {
 /// `root` and all its live descendants, parents before children.
 pub fn process_tree(root: u32) -> Result<Vec<ProcInfo>, TargetError> {
     let root_info = proc_info(root).ok_or(TargetError::NoSuchProcess(root))?;
-    let mut children: HashMap<u32, Vec<ProcInfo>> = HashMap::new();
-    for process in procfs::process::all_processes()
+    Ok(with_descendants(vec![root_info], &all_processes()?))
+}
+
+/// Every process in /proc now.
+pub fn all_processes() -> Result<Vec<ProcInfo>, TargetError> {
+    Ok(procfs::process::all_processes()
         .map_err(TargetError::Proc)?
         .flatten()
-    {
-        let Ok(stat) = process.stat() else { continue };
-        children
-            .entry(stat.ppid as u32)
-            .or_default()
-            .push(ProcInfo {
-                pid: stat.pid as u32,
-                ppid: stat.ppid as u32,
-                comm: stat.comm,
-                start_time: stat.starttime as f64 / ticks_per_second(),
-            });
+        .filter_map(|process| process.stat().ok())
+        .map(|stat| ProcInfo {
+            pid: stat.pid as u32,
+            ppid: stat.ppid as u32,
+            comm: stat.comm,
+            start_time: stat.starttime as f64 / ticks_per_second(),
+        })
+        .collect())
+}
+
+/// `tree` and the descendants `all` shows of its processes, parents before children.
+pub fn with_descendants(mut tree: Vec<ProcInfo>, all: &[ProcInfo]) -> Vec<ProcInfo> {
+    let mut children: HashMap<u32, Vec<&ProcInfo>> = HashMap::new();
+    for info in all {
+        children.entry(info.ppid).or_default().push(info);
     }
-    let mut tree = vec![root_info];
-    let mut seen = BTreeSet::from([root]);
+    let mut seen: BTreeSet<u32> = tree.iter().map(|p| p.pid).collect();
     let mut next = 0;
     while next < tree.len() {
-        let pid = tree[next].pid;
-        for child in children.remove(&pid).unwrap_or_default() {
+        for &child in children.get(&tree[next].pid).into_iter().flatten() {
             if seen.insert(child.pid) {
-                tree.push(child);
+                tree.push(child.clone());
             }
         }
         next += 1;
     }
-    Ok(tree)
+    tree
 }
 
 /// Whether `pid` is running: present in /proc and neither a zombie nor dead.

@@ -61,7 +61,8 @@ const CHECKS: [Check; 5] = [
         run: Run::Shell("leaktrace doctor"),
         timeout: 120,
     },
-    // Every class and counter of 102 processes equal to the fixture's ledger, to the byte.
+    // Every class and counter of 102 processes equal to the fixture's ledger, to the byte;
+    // and a pid reused within a millisecond keeps two processes' counters apart.
     Check {
         name: "ledger",
         run: Run::Test("ledger"),
@@ -92,13 +93,14 @@ const CHECKS: [Check; 5] = [
 const KERNELS: [&str; 4] = ["host", "trixie", "bookworm", "bullseye"];
 
 /// Fixture programs the tests run, from target/debug (ledger execs its sibling ledger_exec).
-const FIXTURES: [&str; 6] = [
+const FIXTURES: [&str; 7] = [
     "leaktrace",
     "ledger",
     "ledger_exec",
     "resident",
     "threads",
     "cycler",
+    "pid_reuse",
 ];
 
 /// Busybox applets, as links in /bin: what /init and the checks use, and ls and dmesg for

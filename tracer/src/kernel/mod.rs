@@ -16,7 +16,9 @@ use aya::{
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use thiserror::Error;
-use tracer_common::{LOST_REASON_COUNT, LifecycleEvent, ProcessFlows, Resident, TRACKED};
+use tracer_common::{
+    GENERATION_OF_LOADER, LOST_REASON_COUNT, LifecycleEvent, ProcessFlows, ProcessKey, Resident,
+};
 
 pub use self::features::{Features, RssIndices};
 use self::{btf::BtfError, tracefs::TracefsError};
@@ -219,23 +221,38 @@ impl Kernel {
         self.links.detach_syscalls();
     }
 
-    /// Adds a process to the tracked set; its future children join it in the kernel.
-    pub fn track(&mut self, tgid: u32) -> Result<(), KernelError> {
+    /// Adds a process to the tracked set; its future children join it in the kernel. Returns
+    /// its key: a process the kernel already follows (forked from one tracked before) keeps
+    /// the generation the kernel gave it.
+    pub fn track(&mut self, tgid: u32) -> Result<ProcessKey, KernelError> {
         let mut tracked: HashMap<_, u32, u32> = self.map_mut("TRACKED")?;
-        tracked
-            .insert(tgid, TRACKED, 0)
-            .map_err(|source| KernelError::MapOperation {
+        // BPF_NOEXIST: never renumber a process whose entries already count.
+        match tracked.insert(tgid, GENERATION_OF_LOADER, 1) {
+            Ok(()) => Ok(ProcessKey {
+                tgid,
+                generation: GENERATION_OF_LOADER,
+            }),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                let generation = tracked.get(&tgid, 0).unwrap_or(GENERATION_OF_LOADER);
+                Ok(ProcessKey { tgid, generation })
+            }
+            Err(source) => Err(KernelError::MapOperation {
                 name: "TRACKED",
                 action: "insert",
                 source,
-            })
+            }),
+        }
     }
 
     /// Starts a process's resident counters (from /proc, for a process that predates the
     /// trace); values the kernel already holds win.
-    pub fn seed_resident(&mut self, tgid: u32, resident: Resident) -> Result<(), KernelError> {
-        let mut map: HashMap<_, u32, Resident> = self.map_mut("RESIDENT")?;
-        match map.insert(tgid, resident, 1) {
+    pub fn seed_resident(
+        &mut self,
+        key: ProcessKey,
+        resident: Resident,
+    ) -> Result<(), KernelError> {
+        let mut map: HashMap<_, ProcessKey, Resident> = self.map_mut("RESIDENT")?;
+        match map.insert(key, resident, 1) {
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
                 Ok(())
             }
@@ -248,11 +265,11 @@ impl Kernel {
     }
 
     /// A process's resident counters (pages); with `remove`, also forgets them (the pid may be reused).
-    pub fn resident(&mut self, tgid: u32, remove: bool) -> Option<Resident> {
-        let mut map: HashMap<_, u32, Resident> = self.map_mut("RESIDENT").ok()?;
-        let resident = map.get(&tgid, 0).ok();
+    pub fn resident(&mut self, key: ProcessKey, remove: bool) -> Option<Resident> {
+        let mut map: HashMap<_, ProcessKey, Resident> = self.map_mut("RESIDENT").ok()?;
+        let resident = map.get(&key, 0).ok();
         if remove {
-            let _ = map.remove(&tgid);
+            let _ = map.remove(&key);
         }
         resident
     }
@@ -269,23 +286,22 @@ impl Kernel {
         }
     }
 
-    /// The flows of `tgid` summed over CPUs, removed from the map (the process has exited, and
-    /// its pid may be reused).
-    pub fn take_flows(&mut self, tgid: u32) -> Option<ProcessFlows> {
-        let total = self.flows(tgid)?;
-        let mut flows: PerCpuHashMap<_, u32, ProcessFlows> = self.map_mut("FLOWS").ok()?;
-        let _ = flows.remove(&tgid);
+    /// A process's flows summed over CPUs, removed from the map (the process has exited).
+    pub fn take_flows(&mut self, key: ProcessKey) -> Option<ProcessFlows> {
+        let total = self.flows(key)?;
+        let mut flows: PerCpuHashMap<_, ProcessKey, ProcessFlows> = self.map_mut("FLOWS").ok()?;
+        let _ = flows.remove(&key);
         Some(total)
     }
 
-    /// The flows of `tgid` summed over CPUs (left in the map).
+    /// A process's flows summed over CPUs (left in the map).
     ///
     /// Looked up by key: walking the map instead (`get_next_key` from bucket to bucket) costs
     /// as much as its capacity however few processes are in it, and it was a fifth of
     /// leaktrace's CPU on a fast worker.
-    pub fn flows(&mut self, tgid: u32) -> Option<ProcessFlows> {
-        let flows: PerCpuHashMap<_, u32, ProcessFlows> = self.map_mut("FLOWS").ok()?;
-        let per_cpu = flows.get(&tgid, 0).ok()?;
+    pub fn flows(&mut self, key: ProcessKey) -> Option<ProcessFlows> {
+        let flows: PerCpuHashMap<_, ProcessKey, ProcessFlows> = self.map_mut("FLOWS").ok()?;
+        let per_cpu = flows.get(&key, 0).ok()?;
         Some(sum_flows(per_cpu.iter()))
     }
 

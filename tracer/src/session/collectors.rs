@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use super::SessionError;
+use tracer_common::GENERATION_OF_LOADER;
+
+use super::{SessionError, watchdog::Watchdog};
 use crate::{
     browser::{BrowserReader, BrowserView},
     kernel::{Kernel, RssIndices},
@@ -27,6 +29,8 @@ pub(super) struct Collectors {
     pub(super) tree: TreeReader,
     /// When the last reading was done (CLOCK_BOOTTIME).
     pub(super) read_until_ns: u64,
+    /// In `run` mode, told of every process that joins the tree.
+    pub(super) watchdog: Option<Watchdog>,
 }
 
 /// Everything every collector knew at one boundary.
@@ -48,6 +52,10 @@ impl Collectors {
     /// Takes in what happened since the last tick: kernel events, or /proc without eBPF.
     pub(super) fn follow(&mut self) {
         self.take_in();
+        let joined = self.table.take_joined();
+        if let Some(watchdog) = &mut self.watchdog {
+            joined.iter().for_each(|process| watchdog.watch(process));
+        }
         self.tree.set_pids(self.table.live_pids());
     }
 
@@ -62,7 +70,8 @@ impl Collectors {
             }
             None => {
                 if let Ok(tree) = target::process_tree(self.root_pid) {
-                    tree.into_iter().for_each(|info| self.table.add(info));
+                    tree.into_iter()
+                        .for_each(|info| self.table.add(info, GENERATION_OF_LOADER));
                 }
                 for pid in self.table.live_pids() {
                     if !target::is_alive(pid) {
@@ -141,17 +150,19 @@ impl Collectors {
     /// Tracks the attached process and its live descendants, from /proc.
     pub(super) fn seed_tree(&mut self) -> Result<(), SessionError> {
         for info in target::process_tree(self.root_pid)? {
+            let mut generation = GENERATION_OF_LOADER;
             if let Some(kernel) = self.kernel.as_mut() {
-                kernel.track(info.pid)?;
+                let key = kernel.track(info.pid)?;
+                generation = key.generation;
                 // Counters that never change while we watch still need a value: /proc shows the
                 // same ones the kernel programs read.
                 if let Some(rss) = kernel.rss
                     && let Some(sample) = sampler::sample(info.pid)
                 {
-                    kernel.seed_resident(info.pid, processes::resident_pages(&sample, rss))?;
+                    kernel.seed_resident(key, processes::resident_pages(&sample, rss))?;
                 }
             }
-            self.table.add(info);
+            self.table.add(info, generation);
         }
         Ok(())
     }

@@ -9,7 +9,8 @@
 //! period, and so do descendants that outlive it.
 //!
 //! [`collectors`]: what a snapshot is made of (kernel, process table, browser);
-//! [`cutting`]: markers into cycles and phases; [`stop`]: nothing we start is left behind.
+//! [`cutting`]: markers into cycles and phases; [`stop`]: nothing we start is left behind;
+//! [`watchdog`]: not even when leaktrace is killed.
 
 use std::{
     collections::BTreeMap,
@@ -23,16 +24,18 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
-use tracer_common::LostReason;
+use tracer_common::{GENERATION_OF_LOADER, LostReason};
 
 mod collectors;
 mod cutting;
 mod stop;
+pub mod watchdog;
 
 use self::{
     collectors::{Collectors, follow_browser, read_browser},
     cutting::{Cutting, marker_sources},
     stop::{reap_children, stop_command, stop_leftovers},
+    watchdog::Watchdog,
 };
 use crate::{
     browser::{BrowserReader, CdpMode, WorkerInspector},
@@ -68,6 +71,8 @@ pub enum SessionError {
     Signals(#[source] std::io::Error),
     #[error("cannot wait for the command")]
     Wait(#[source] std::io::Error),
+    #[error("cannot start leaktrace's watchdog (/proc/self/exe)")]
+    Watchdog(#[source] std::io::Error),
 }
 
 /// What to trace.
@@ -228,6 +233,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         root_pid: 0,
         tree: Default::default(),
         read_until_ns: 0,
+        watchdog: None,
     };
     let (mode, command, child) = match &target {
         Target::Run(command) => {
@@ -243,6 +249,9 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                 env: vec![("LEAKTRACE_MARKER".into(), served.path.display().to_string())],
                 capture_output: rules.reads_lines(),
             };
+            // Before the command, so that no moment of its life is unguarded.
+            let mut watchdog = Watchdog::spawn().map_err(SessionError::Watchdog)?;
+            watchdog.remove_on_death(served.dir());
             socket = Some(served);
             // Orphans of the command's tree come to leaktrace rather than to init (which may
             // not reap them, as in containers), so none is left a zombie.
@@ -251,7 +260,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             let kernel = &mut collectors.kernel;
             let mut launched =
                 target::launch(command, identity, io, |pid| match kernel.as_mut() {
-                    Some(kernel) => kernel.track(pid).map_err(SessionError::from),
+                    Some(kernel) => kernel.track(pid).map(drop).map_err(SessionError::from),
                     None => Ok(()),
                 })?;
             if let Some(stdout) = launched.child.stdout.take() {
@@ -277,14 +286,15 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             collectors.root_pid = launched.pid;
             collectors.table = ProcessTable::new(launched.pid);
             // Not in the fork event stream: leaktrace forked it before it was tracked.
-            collectors
-                .table
-                .add(target::proc_info(launched.pid).unwrap_or(ProcInfo {
-                    pid: launched.pid,
-                    ppid: std::process::id(),
-                    comm: command[0].clone(),
-                    start_time: 0.0,
-                }));
+            let root = target::proc_info(launched.pid).unwrap_or(ProcInfo {
+                pid: launched.pid,
+                ppid: std::process::id(),
+                comm: command[0].clone(),
+                start_time: 0.0,
+            });
+            collectors.table.add(root, GENERATION_OF_LOADER);
+            collectors.watchdog = Some(watchdog);
+            collectors.follow();
             ("run", command.clone(), Some(launched.child))
         }
         Target::Attach(pid) => {
@@ -444,6 +454,9 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         // leaktrace started them, so it does not leave them behind.
         collectors.follow();
         stop_leftovers(&mut collectors).await;
+        if let Some(watchdog) = collectors.watchdog.take() {
+            watchdog.release();
+        }
         reap_children().await;
     }
     collectors.follow();
