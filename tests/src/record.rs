@@ -18,7 +18,7 @@ pub use tracer_common::RegionClass as Class;
 /// Everything one process did in one stage, counted the way the tracer counts it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Flows {
-    classes: [ClassFlow; 7],
+    classes: [ClassFlow; tracer_common::CLASS_COUNT],
     brk_growth: i64,
 }
 
@@ -33,7 +33,7 @@ impl Flows {
             calls: 0,
         };
         Flows {
-            classes: [ZERO; 7],
+            classes: [ZERO; tracer_common::CLASS_COUNT],
             brk_growth: 0,
         }
     }

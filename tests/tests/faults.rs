@@ -297,14 +297,73 @@ fn a_devtools_endpoint_that_never_answers_holds_nothing_up() {
     if !require_root("a_devtools_endpoint_that_never_answers_holds_nothing_up") {
         return;
     }
-    let scratch = Scratch::new("faults-cdp");
-    let json = scratch.path("t.json");
     // The kernel completes the handshake into the backlog; nothing ever accepts or answers.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    assert_cycles_do_not_wait_for(&endpoint, "faults-cdp");
+}
+
+#[test]
+fn a_devtools_endpoint_that_drops_the_handshake_holds_nothing_up() {
+    if !require_root("a_devtools_endpoint_that_drops_the_handshake_holds_nothing_up") {
+        return;
+    }
+    // A listener whose accept queue (backlog 0) is full: the kernel drops every further SYN,
+    // so a connect gets no answer at all and would wait for minutes of SYN retries.
+    let (listener, addr) = listener_with_backlog_0();
+    let mut held = Vec::new();
+    while held.len() < 8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(stream) => held.push(stream),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+        "the endpoint still completes handshakes after {} connections",
+        held.len()
+    );
+    let started = Instant::now();
+    assert_cycles_do_not_wait_for(&format!("http://{addr}"), "faults-syn");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    drop((held, listener));
+}
+
+/// A TCP listener on a free loopback port with an accept queue of 0.
+fn listener_with_backlog_0() -> (std::net::TcpListener, std::net::SocketAddr) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a socket this function owns; the address structures are
+    // zeroed and sized as the calls expect.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket");
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as u16;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        assert_eq!(libc::listen(fd, 0), 0);
+        let listener = std::net::TcpListener::from_raw_fd(fd);
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+}
+
+/// A fast worker traced with `--cdp ENDPOINT`: its cycles stay milliseconds long, and the trace
+/// says why no browser was read.
+fn assert_cycles_do_not_wait_for(endpoint: &str, scratch: &str) {
+    let scratch = Scratch::new(scratch);
+    let json = scratch.path("t.json");
     succeeded(
         Command::new(leaktrace())
-            .args(["run", "-q", "--cdp", &endpoint, "-o"])
+            .args(["run", "-q", "--cdp", endpoint, "-o"])
             .arg(&json)
             .arg("--")
             .arg(fixture("cycler"))
@@ -330,11 +389,10 @@ fn a_devtools_endpoint_that_never_answers_holds_nothing_up() {
     );
     assert_eq!(trace.browser.connects, 0);
     assert!(
-        trace.browser.notes.iter().any(|n| n.contains(&endpoint)),
+        trace.browser.notes.iter().any(|n| n.contains(endpoint)),
         "says why: {:?}",
         trace.browser.notes
     );
-    drop(listener);
 }
 
 #[test]

@@ -24,9 +24,12 @@ pub enum RegionClass {
     Exec = 5,
     /// Stacks that grow down.
     Stack = 6,
+    /// Bytes a munmap, madvise or mmap touched whose VMAs could not be read (the mm's lock was
+    /// busy, or the walk was cut short): counted here so that a process's total stays exact.
+    Unattributed = 7,
 }
 
-pub const CLASS_COUNT: usize = 7;
+pub const CLASS_COUNT: usize = 8;
 
 impl RegionClass {
     pub const ALL: [RegionClass; CLASS_COUNT] = [
@@ -37,6 +40,7 @@ impl RegionClass {
         RegionClass::File,
         RegionClass::Exec,
         RegionClass::Stack,
+        RegionClass::Unattributed,
     ];
 
     /// The name used in reports and JSON.
@@ -49,6 +53,7 @@ impl RegionClass {
             RegionClass::File => "file",
             RegionClass::Exec => "exec",
             RegionClass::Stack => "stack",
+            RegionClass::Unattributed => "unattributed",
         }
     }
 }

@@ -22,6 +22,7 @@ use aya_ebpf::{
 use tracer_common::{LifecycleEvent, LifecycleKind, LostReason, ProcessKey};
 
 use crate::{
+    mappings,
     maps::{EVENTS, TRACKED, btf_field, config, count_lost, read_kernel, tracked},
     resident,
 };
@@ -62,6 +63,8 @@ pub fn task_newtask(ctx: BtfTracePointContext) -> i32 {
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     if let Some(key) = tracked(current_tgid()) {
+        // A new address space: no record of the old one's mappings holds.
+        mappings::invalidate(&key);
         // bpf_get_current_task, not its BTF-typed twin: that one needs 5.11.
         let task = unsafe { bpf_get_current_task() };
         if let Some(mm) = read_kernel::<u64>(task, config!(task_mm)).filter(|mm| *mm != 0) {

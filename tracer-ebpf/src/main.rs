@@ -3,12 +3,14 @@
 //! `lifecycle` keeps the tracked set (children join at fork, in the kernel) and reports fork,
 //! exec and exit through the ring buffer; `syscalls` pairs each memory syscall's entry with its
 //! return and adds the flows to per-process, per-class counters; `vma` classifies the memory a
-//! range touches; `resident` keeps the kernel's resident counters per process; `maps` holds the
+//! range touches; `mappings` remembers the mappings mmap made, so a whole one unmapped needs no
+//! walk; `resident` keeps the kernel's resident counters per process; `maps` holds the
 //! maps and the loader-provided configuration.
 #![no_std]
 #![no_main]
 
 mod lifecycle;
+mod mappings;
 mod maps;
 mod resident;
 mod syscalls;

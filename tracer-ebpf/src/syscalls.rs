@@ -31,6 +31,7 @@ use tracer_common::{
     syscall_record::{ARGS as RECORD_ARGS, NR as RECORD_NR, RET as RECORD_RET},
 };
 
+use crate::mappings;
 use crate::maps::{
     STASH, btf_field, config, count_lost, flows_of, read_kernel, scratch_walk, tracked,
 };
@@ -66,6 +67,9 @@ pub struct Pending {
     into: [u64; CLASS_COUNT],
     /// The calling process's generation in the tracked set, found at entry.
     generation: u64,
+    /// 1 when the range is a whole mapping the process made (see `mappings`), attributed
+    /// without a walk.
+    recorded: u64,
 }
 
 impl Pending {
@@ -136,7 +140,8 @@ fn enter<L: Lookup>(ctx: &TracePointContext) -> Option<()> {
     if L::TASK_PT_REGS && is_new_mapping(nr, walk.pending.args[3]) {
         return None;
     }
-    if on_enter::<L>(nr, walk).is_some() && STASH.insert(&pid_tgid, &walk.pending, 0).is_err() {
+    if on_enter::<L>(nr, &key, walk).is_some() && STASH.insert(&pid_tgid, &walk.pending, 0).is_err()
+    {
         count_lost(LostReason::StashFull);
     }
     None
@@ -181,7 +186,7 @@ fn total_vm() -> Option<u64> {
 }
 
 /// Fills `walk.pending` for a call about to run; None when the call is of no interest.
-fn on_enter<L: Lookup>(nr: u64, walk: &mut Walk) -> Option<()> {
+fn on_enter<L: Lookup>(nr: u64, process: &ProcessKey, walk: &mut Walk) -> Option<()> {
     let [addr, arg1, arg2, arg3] = walk.pending.args;
     match nr {
         syscall_nr::MMAP => {
@@ -193,17 +198,19 @@ fn on_enter<L: Lookup>(nr: u64, walk: &mut Walk) -> Option<()> {
             let len = page_align(arg1);
             walk.pending.len = len;
             walk.pending.before = total_vm()?;
+            mappings::invalidate(process);
             walk.run::<L>(addr, addr + len, NO_PROT);
         }
         syscall_nr::MUNMAP => {
             let len = page_align(arg1);
             walk.pending.len = len;
             walk.pending.before = total_vm()?;
-            walk.run::<L>(addr, addr + len, NO_PROT);
+            out_of_mapping::<L>(process, addr, len, walk, true);
         }
         syscall_nr::MPROTECT => {
             let len = page_align(arg1);
             let prot = arg2;
+            mappings::invalidate(process);
             walk.run::<L>(addr, addr + len, prot & PROT_ACCESS);
         }
         syscall_nr::MREMAP => {}
@@ -212,8 +219,7 @@ fn on_enter<L: Lookup>(nr: u64, walk: &mut Walk) -> Option<()> {
             if !matches!(advice, MADV_DONTNEED | MADV_FREE | MADV_REMOVE) {
                 return None;
             }
-            let len = page_align(arg1);
-            walk.run::<L>(addr, addr + len, NO_PROT);
+            out_of_mapping::<L>(process, addr, page_align(arg1), walk, false);
         }
         _ => {
             // brk: the break before the call, from the mm itself (the process may predate us).
@@ -221,6 +227,35 @@ fn on_enter<L: Lookup>(nr: u64, walk: &mut Walk) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// munmap or madvise of `[addr, addr + len)`: from the record when it is a whole mapping the
+/// process made, else from a walk (after which, for munmap, no record is trusted).
+#[inline(always)]
+fn out_of_mapping<L: Lookup>(
+    process: &ProcessKey,
+    addr: u64,
+    len: u64,
+    walk: &mut Walk,
+    unmaps: bool,
+) {
+    match mappings::recorded(process, addr, len) {
+        Some(class) => {
+            walk.pending.add_out(class, len);
+            walk.pending.recorded = 1;
+            // Forgotten now, not at return: once the kernel has unmapped it, another thread's
+            // mmap may get the same address, and its record must not be the one deleted.
+            if unmaps {
+                mappings::forget(process, addr);
+            }
+        }
+        None => {
+            if unmaps {
+                mappings::invalidate(process);
+            }
+            walk.run::<L>(addr, addr + len, NO_PROT);
+        }
+    }
 }
 
 #[inline(always)]
@@ -240,7 +275,7 @@ fn exit<L: Lookup>(ctx: &TracePointContext) -> u32 {
                 generation: pending.generation as u32,
             };
             if succeeded && let Some(flows) = flows_of(&key) {
-                on_return::<L>(nr, ret as u64, pending, flows);
+                on_return::<L>(nr, ret as u64, pending, &key, flows);
             }
             let _ = STASH.remove(&pid_tgid);
         }
@@ -253,7 +288,7 @@ fn exit<L: Lookup>(ctx: &TracePointContext) -> u32 {
                 && is_new_mapping(nr, args[3])
                 && let Some(flows) = flows_of(&key)
             {
-                on_new_mapping::<L>(nr, ret as u64, &args, flows);
+                on_new_mapping::<L>(nr, ret as u64, &args, &key, flows);
             }
         }
     }
@@ -261,13 +296,19 @@ fn exit<L: Lookup>(ctx: &TracePointContext) -> u32 {
 }
 
 /// mmap (the mapping part) and mremap, from their arguments.
-fn on_new_mapping<L: Lookup>(nr: u64, addr: u64, args: &[u64; 4], flows: &mut ProcessFlows) {
+fn on_new_mapping<L: Lookup>(
+    nr: u64,
+    addr: u64,
+    args: &[u64; 4],
+    process: &ProcessKey,
+    flows: &mut ProcessFlows,
+) {
     if nr == syscall_nr::MREMAP {
+        mappings::invalidate(process);
         let (old, new) = (args[1], args[2]);
         let (old, new) = (page_align(old), page_align(new));
-        let Some(class) = vma::class_at::<L>(addr) else {
-            return;
-        };
+        // The call succeeded, so there is a mapping at `addr`: only a busy lock hides it.
+        let class = vma::class_at::<L>(addr).unwrap_or(RegionClass::Unattributed as usize);
         let flow = &mut flows.classes[bounded(class)];
         if old == 0 {
             // old_size 0 duplicates a shared mapping.
@@ -286,14 +327,14 @@ fn on_new_mapping<L: Lookup>(nr: u64, addr: u64, args: &[u64; 4], flows: &mut Pr
     let class = if map_flags & MAP_ANONYMOUS != 0 && map_flags & MAP_TYPE == MAP_PRIVATE {
         anonymous_class(prot, map_flags)
     } else {
-        // File-backed or shared: the VMA says whether it lives on shmem.
-        match vma::class_at::<L>(addr) {
-            Some(class) => class,
-            None => return,
-        }
+        // File-backed or shared: the VMA says whether it lives on shmem (and only a busy
+        // lock hides the mapping the call just made).
+        vma::class_at::<L>(addr).unwrap_or(RegionClass::Unattributed as usize)
     };
+    let len = page_align(len);
+    mappings::record(process, addr, len, class);
     let flow = &mut flows.classes[bounded(class)];
-    flow.mapped += page_align(len);
+    flow.mapped += len;
     flow.calls += 1;
 }
 
@@ -314,21 +355,32 @@ fn anonymous_class(prot: u64, map_flags: u64) -> usize {
     class as usize
 }
 
-fn on_return<L: Lookup>(nr: u64, ret: u64, pending: &Pending, flows: &mut ProcessFlows) {
+fn on_return<L: Lookup>(
+    nr: u64,
+    ret: u64,
+    pending: &Pending,
+    process: &ProcessKey,
+    flows: &mut ProcessFlows,
+) {
     match nr {
         syscall_nr::MMAP => {
             if pending.args[3] & MAP_FIXED != 0 {
+                mappings::invalidate(process);
                 apply_out(pending, flows, Flow::Unmapped);
                 check_attributed(pending, pending.len);
             }
-            on_new_mapping::<L>(nr, ret, &pending.args, flows);
+            on_new_mapping::<L>(nr, ret, &pending.args, process, flows);
         }
-        syscall_nr::MREMAP => on_new_mapping::<L>(nr, ret, &pending.args, flows),
+        syscall_nr::MREMAP => on_new_mapping::<L>(nr, ret, &pending.args, process, flows),
         syscall_nr::MUNMAP => {
+            if pending.recorded == 0 {
+                mappings::invalidate(process);
+            }
             apply_out(pending, flows, Flow::Unmapped);
             check_attributed(pending, 0);
         }
         syscall_nr::MPROTECT => {
+            mappings::invalidate(process);
             apply_out(pending, flows, Flow::Uncommitted);
             for class in 0..CLASS_COUNT {
                 let flow = &mut flows.classes[class];

@@ -159,28 +159,33 @@ pub trait Lookup {
 /// `bpf_find_vma` and `bpf_loop` (Linux 5.17+).
 pub struct FindVma;
 
-impl Lookup for FindVma {
-    const TASK_PT_REGS: bool = true;
-
-    fn find(addr: u64) -> Option<Vma> {
-        let mut vma = Vma::default();
+impl FindVma {
+    /// `bpf_find_vma`'s result for `addr`: 0 with `vma` filled, -ENOENT in a hole, or another
+    /// error (the mm's lock was busy), which is counted.
+    fn find_into(addr: u64, vma: &mut Vma) -> i64 {
         let task = unsafe { bpf_get_current_task_btf() };
         let ret = unsafe {
             bpf_find_vma(
                 task,
                 addr,
                 on_vma as *mut c_void,
-                &mut vma as *mut Vma as *mut c_void,
+                vma as *mut Vma as *mut c_void,
                 0,
             )
         };
-        if ret == 0 && vma.found != 0 {
-            return Some(vma);
-        }
-        if ret != -ENOENT {
+        if ret != 0 && ret != -ENOENT {
             count_lost(LostReason::VmaLockBusy);
         }
-        None
+        ret
+    }
+}
+
+impl Lookup for FindVma {
+    const TASK_PT_REGS: bool = true;
+
+    fn find(addr: u64) -> Option<Vma> {
+        let mut vma = Vma::default();
+        (Self::find_into(addr, &mut vma) == 0 && vma.found != 0).then_some(vma)
     }
 
     fn walk(walk: &mut Walk) {
@@ -208,18 +213,20 @@ struct Step {
 #[inline(never)]
 unsafe extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
     let walk = unsafe { &mut *(*(ctx as *mut Step)).walk };
-    let vma = if walk.cur < walk.end {
-        FindVma::find(walk.cur)
-    } else {
-        None
-    };
-    match vma {
-        Some(vma) if walk.step(&vma) => 0,
-        _ => {
-            walk.stopped = 1;
-            1
-        }
+    if walk.cur >= walk.end {
+        walk.stopped = 1;
+        return 1;
     }
+    let mut vma = Vma::default();
+    let ret = FindVma::find_into(walk.cur, &mut vma);
+    if ret == 0 && vma.found != 0 && walk.step(&vma) {
+        return 0;
+    }
+    if ret != 0 && ret != -ENOENT {
+        walk.failed = 1;
+    }
+    walk.stopped = 1;
+    1
 }
 
 /// `mm->mm_rb` and `vm_next`, read with bpf_probe_read_kernel (kernels before 6.1).
@@ -314,6 +321,8 @@ pub struct Walk {
     has_new_prot: u64,
     heap: Heap,
     stopped: u64,
+    /// A lookup failed or the walk was cut short: the rest of the range is not classified.
+    failed: u64,
 }
 
 impl Walk {
@@ -341,6 +350,13 @@ impl Walk {
         L::walk(self);
         if self.stopped == 0 && self.cur < self.end {
             count_lost(LostReason::VmaWalkTruncated);
+            self.failed = 1;
+        }
+        // What could not be classified still counts, so that the process's total stays
+        // exact (an mprotect moves bytes between classes: its total does not change).
+        if self.failed != 0 && self.has_new_prot == 0 && self.cur < self.end {
+            self.pending
+                .add_out(RegionClass::Unattributed as usize, self.end - self.cur);
         }
     }
 

@@ -504,6 +504,13 @@ impl Process {
             .copied()
             .unwrap_or_default()
     }
+
+    /// Some of its calls could not be attributed to a class (the mm's lock was busy): its
+    /// per-class figures are partial, its total over the classes still exact.
+    pub fn class_split_partial(&self) -> bool {
+        let unattributed = self.class(RegionClass::Unattributed);
+        unattributed.mapped + unattributed.unmapped + unattributed.released > 0
+    }
 }
 
 /// The per-class map of a process's flows, with every class present.

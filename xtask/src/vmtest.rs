@@ -62,7 +62,8 @@ const CHECKS: [Check; 5] = [
         timeout: 120,
     },
     // Every class and counter of 102 processes equal to the fixture's ledger, to the byte;
-    // and a pid reused within a millisecond keeps two processes' counters apart.
+    // a pid reused within a millisecond keeps two processes' counters apart; and totals stay
+    // exact with 200 threads contending for the mm's lock.
     Check {
         name: "ledger",
         run: Run::Test("ledger"),
@@ -93,7 +94,7 @@ const CHECKS: [Check; 5] = [
 const KERNELS: [&str; 4] = ["host", "trixie", "bookworm", "bullseye"];
 
 /// Fixture programs the tests run, from target/debug (ledger execs its sibling ledger_exec).
-const FIXTURES: [&str; 7] = [
+const FIXTURES: [&str; 8] = [
     "leaktrace",
     "ledger",
     "ledger_exec",
@@ -101,6 +102,7 @@ const FIXTURES: [&str; 7] = [
     "threads",
     "cycler",
     "pid_reuse",
+    "mm_contention",
 ];
 
 /// Busybox applets, as links in /bin: what /init and the checks use, and ls and dmesg for

@@ -42,7 +42,7 @@ pub const MIN_CYCLES: usize = 5;
 /// The two-sided Mann–Kendall p-value below which a series trends (see the module doc).
 const ALPHA: f64 = 0.01;
 /// Mann–Kendall cannot reach ALPHA on fewer cycles: a strictly increasing 5 has p = 0.028.
-const TREND_MIN_CYCLES: usize = 6;
+pub const TREND_MIN_CYCLES: usize = 6;
 pub(crate) const SECONDS_PER_DAY: f64 = 86_400.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -144,6 +144,32 @@ impl Analysis {
     }
 }
 
+/// A fit in words, for a line that has no room for caveats: a per-day figure only where the
+/// series grows (a flat one's slope is noise, and a day of noise is not a figure to quote).
+pub fn describe(fit: &SeriesFit) -> String {
+    let bytes = |b: f64| crate::report::bytes(b as i64, true);
+    match fit.shape {
+        Some(Shape::Linear | Shape::Accelerating) => format!(
+            "grows {}/cycle, about {}/day if it went on ({}, trend p {:.3})",
+            bytes(fit.per_cycle),
+            bytes(fit.per_day),
+            if fit.shape == Some(Shape::Linear) {
+                "linear"
+            } else {
+                "accelerating"
+            },
+            fit.trend_p
+        ),
+        Some(Shape::Plateau) => format!("flat after {} warm-up cycles", fit.warmup_cycles),
+        Some(Shape::Flat) => format!("flat ({}/cycle of noise)", bytes(fit.per_cycle)),
+        _ => format!(
+            "not known yet: {} cycles after warm-up, a trend needs {}",
+            fit.cycles,
+            fit::TREND_MIN_CYCLES
+        ),
+    }
+}
+
 /// Fits every series of the trace's complete cycles.
 pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> Analysis {
     analyze_cycles(&trace.cycles, warmup, budget)

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Analysis, Series,
-    fit::{SeriesFit, Shape},
+    fit::{SeriesFit, Shape, TREND_MIN_CYCLES},
 };
 use crate::trace::{Cycle, Role};
 
@@ -63,6 +63,9 @@ pub enum Source {
     BrowserProcess,
     #[default]
     None,
+    /// Too few measured cycles after warm-up to tell growth from noise (see
+    /// `fit::TREND_MIN_CYCLES`): no source is named, whatever the figures say.
+    TooFewCycles,
     /// A source this leaktrace does not know (a trace written by another version).
     #[serde(other)]
     Unknown,
@@ -81,6 +84,7 @@ impl Source {
             Source::RendererNative => "renderer-native",
             Source::BrowserProcess => "browser-process",
             Source::None => "none",
+            Source::TooFewCycles => "too-few-cycles",
             Source::Unknown => "unknown",
         }
     }
@@ -199,6 +203,16 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
             evidence: vec!["no complete cycles to fit".into()],
         };
     };
+    if tree.shape == Some(Shape::Unknown) {
+        return Verdict {
+            source: Source::TooFewCycles,
+            evidence: vec![format!(
+                "{} measured cycles after {} warm-up cycles: a trend needs at least {TREND_MIN_CYCLES} \
+                 (the tree's owned PSS moved {:+.0} B/cycle, which may be noise); trace more cycles",
+                tree.cycles, tree.warmup_cycles, tree.per_cycle
+            )],
+        };
+    }
     if !grows(tree) {
         let shape = format!("{:?}", tree.shape.unwrap_or(Shape::Unknown)).to_lowercase();
         return Verdict {
@@ -345,6 +359,39 @@ mod tests {
             ..Analysis::default()
         };
         verdict(&analysis).source
+    }
+
+    #[test]
+    fn too_few_cycles_name_no_source_however_steep_the_rise() {
+        // 8 MiB a cycle over 5 cycles: no trend test can call that growth yet (a strictly
+        // increasing 5 has p = 0.028), so no source is named, and the evidence says how many.
+        let rising: Vec<f64> = (0..5).map(|i| i as f64 * 8.0 * MIB).collect();
+        let tree = super::super::fit::fit("tree.owned", &rising, Some(0), 1.0, 256.0 * 1024.0);
+        assert_eq!(tree.shape, Some(Shape::Unknown));
+        let renderer = series("role.renderer.owned", 8.0 * MIB, Shape::Linear);
+        let analysis = Analysis {
+            series: vec![tree, renderer],
+            ..Analysis::default()
+        };
+        let verdict = verdict(&analysis);
+        assert_eq!(verdict.source, Source::TooFewCycles);
+        assert!(
+            verdict.evidence[0].contains("5 measured cycles")
+                && verdict.evidence[0].contains("at least 6"),
+            "{:?}",
+            verdict.evidence
+        );
+        // Seven cycles of the same rise are enough.
+        let rising: Vec<f64> = (0..7).map(|i| i as f64 * 8.0 * MIB).collect();
+        let tree = super::super::fit::fit("tree.owned", &rising, Some(0), 1.0, 256.0 * 1024.0);
+        let analysis = Analysis {
+            series: vec![
+                tree,
+                series("role.renderer.owned", 8.0 * MIB, Shape::Linear),
+            ],
+            ..Analysis::default()
+        };
+        assert_eq!(super::verdict(&analysis).source, Source::RendererNative);
     }
 
     #[test]

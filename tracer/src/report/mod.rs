@@ -391,18 +391,22 @@ fn address_space_by_process(out: &mut String, trace: &Trace, rows: &[&Process]) 
         out,
         "\nADDRESS SPACE BY PROCESS (net bytes per class = mapped - unmapped + committed - uncommitted)"
     );
+    let classes = RegionClass::ALL
+        .into_iter()
+        .filter(|c| *c != RegionClass::Unattributed);
     let mut header = format!(
         "{:>7} {:>7} {:<16} {:<8}",
         "PID", "PPID", "COMMAND", "STATE"
     );
-    for class in RegionClass::ALL {
+    for class in classes.clone() {
         let _ = write!(header, " {:>8}", class.name());
     }
     let _ = writeln!(
         out,
-        "{header} {:>9} {:>9} {:>8}",
-        "committed", "released", "brk"
+        "{header} {:>8} {:>9} {:>9} {:>8}",
+        "total", "committed", "released", "brk"
     );
+    let mut partial = 0;
     for process in rows {
         let mut line = format!(
             "{:>7} {:>7} {:<16} {:<8}",
@@ -411,30 +415,50 @@ fn address_space_by_process(out: &mut String, trace: &Trace, rows: &[&Process]) 
             truncate(&process.comm, 16),
             state(process)
         );
-        let mut committed = 0;
-        let mut released = 0;
+        let split_known = !process.class_split_partial();
+        partial += usize::from(!split_known);
+        let (mut committed, mut released, mut total) = (0, 0, 0);
         for class in RegionClass::ALL {
             let flow = process.class(class);
             committed += flow.committed;
             released += flow.released;
-            let _ = write!(line, " {:>8}", bytes(flow.net(), true));
+            total += flow.net();
+        }
+        for class in classes.clone() {
+            let net = process.class(class).net();
+            // A split it knows is wrong is not printed: "?" and the exact total.
+            let cell = if split_known {
+                bytes(net, true)
+            } else {
+                "?".into()
+            };
+            let _ = write!(line, " {cell:>8}");
         }
         let _ = writeln!(
             out,
-            "{line} {:>9} {:>9} {:>8}",
+            "{line} {:>8} {:>9} {:>9} {:>8}",
+            bytes(total, true),
             size(committed),
             size(released),
             bytes(process.brk_growth, true)
         );
     }
     more_rows_note(out, rows.len(), trace.processes.len());
+    if partial > 0 {
+        let processes = if partial == 1 { "process" } else { "processes" };
+        let _ = writeln!(
+            out,
+            "? {partial} {processes}: some calls could not be attributed to a class (the mm's lock \
+             was busy; see LOST and the `unattributed` class below); their totals are exact"
+        );
+    }
 }
 
 fn class_totals(out: &mut String, trace: &Trace) {
     let _ = writeln!(out, "\nTOTALS BY REGION CLASS");
     let _ = writeln!(
         out,
-        "{:<9} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>8}",
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>8}",
         "class", "mapped", "unmapped", "net", "committed", "uncommitted", "released", "calls"
     );
     let mut all = ClassFlow::default();
@@ -455,7 +479,7 @@ fn class_totals(out: &mut String, trace: &Trace) {
 fn class_row(out: &mut String, name: &str, flow: &ClassFlow) {
     let _ = writeln!(
         out,
-        "{:<9} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>8}",
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>8}",
         name,
         size(flow.mapped),
         size(flow.unmapped),

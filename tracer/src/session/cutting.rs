@@ -179,11 +179,8 @@ impl Cutting {
         let analysis = crate::analysis::analyze_cycles(self.timeline.cycles(), warmup, None);
         let Some(tree) = analysis.tree() else { return };
         let line = format!(
-            "leaktrace: after {done} cycles: tree owned PSS {}/cycle, {}/day (trend p {:.3}, {:?}); likely source: {}\n",
-            crate::report::bytes(tree.per_cycle as i64, true),
-            crate::report::bytes(tree.per_day as i64, true),
-            tree.trend_p,
-            tree.shape.unwrap_or(crate::analysis::Shape::Unknown),
+            "leaktrace: after {done} cycles: tree owned PSS {}; likely source: {}\n",
+            crate::analysis::describe(tree),
             analysis.verdict.source,
         );
         self.progress.pass(true, line.as_bytes());
