@@ -386,15 +386,24 @@ fn contention(scratch: &Scratch, args: &[&str]) -> (Process, u64) {
     (root.unwrap().clone(), bytes)
 }
 
-/// A process's flows summed over every class.
-fn all_classes(process: &Process) -> ClassFlow {
-    process
-        .address_space
-        .values()
-        .fold(ClassFlow::default(), |mut all, flow| {
-            all.add(flow);
-            all
-        })
+/// The fixture mapped and unmapped `bytes` more than the baseline, counted over every class.
+fn assert_total_exact(traced: &Process, base: &Process, bytes: u64) {
+    let all = |process: &Process| {
+        process
+            .address_space
+            .values()
+            .fold(ClassFlow::default(), |mut all, flow| {
+                all.add(flow);
+                all
+            })
+    };
+    let (traced, base) = (all(traced), all(base));
+    assert_eq!(traced.mapped - base.mapped, bytes, "mapped, every class");
+    assert_eq!(
+        traced.unmapped - base.unmapped,
+        bytes,
+        "unmapped, every class"
+    );
 }
 
 /// Whether this kernel's VMA walks go through `bpf_find_vma` (5.17+), which only tries the mm's
@@ -422,20 +431,9 @@ fn under_mmap_lock_contention_totals_stay_exact_and_nearly_all_is_attributed() {
     }
     let scratch = Scratch::new("contention");
     let (base, _) = contention(&scratch, &["--rounds", "0"]);
-    let base_all = all_classes(&base);
     let (whole, unmapped) = contention(&scratch, &["--rounds", "2000"]);
     assert_eq!(unmapped, 400_000 * 64 * 1024, "the fixture's own count");
-    let all = all_classes(&whole);
-    assert_eq!(
-        all.mapped - base_all.mapped,
-        unmapped,
-        "mapped, every class"
-    );
-    assert_eq!(
-        all.unmapped - base_all.unmapped,
-        unmapped,
-        "unmapped, every class"
-    );
+    assert_total_exact(&whole, &base, unmapped);
     let anon = |p: &Process| p.address_space["anon"].unmapped;
     let attributed = anon(&whole) - anon(&base);
     assert!(
@@ -449,17 +447,7 @@ fn under_mmap_lock_contention_totals_stay_exact_and_nearly_all_is_attributed() {
     }
     let (halves, unmapped) = contention(&scratch, &["--rounds", "500", "--halves"]);
     assert_eq!(unmapped, 100_000 * 128 * 1024, "the fixture's own count");
-    let all = all_classes(&halves);
-    assert_eq!(
-        all.mapped - base_all.mapped,
-        unmapped,
-        "mapped, every class"
-    );
-    assert_eq!(
-        all.unmapped - base_all.unmapped,
-        unmapped,
-        "unmapped, every class"
-    );
+    assert_total_exact(&halves, &base, unmapped);
     let unattributed = halves.address_space["unattributed"];
     assert!(
         unattributed.unmapped > 0 && halves.class_split_partial(),

@@ -14,7 +14,7 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-use leaktrace_tests::arg_value;
+use leaktrace_tests::{arg_value, sys};
 
 const LEN: usize = 64 * 1024;
 
@@ -56,23 +56,14 @@ fn main() {
 
 /// Maps `len` bytes, touches the first page, and unmaps them in `unmaps` equal calls.
 fn map_touch_unmap(len: usize, unmaps: usize) {
-    // SAFETY: a fresh private mapping chosen by the kernel; the write stays inside it, and the
-    // unmapped pieces cover it exactly.
+    let ptr = sys::mmap_anon(len, sys::RW, 0);
+    let piece = len / unmaps;
+    // SAFETY: a fresh private mapping; the write stays inside it, and the unmapped pieces
+    // cover it exactly.
     unsafe {
-        let ptr = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert_ne!(ptr, libc::MAP_FAILED, "mmap failed");
-        (ptr as *mut u8).write(1);
-        let piece = len / unmaps;
+        ptr.write(1);
         for i in 0..unmaps {
-            let at = (ptr as *mut u8).add(i * piece) as *mut libc::c_void;
-            assert_eq!(libc::munmap(at, piece), 0, "munmap failed");
+            sys::munmap(ptr.add(i * piece), piece);
         }
     }
 }

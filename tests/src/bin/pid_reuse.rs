@@ -11,7 +11,7 @@
 
 use std::io::Write;
 
-use leaktrace_tests::arg_value;
+use leaktrace_tests::{arg_value, sys};
 
 const MIB: usize = 1 << 20;
 /// Attempts per pair before giving up: the host's other processes rarely fork in between.
@@ -67,20 +67,9 @@ fn wait(pid: i32) {
     assert_eq!(waited, pid, "waitpid");
 }
 
-/// Maps (and leaves mapped) one private anonymous region per length.
+/// Maps (and leaves mapped, untouched) one private anonymous region per length.
 fn map(lengths: &[usize]) {
     for &len in lengths {
-        // SAFETY: a fresh mapping chosen by the kernel, never touched.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED, "mmap failed");
+        sys::mmap_anon(len, sys::RW, 0);
     }
 }

@@ -2,7 +2,7 @@
 //! typed calls with a timeout, and the few reads that need more than one call.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io::{Read, Write},
     time::Duration,
 };
@@ -13,6 +13,7 @@ use chromiumoxide::{
     types::{CallId, CdpJsonEventMessage, Command, Message, Method},
 };
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -101,6 +102,26 @@ pub struct Cdp {
     calls: mpsc::UnboundedSender<Call>,
     /// Tracing.dataCollected / tracingComplete events.
     tracing: mpsc::UnboundedReceiver<(Option<String>, String, Value)>,
+    /// What each method cost since the last [`Cdp::take_costs`]: the browser works for each.
+    costs: std::sync::Mutex<BTreeMap<String, CallCost>>,
+}
+
+/// The calls of one DevTools method: how many, and how long they took from sending to the
+/// answer (time the browser spent on them, or queued behind the worker's own calls).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CallCost {
+    pub count: u64,
+    pub seconds: f64,
+    pub max_seconds: f64,
+}
+
+impl CallCost {
+    pub fn add(&mut self, other: &CallCost) {
+        self.count += other.count;
+        self.seconds += other.seconds;
+        self.max_seconds = self.max_seconds.max(other.max_seconds);
+    }
 }
 
 impl Cdp {
@@ -156,11 +177,20 @@ impl Cdp {
             }
             // Dropping the replies tells every waiting caller the connection is gone.
         });
-        Ok(Cdp { calls, tracing })
+        Ok(Cdp {
+            calls,
+            tracing,
+            costs: Default::default(),
+        })
     }
 
     pub fn is_closed(&self) -> bool {
         self.calls.is_closed()
+    }
+
+    /// The cost of each method since the last call.
+    pub fn take_costs(&self) -> BTreeMap<String, CallCost> {
+        std::mem::take(&mut *self.costs.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub async fn call_raw(
@@ -179,7 +209,20 @@ impl Cdp {
         self.calls
             .send(call)
             .map_err(|_| "the DevTools connection is closed".to_string())?;
-        match tokio::time::timeout(CALL_TIMEOUT, answer).await {
+        let started = std::time::Instant::now();
+        let answered = tokio::time::timeout(CALL_TIMEOUT, answer).await;
+        let seconds = started.elapsed().as_secs_f64();
+        self.costs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(method.to_string())
+            .or_default()
+            .add(&CallCost {
+                count: 1,
+                seconds,
+                max_seconds: seconds,
+            });
+        match answered {
             Err(_) => Err(format!("{method} timed out")),
             Ok(Err(_)) => Err("the DevTools connection is closed".into()),
             Ok(Ok(result)) => result,

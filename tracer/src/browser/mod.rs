@@ -30,6 +30,7 @@ use chromiumoxide::cdp::browser_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use self::cdp::CallCost;
 use self::cdp::{Cdp, heap_usage, renderer_pid};
 pub use self::endpoint::{CdpMode, Endpoint, endpoint_of};
 
@@ -167,6 +168,9 @@ pub struct BrowserSummary {
     pub notes: Vec<String>,
     /// The last view read.
     pub last: Option<BrowserView>,
+    /// Each DevTools method leaktrace called (the worker inspector's apart): how often, and
+    /// how long the answers took.
+    pub calls: BTreeMap<String, CallCost>,
 }
 
 /// Reads the browser's view for the session; holds the connection and page sessions between
@@ -454,6 +458,9 @@ impl BrowserReader {
         }
         view.failed_calls = failed;
         self.summary.failed_calls += failed;
+        for (method, cost) in cdp.take_costs() {
+            self.summary.calls.entry(method).or_default().add(&cost);
+        }
         self.summary.last = Some(view.clone());
         Some(view)
     }

@@ -301,6 +301,21 @@ fn browser(out: &mut String, trace: &Trace) {
         "\nBROWSER (DevTools, read-only): endpoint {endpoint}; {} connects, {} disconnects, {} failed calls, {} late views",
         summary.connects, summary.disconnects, summary.failed_calls, summary.late_views
     );
+    if !summary.calls.is_empty() {
+        let calls: Vec<String> = summary
+            .calls
+            .iter()
+            .map(|(method, cost)| {
+                format!(
+                    "{method} {}x {:.1} ms (max {:.1})",
+                    cost.count,
+                    1e3 * cost.seconds / cost.count.max(1) as f64,
+                    1e3 * cost.max_seconds
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "calls (mean answer time): {}", calls.join(", "));
+    }
     for note in &summary.notes {
         let _ = writeln!(out, "note: {note}");
     }
