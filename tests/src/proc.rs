@@ -40,6 +40,20 @@ pub fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
+/// The processes a `leaktrace run` traces: its live descendants, but its own watchdog.
+pub fn traced_by(leaktrace: u32) -> Vec<u32> {
+    descendants(leaktrace)
+        .into_iter()
+        .filter(|pid| !is_watchdog(*pid))
+        .collect()
+}
+
+/// Whether `pid` is leaktrace's watchdog (`leaktrace __watchdog`).
+pub fn is_watchdog(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"__watchdog"))
+}
+
 /// The fields of /proc/PID/smaps_rollup (`Pss`, `Pss_Anon`, ...), in bytes; None if the
 /// process is gone.
 pub fn rollup(pid: u32) -> Option<BTreeMap<String, u64>> {

@@ -11,7 +11,7 @@ use std::{
 };
 
 use leaktrace::trace::Trace;
-use leaktrace_tests::proc::{descendants, rollup};
+use leaktrace_tests::proc::{rollup, traced_by};
 use support::{CHROMIUM, Scratch, leaktrace, require_chromium, require_root, spawn, wait_for_line};
 
 /// The role the test reads from a process's command line, independently of leaktrace.
@@ -78,7 +78,7 @@ fn chromium_roles_and_tree_pss_match_an_independent_reading() {
     // Wait for the browser to settle: a renderer and the network service up, then a pause.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let roles: Vec<String> = descendants(leaktrace_pid)
+        let roles: Vec<String> = traced_by(leaktrace_pid)
             .into_iter()
             .filter_map(role_from_cmdline)
             .collect();
@@ -96,7 +96,7 @@ fn chromium_roles_and_tree_pss_match_an_independent_reading() {
     // The independent reading, then at once stop the trace: its last sample follows ours.
     let mut expected_roles = BTreeMap::new();
     let mut expected_pss = 0;
-    for pid in descendants(leaktrace_pid) {
+    for pid in traced_by(leaktrace_pid) {
         if let (Some(role), Some(pss)) = (
             role_from_cmdline(pid),
             rollup(pid).map(|fields| fields["Pss"]),

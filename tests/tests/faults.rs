@@ -437,13 +437,9 @@ fn a_tracer_killed_with_sigkill_leaves_nothing_of_the_tree_behind() {
         vec![leaktrace::target::proc_info(tracer_pid).unwrap()],
         &all,
     );
-    let is_watchdog = |pid: u32| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__watchdog"))
-    };
     let tree: Vec<_> = started[1..]
         .iter()
-        .filter(|p| !is_watchdog(p.pid))
+        .filter(|p| !leaktrace_tests::proc::is_watchdog(p.pid))
         .cloned()
         .collect();
     assert!(
