@@ -8,9 +8,9 @@
 //!
 //! A record is only trusted while nothing has changed the process's mappings in a way the
 //! records cannot follow: every mprotect, mremap, MAP_FIXED mmap, exec, and munmap that is not
-//! of a whole recorded mapping moves the process's epoch on (at entry and at return, so a record
-//! made while such a call runs is not trusted either), and a record made at an older epoch is
-//! ignored. A walker that keeps the layout simple (whole mappings in, whole mappings out) is
+//! of a whole recorded mapping moves the process's epoch on when it returns, and a record made
+//! at an older epoch is ignored. (At return is enough: a mapping is recorded before mmap returns
+//! its address, so no other call of the process can have been aimed at it yet.) A walker that keeps the layout simple (whole mappings in, whole mappings out) is
 //! attributed from here; any other keeps the walk, as before.
 
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::map, maps::LruHashMap};

@@ -198,7 +198,6 @@ fn on_enter<L: Lookup>(nr: u64, process: &ProcessKey, walk: &mut Walk) -> Option
             let len = page_align(arg1);
             walk.pending.len = len;
             walk.pending.before = total_vm()?;
-            mappings::invalidate(process);
             walk.run::<L>(addr, addr + len, NO_PROT);
         }
         syscall_nr::MUNMAP => {
@@ -210,7 +209,6 @@ fn on_enter<L: Lookup>(nr: u64, process: &ProcessKey, walk: &mut Walk) -> Option
         syscall_nr::MPROTECT => {
             let len = page_align(arg1);
             let prot = arg2;
-            mappings::invalidate(process);
             walk.run::<L>(addr, addr + len, prot & PROT_ACCESS);
         }
         syscall_nr::MREMAP => {}
@@ -230,7 +228,7 @@ fn on_enter<L: Lookup>(nr: u64, process: &ProcessKey, walk: &mut Walk) -> Option
 }
 
 /// munmap or madvise of `[addr, addr + len)`: from the record when it is a whole mapping the
-/// process made, else from a walk (after which, for munmap, no record is trusted).
+/// process made, else from a walk (after such a munmap returns, no record is trusted).
 #[inline(always)]
 fn out_of_mapping<L: Lookup>(
     process: &ProcessKey,
@@ -249,12 +247,7 @@ fn out_of_mapping<L: Lookup>(
                 mappings::forget(process, addr);
             }
         }
-        None => {
-            if unmaps {
-                mappings::invalidate(process);
-            }
-            walk.run::<L>(addr, addr + len, NO_PROT);
-        }
+        None => walk.run::<L>(addr, addr + len, NO_PROT),
     }
 }
 
