@@ -242,7 +242,7 @@ fn cycle_every_cuts_by_time_and_cycles_stops_after_exactly_n() {
     );
     assert_eq!(trace.markers.sources, ["socket", "interval"]);
     // The worker's figures ride on markers, which interval mode has none of.
-    let mut cycles = trace.cycles.clone();
+    let mut cycles = trace.cycles.to_vec();
     for cycle in &mut cycles {
         cycle.worker = [
             ("heapUsed".to_string(), (cycle.index * 1000) as f64),

@@ -253,6 +253,15 @@ fn a_flood_of_markers_is_taken_in_whole() {
     // Older cycles are compacted, what they dropped summed.
     let compacted = trace.compacted.as_ref().expect("compacted cycles");
     assert_eq!(u64::from(compacted.count), LINES - 1000);
+    // Most of them waited on disk during the trace (see `spill`): copied back in order, each
+    // once, and analysed from their digest exactly as from the cycles read back.
+    let indices: Vec<u64> = trace.cycles.iter().map(|c| u64::from(c.index)).collect();
+    assert_eq!(indices, (1..=LINES).collect::<Vec<_>>());
+    assert_eq!(
+        trace.analysis,
+        leaktrace::analysis::analyze(&trace, None, None)
+    );
+    assert!(trace.analysis.tree().is_some_and(|t| t.bin_cycles == 243));
 }
 
 #[test]
@@ -471,5 +480,46 @@ fn a_tracer_killed_with_sigkill_leaves_nothing_of_the_tree_behind() {
     for process in started {
         // SAFETY: waitpid on one pid with a null status pointer; WNOHANG never blocks.
         unsafe { libc::waitpid(process.pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+    }
+}
+
+#[test]
+fn leaktrace_leaves_its_links_to_a_copy_that_exits_soon_after() {
+    if !require_root("leaktrace_leaves_its_links_to_a_copy_that_exits_soon_after") {
+        return;
+    }
+    // As a subreaper, this process inherits what leaktrace leaves behind.
+    // SAFETY: prctl with an integer argument.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let token = format!("links-holder-{}", std::process::id());
+    succeeded(Command::new(leaktrace()).args(["run", "-q", "--", "sh", "-c", "exit 0", &token]));
+    // Detaching the eBPF links takes the kernel the better part of a second, which leaktrace
+    // does not wait for: the copy of it that holds them outlives it (its command line is
+    // leaktrace's, so it carries the token)...
+    let me = std::process::id();
+    let holder = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            leaktrace_tests::proc::ppid(*pid) == Some(me)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == token.as_bytes()))
+        })
+        .expect("a copy of leaktrace holding the links, just after leaktrace exited");
+    // ...and exits on its own, soon.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut status = 0;
+        // SAFETY: waiting for a child of ours (inherited as its subreaper).
+        let reaped = unsafe { libc::waitpid(holder as i32, &mut status, libc::WNOHANG) };
+        if reaped == holder as i32 {
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the links' holder {holder} still runs 5 s after leaktrace exited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
     KernelConfig, LOST_REASON_COUNT, LostReason, ProcessFlows, ProcessKey, RSS_COUNTERS, Resident,
@@ -95,6 +95,16 @@ pub fn scratch_walk() -> Option<&'static mut Walk> {
     WALK.get_ptr_mut(0).map(|walk| unsafe { &mut *walk })
 }
 
+/// Set to 1 by the loader when the trace ends: from then on the syscall hooks count nothing,
+/// at once, though detaching them takes the kernel the better part of a second (see the
+/// loader's `Links`).
+#[map]
+static FLOWS_STOPPED: Array<u32> = Array::with_max_entries(1, 0);
+
+pub fn flows_stopped() -> bool {
+    FLOWS_STOPPED.get(0).is_some_and(|stopped| *stopped != 0)
+}
+
 /// Fork, exec and exit events: the only per-event traffic to userspace.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -120,6 +130,9 @@ pub fn tracked(tgid: u32) -> Option<ProcessKey> {
 
 /// The calling CPU's flows of a process, created on first use.
 pub fn flows_of(key: &ProcessKey) -> Option<&'static mut ProcessFlows> {
+    if flows_stopped() {
+        return None;
+    }
     if let Some(flows) = FLOWS.get_ptr_mut(key) {
         return Some(unsafe { &mut *flows });
     }

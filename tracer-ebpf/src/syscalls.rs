@@ -33,7 +33,8 @@ use tracer_common::{
 
 use crate::mappings;
 use crate::maps::{
-    STASH, btf_field, config, count_lost, flows_of, read_kernel, scratch_walk, tracked,
+    STASH, btf_field, config, count_lost, flows_of, flows_stopped, read_kernel, scratch_walk,
+    tracked,
 };
 use crate::vma::{self, FindVma, Lookup, NO_PROT, PAGE_SIZE, RbTree, Walk, bounded, page_align};
 
@@ -131,6 +132,9 @@ pub fn syscall_exit_rbtree(ctx: TracePointContext) -> u32 {
 fn enter<L: Lookup>(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = tracked((pid_tgid >> 32) as u32)?;
+    if flows_stopped() {
+        return None;
+    }
     let nr = record::<i32>(ctx, RECORD_NR) as u64;
     let walk = scratch_walk()?;
     walk.reset();

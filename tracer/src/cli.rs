@@ -4,7 +4,12 @@
 //! after the report was printed and the trace saved elsewhere); 2 usage error, before anything
 //! runs (from clap, and a bad regex, `--cycle-log` or output path); 3 budget exceeded.
 
-use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -245,6 +250,21 @@ struct Outputs {
     trace_events: Option<ReportFile>,
 }
 
+/// Where a long trace's older cycles wait on disk: beside the JSON they will be copied into
+/// (the temporary directory is often memory, on Debian 13 a tmpfs), else the temporary one.
+fn spill_dir(output: Option<&Path>) -> PathBuf {
+    output
+        .and_then(Path::parent)
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }
+        })
+        .map_or_else(std::env::temp_dir, Path::to_path_buf)
+}
+
 /// Everything that can be checked before anything runs: the regexes, the log to follow, and
 /// every output path (opened now, never through a symlink, and kept open).
 fn check_before_start(args: &TraceArgs) -> Result<Outputs, UsageError> {
@@ -330,6 +350,7 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
         redact_urls: args.redact_urls,
         page_renderers: args.page_renderers,
         worker_inspect: args.worker_inspect.clone(),
+        spill_dir: spill_dir(args.output.as_deref()),
     };
     if args.verbose {
         eprintln!("leaktrace: tracing {target:?} with {options:?}");

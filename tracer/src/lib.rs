@@ -20,6 +20,7 @@ pub mod report;
 pub mod roles;
 pub mod sampler;
 pub mod session;
+pub mod spill;
 pub mod target;
 pub mod timeline;
 pub mod trace;

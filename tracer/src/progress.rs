@@ -43,21 +43,19 @@ impl Progress {
         }
     }
 
-    /// `owned_at_cycle_ends`: the PSS the tree owns (growth is judged on it) at the end of each
-    /// complete cycle so far.
-    pub fn update(&self, elapsed: Duration, pss_now: u64, owned_at_cycle_ends: &[u64]) {
+    /// `owned`: the PSS the tree owns (growth is judged on it) at the complete cycles' ends.
+    pub fn update(&self, elapsed: Duration, pss_now: u64, owned: &CycleEnds) {
         let Some(bar) = &self.bar else { return };
-        let done = owned_at_cycle_ends.len();
+        let done = owned.count;
         let cycle = match self.target_cycles {
             Some(target) => format!("cycle {} of {target}", done + 1),
             None => format!("cycle {}", done + 1),
         };
-        let growth = match (owned_at_cycle_ends.first(), owned_at_cycle_ends.last()) {
-            (Some(first), Some(last)) if done >= 2 => {
-                let per_cycle = (*last as i64 - *first as i64) / (done as i64 - 1);
-                format!(", owned {}/cycle so far", bytes(per_cycle, true))
-            }
-            _ => String::new(),
+        let growth = if done >= 2 {
+            let per_cycle = (owned.last as i64 - owned.first as i64) / (done as i64 - 1);
+            format!(", owned {}/cycle so far", bytes(per_cycle, true))
+        } else {
+            String::new()
         };
         bar.set_message(format!(
             "{cycle}, {:.0} s, tree PSS {}{growth}",
@@ -71,5 +69,24 @@ impl Progress {
             bar.finish_and_clear();
             let _ = std::io::stderr().flush();
         }
+    }
+}
+
+/// A figure at the first and the latest cycle end, and how many cycles ended: what the progress
+/// line reads, in constant memory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CycleEnds {
+    count: usize,
+    first: u64,
+    last: u64,
+}
+
+impl CycleEnds {
+    pub fn push(&mut self, value: u64) {
+        if self.count == 0 {
+            self.first = value;
+        }
+        self.last = value;
+        self.count += 1;
     }
 }

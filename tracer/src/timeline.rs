@@ -6,15 +6,20 @@
 //! differences are growth. Only the open cycle's and open phase's start snapshots are kept:
 //! memory grows with the number of cycles, not with events or samples.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+};
 
 use tracer_common::{ClassFlow, RegionClass};
 
 use crate::{
+    analysis::History,
     browser::BrowserView,
     compact_map::CompactMap,
     processes::{ProcessState, Snapshot},
     sampler::{Depth, ProcSample},
+    spill::{Cycles, Spill},
     trace::{CompactedCycles, Cycle, Growth, Phase, Role, RoleTotals},
 };
 
@@ -58,16 +63,23 @@ struct OpenCycle {
 }
 
 /// How many of the latest cycles keep every detail; older ones are compacted (see
-/// [`Cycle::compact`]), so a trace of 100,000 cycles stays small in memory and on disk.
+/// [`Cycle::compact`]), so a trace of 100,000 cycles stays small in memory and on disk. Past
+/// twice this many in memory, the older half is spilled to disk (see [`crate::spill`]).
 pub const FULL_CYCLES: usize = 1000;
 
 pub struct Timeline {
     warmup: u32,
+    /// The cycles in memory: the latest ones, after those spilled.
     cycles: Vec<Cycle>,
     open: OpenCycle,
     /// How many of the latest cycles stay in full.
     full_cycles: usize,
     compacted: CompactedCycles,
+    /// Where older cycles go: created when first needed, in `spill_dir`. Without one (no
+    /// directory given, or the file could not be created or written), they stay in memory.
+    spill: Option<Spill>,
+    spill_dir: Option<PathBuf>,
+    spill_failed: bool,
 }
 
 impl Timeline {
@@ -78,7 +90,16 @@ impl Timeline {
             open: OpenCycle::new(start_s, start),
             full_cycles: FULL_CYCLES,
             compacted: CompactedCycles::default(),
+            spill: None,
+            spill_dir: None,
+            spill_failed: false,
         }
+    }
+
+    /// Spills older cycles to an unnamed file in `dir` rather than keeping them in memory.
+    pub fn with_spill_dir(mut self, dir: PathBuf) -> Timeline {
+        self.spill_dir = Some(dir);
+        self
     }
 
     /// Keeps only the latest `n` cycles in full (tests use a small `n`).
@@ -95,11 +116,55 @@ impl Timeline {
     }
 
     pub fn complete_cycles(&self) -> usize {
-        self.cycles.len()
+        self.spilled() + self.cycles.len()
     }
 
+    /// The cycles still in memory: the latest ones.
     pub fn cycles(&self) -> &[Cycle] {
         &self.cycles
+    }
+
+    fn spilled(&self) -> usize {
+        self.spill.as_ref().map_or(0, Spill::count)
+    }
+
+    /// The digest of every complete cycle so far, for an interim analysis.
+    pub fn history(&self) -> History {
+        let mut history = self
+            .spill
+            .as_ref()
+            .map(|s| s.history().clone())
+            .unwrap_or_default();
+        history.extend(&self.cycles);
+        history
+    }
+
+    /// Writes the older half of the cycles in memory out, once twice [`FULL_CYCLES`] are there
+    /// (all of them compacted already).
+    fn spill_older(&mut self) {
+        if self.cycles.len() < 2 * self.full_cycles || self.spill_failed {
+            return;
+        }
+        let Some(dir) = &self.spill_dir else { return };
+        if self.spill.is_none() {
+            match Spill::create(dir).or_else(|_| Spill::create(&std::env::temp_dir())) {
+                Ok(spill) => self.spill = Some(spill),
+                Err(_) => {
+                    self.spill_failed = true;
+                    return;
+                }
+            }
+        }
+        let spill = self.spill.as_mut().expect("created above");
+        let mut written = 0;
+        for cycle in &self.cycles[..self.full_cycles] {
+            if spill.push(cycle).is_err() {
+                self.spill_failed = true;
+                break;
+            }
+            written += 1;
+        }
+        self.cycles.drain(..written);
     }
 
     /// The worker's figures from a line of its own (`--figures-regex`): the cycle under way's.
@@ -129,7 +194,7 @@ impl Timeline {
             Boundary::CycleEnd => {
                 let next = OpenCycle::new(now_s, snapshot.clone());
                 let done = std::mem::replace(&mut self.open, next);
-                let index = self.cycles.len() as u32 + 1;
+                let index = self.complete_cycles() as u32 + 1;
                 self.cycles
                     .push(done.close(index, now_s, &snapshot, false, index <= self.warmup));
                 // The cycle falling out of the recent ones: its teardown mark and browser view
@@ -137,6 +202,7 @@ impl Timeline {
                 if let Some(old) = self.cycles.len().checked_sub(self.full_cycles + 1) {
                     self.compacted.take(&mut self.cycles[old]);
                 }
+                self.spill_older();
             }
         }
     }
@@ -163,11 +229,7 @@ impl Timeline {
     /// phase, the worker's figures, or at least half a typical cycle and 0.1 s (a stub between
     /// the last marker and the worker's exit is shutdown, not a cycle).
     /// Returns them with the sums of what compacted cycles dropped, if any were.
-    pub fn finish(
-        mut self,
-        end_s: f64,
-        snapshot: Snapshot,
-    ) -> (Vec<Cycle>, Option<CompactedCycles>) {
+    pub fn finish(mut self, end_s: f64, snapshot: Snapshot) -> (Cycles, Option<CompactedCycles>) {
         let durations: Vec<f64> = self.cycles.iter().map(|c| c.end_s - c.start_s).collect();
         let typical = median(&durations);
         let open = &self.open;
@@ -177,14 +239,14 @@ impl Timeline {
             || !open.worker.is_empty()
             || typical.is_some_and(|t| span >= (t / 2.0).max(MIN_CUT_S));
         if worth_keeping && span > 0.0 {
-            let index = self.cycles.len() as u32 + 1;
+            let index = self.complete_cycles() as u32 + 1;
             let warmup = index <= self.warmup;
             let open = std::mem::replace(&mut self.open, OpenCycle::new(end_s, snapshot.clone()));
             self.cycles
                 .push(open.close(index, end_s, &snapshot, true, warmup));
         }
         let compacted = (self.compacted.count > 0).then_some(self.compacted);
-        (self.cycles, compacted)
+        (Cycles::new(self.spill, self.cycles), compacted)
     }
 }
 
@@ -429,7 +491,14 @@ mod tests {
 
     /// Five cycles of a worker growing 100 bytes in `scrape` and giving back 30 in `cleanup`,
     /// kept as `full` full cycles.
-    fn five_cycles(full: usize) -> (Vec<Cycle>, Option<CompactedCycles>) {
+    fn five_cycles(full: usize) -> (Cycles, Option<CompactedCycles>) {
+        five_cycles_spilled(full, None)
+    }
+
+    fn five_cycles_spilled(
+        full: usize,
+        spill_dir: Option<PathBuf>,
+    ) -> (Cycles, Option<CompactedCycles>) {
         let at = |i: u64, extra: u64| {
             snapshot(vec![state(
                 1,
@@ -440,6 +509,9 @@ mod tests {
             )])
         };
         let mut timeline = Timeline::new(0, 0.0, at(0, 0)).with_full_cycles(full);
+        if let Some(dir) = spill_dir {
+            timeline = timeline.with_spill_dir(dir);
+        }
         for i in 0..5u64 {
             let t = i as f64;
             timeline.on_boundary(
@@ -497,11 +569,28 @@ mod tests {
         // The same answers from the compacted trace, also once written and read back.
         let json = serde_json::to_string(&cycles).unwrap();
         let read: Vec<Cycle> = serde_json::from_str(&json).unwrap();
-        assert_eq!(read, cycles);
+        assert_eq!(read, *cycles);
         let analysis = |cycles: &[Cycle]| crate::analysis::analyze_cycles(cycles, Some(0), None);
         let (expected, got) = (analysis(&full), analysis(&read));
         assert_eq!(got.phase_growth, expected.phase_growth);
         assert_eq!(got.phase_growth["scrape"], 100.0);
         assert_eq!(got.series, expected.series);
+    }
+
+    #[test]
+    fn spilled_cycles_are_written_and_analysed_as_if_kept() {
+        let (kept, kept_sums) = five_cycles(2);
+        let (spilled, spilled_sums) = five_cycles_spilled(2, Some(std::env::temp_dir()));
+        // At the fourth cycle end, four in memory (twice `full`): the older two went to disk.
+        assert_eq!(spilled.spilled().map(|s| s.count()), Some(2));
+        assert_eq!((spilled.len(), spilled.count()), (3, 5));
+        assert_eq!(spilled[0].index, 3);
+        assert_eq!(spilled_sums, kept_sums);
+        assert_eq!(
+            serde_json::to_string(&spilled).unwrap(),
+            serde_json::to_string(&kept).unwrap()
+        );
+        let analysis = |history| crate::analysis::analyze_history(&history, None, None);
+        assert_eq!(analysis(spilled.history()), analysis(kept.history()));
     }
 }

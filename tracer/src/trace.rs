@@ -1,7 +1,7 @@
 //! The trace document (schema `leaktrace/1`): what a session saw, as written with `-o` and read
 //! back by `leaktrace report`. Its keys are a contract others script against: add, never rename.
 
-use crate::compact_map::CompactMap;
+use crate::{compact_map::CompactMap, spill::Cycles};
 use std::{
     collections::BTreeMap,
     fs::OpenOptions,
@@ -118,7 +118,7 @@ pub struct Trace {
     /// The worker's cycles, when markers cut the trace into them: a long trace keeps its
     /// recent cycles in full and the older ones compacted.
     #[serde(default)]
-    pub cycles: Vec<Cycle>,
+    pub cycles: Cycles,
     /// The detail of the compacted cycles, summed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compacted: Option<CompactedCycles>,
@@ -573,7 +573,7 @@ impl Trace {
             source,
         };
         let mut out = std::io::BufWriter::new(file);
-        let written = if self.cycles.len() <= PRETTY_CYCLES {
+        let written = if self.cycles.count() <= PRETTY_CYCLES {
             serde_json::to_writer_pretty(&mut out, self)
         } else {
             serde_json::to_writer(&mut out, self)
@@ -761,7 +761,7 @@ mod tests {
             processes: vec![],
             totals: Totals::default(),
             samples: vec![],
-            cycles: vec![],
+            cycles: Cycles::default(),
             compacted: None,
             markers: MarkerSummary::default(),
             browser: BrowserSummary::default(),

@@ -43,7 +43,9 @@ pub fn trace_events(trace: &Trace) -> Value {
         events.push(json!({"name": "resident", "ph": "C", "pid": process.pid, "ts": end,
                            "args": {"anon": r.anon, "file": r.file, "shmem": r.shmem, "swap": r.swap, "pss": process.pss}}));
     }
-    for cycle in &trace.cycles {
+    // Spilled cycles are read back one at a time: every cycle has its marks.
+    let spilled = trace.cycles.spilled().into_iter().flat_map(|s| s.cycles());
+    for cycle in spilled.chain(trace.cycles.iter().cloned()) {
         for phase in &cycle.phases {
             events.push(
                 json!({"name": format!("phase {}", phase.name), "ph": "i", "s": "g",

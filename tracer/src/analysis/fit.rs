@@ -35,7 +35,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Series;
+use super::{Series, history::Binned};
 
 /// Fewer complete cycles than this after warm-up give no trustworthy fit.
 pub const MIN_CYCLES: usize = 5;
@@ -80,8 +80,8 @@ pub struct SeriesFit {
     pub cycles: usize,
     /// False when there were fewer than MIN_CYCLES cycles: the numbers are not to be trusted.
     pub trustworthy: bool,
-    /// Cycles per fitted point: 1, or on a long trace the k consecutive cycles whose median
-    /// each point is (see [`MAX_FIT_POINTS`]); the trend test then speaks of those points.
+    /// Cycles per fitted point: 1, or on a long trace the k consecutive cycles each point
+    /// stands for (see [`super::history`]); the trend test then speaks of those points.
     pub bin_cycles: usize,
 }
 
@@ -353,12 +353,6 @@ pub fn detect_warmup(ys: &[f64], significant: f64) -> usize {
     }
 }
 
-/// The most points a series is fitted on. Theil–Sen, Mann–Kendall and the warm-up search are
-/// O(n²); past this, consecutive cycles are binned, each bin's median one point (robust as the
-/// fits are), so a 100,000-cycle trace fits in milliseconds. A bin spans k cycles, so the slope
-/// per point is divided by k; the total change, and so `significant`, is the same.
-pub const MAX_FIT_POINTS: usize = 1000;
-
 /// Fits one series of values at cycle ends.
 /// `significant`: the smallest total change over the fitted cycles that counts as growth.
 pub fn fit(
@@ -368,26 +362,37 @@ pub fn fit(
     cycle_s: f64,
     significant: f64,
 ) -> SeriesFit {
-    if ys.len() > MAX_FIT_POINTS {
-        let k = ys.len().div_ceil(MAX_FIT_POINTS);
-        let bins: Vec<f64> = ys
-            .chunks(k)
-            .filter_map(|bin| median(&mut bin.to_vec()))
-            .collect();
-        let mut fitted = fit_points(
-            name,
-            &bins,
-            warmup.map(|w| w.div_ceil(k)),
-            cycle_s * k as f64,
-            significant,
-        );
-        fitted.per_cycle /= k as f64;
-        fitted.warmup_cycles = (fitted.warmup_cycles * k).min(ys.len());
-        fitted.cycles = ys.len() - fitted.warmup_cycles;
-        fitted.bin_cycles = k;
-        return fitted;
+    let binned: Binned<f64> = ys.iter().copied().collect();
+    fit_binned(name, &binned, warmup, cycle_s, significant)
+}
+
+/// Fits a series binned as [`super::history`] says: on a long trace, a point stands for
+/// `width` cycles, so the slope per point is divided by it; the total change, and so
+/// `significant`, is the same. `warmup` is in cycles.
+pub fn fit_binned(
+    name: impl Into<Series>,
+    binned: &Binned<f64>,
+    warmup: Option<usize>,
+    cycle_s: f64,
+    significant: f64,
+) -> SeriesFit {
+    let (points, k) = (binned.points(), binned.width());
+    if k == 1 {
+        return fit_points(name, points, warmup, cycle_s, significant);
     }
-    fit_points(name, ys, warmup, cycle_s, significant)
+    let covered = points.len() * k;
+    let mut fitted = fit_points(
+        name,
+        points,
+        warmup.map(|w| w.div_ceil(k)),
+        cycle_s * k as f64,
+        significant,
+    );
+    fitted.per_cycle /= k as f64;
+    fitted.warmup_cycles = (fitted.warmup_cycles * k).min(covered);
+    fitted.cycles = covered - fitted.warmup_cycles;
+    fitted.bin_cycles = k;
+    fitted
 }
 
 fn fit_points(
@@ -502,7 +507,7 @@ mod tests {
             })
             .collect();
         let fit = fit("x", &ys, None, 1.0, 256.0 * 1024.0);
-        assert_eq!(fit.bin_cycles, 100);
+        assert_eq!(fit.bin_cycles, 243);
         assert!((fit.per_cycle - 64.0).abs() < 2.0, "{}", fit.per_cycle);
         assert!((fit.per_day - 64.0 * 86_400.0).abs() < 2.0 * 86_400.0);
         assert!(
@@ -510,7 +515,7 @@ mod tests {
             "warm-up {}",
             fit.warmup_cycles
         );
-        assert_eq!(fit.cycles, 100_000 - fit.warmup_cycles);
+        assert_eq!(fit.cycles, 411 * 243 - fit.warmup_cycles);
         assert_eq!(fit.shape, Some(Shape::Linear));
         // Short traces are fitted cycle by cycle.
         assert_eq!(super::fit("x", &ys[..1000], None, 1.0, 1.0).bin_cycles, 1);

@@ -12,6 +12,7 @@
 //! fits into answers and a verdict.
 
 mod fit;
+pub mod history;
 mod series;
 mod verdict;
 
@@ -20,12 +21,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use self::fit::{SECONDS_PER_DAY, median};
+use self::history::{Bin, Binned, PhaseSums};
 pub use self::{
-    fit::{MIN_CYCLES, SeriesFit, Shape, detect_warmup, fit, least_squares, theil_sen},
+    fit::{MIN_CYCLES, SeriesFit, Shape, detect_warmup, fit, fit_binned, least_squares, theil_sen},
+    history::History,
     series::Series,
     verdict::{Answers, IN_PAGE_SHARE, Source, Verdict},
 };
-use crate::trace::{Cycle, Role, RoleTotals, Trace};
+use crate::trace::{Cycle, Trace};
 
 /// A budget: so many bytes per day or per cycle.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -113,31 +116,6 @@ pub struct Distribution {
     pub max: i64,
 }
 
-/// The per-cycle changes of the tree's owned PSS, through an HDR histogram (3 significant digits):
-/// one cycle's jump, such as a GC or a cache fill, shows in the tail, not in the median.
-/// `at_cycle_ends`: whole bytes, one value per cycle.
-fn distribution(at_cycle_ends: &[f64]) -> Option<Distribution> {
-    let changes: Vec<i64> = at_cycle_ends
-        .windows(2)
-        .map(|w| w[1] as i64 - w[0] as i64)
-        .collect();
-    let min = *changes.iter().min()?;
-    // Histograms hold non-negative values: record each change shifted by the smallest.
-    let mut histogram = hdrhistogram::Histogram::<u64>::new(3).ok()?;
-    for change in &changes {
-        histogram.record((change - min) as u64).ok()?;
-    }
-    let at = |q: f64| histogram.value_at_quantile(q) as i64 + min;
-    Some(Distribution {
-        count: changes.len() as u64,
-        min,
-        p50: at(0.5),
-        p90: at(0.9),
-        p99: at(0.99),
-        max: histogram.max() as i64 + min,
-    })
-}
-
 impl Analysis {
     pub fn tree(&self) -> Option<&SeriesFit> {
         self.series.iter().find(|s| s.name == Series::TreeOwned)
@@ -172,26 +150,34 @@ pub fn describe(fit: &SeriesFit) -> String {
 
 /// Fits every series of the trace's complete cycles.
 pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> Analysis {
-    analyze_cycles(&trace.cycles, warmup, budget)
+    analyze_history(&trace.cycles.history(), warmup, budget)
 }
 
 /// The same over a list of cycles (the interim analysis of a trace still running).
 pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Budget>) -> Analysis {
-    let cycles: Vec<&Cycle> = cycles.iter().filter(|c| c.is_measured()).collect();
-    let mut lengths: Vec<f64> = cycles.iter().map(|c| c.end_s - c.start_s).collect();
-    let cycle_s = median(&mut lengths).unwrap_or(0.0);
+    analyze_history(&History::of(cycles), warmup, budget)
+}
+
+/// The same over the digest of the cycles (see [`history`]): a long trace's.
+pub fn analyze_history(
+    history: &History,
+    warmup: Option<usize>,
+    budget: Option<Budget>,
+) -> Analysis {
+    let cycle_s = median(&mut history.lengths.points().to_vec()).unwrap_or(0.0);
     let mut analysis = Analysis {
         cycle_s,
         ..Analysis::default()
     };
-    if cycles.is_empty() {
+    if history.cycles() == 0 {
         return analysis;
     }
     // What counts as growth over the fitted cycles: for bytes, 256 KiB or 0.5% of the series'
     // level, whichever is more (a browser's PSS wanders by more than a small process's); for
     // counts, half a page or context.
     const BYTES: f64 = 256.0 * 1024.0;
-    let mut add = |name: Series, ys: Vec<f64>, floor: f64| {
+    let mut add = |name: Series, binned: &Binned<f64>, floor: f64| {
+        let ys = binned.points();
         let level = ys.iter().map(|y| y.abs()).sum::<f64>() / ys.len().max(1) as f64;
         let significant = if floor == BYTES {
             floor.max(0.005 * level)
@@ -200,106 +186,51 @@ pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Bu
         };
         analysis
             .series
-            .push(fit(name, &ys, warmup, cycle_s, significant));
+            .push(fit_binned(name, binned, warmup, cycle_s, significant));
     };
     // The tree: its PSS as people know it, the part it owns (what growth is judged on, see
     // `RoleTotals::owned`), and the shared-memory and file-backed parts for question 2.
-    let tree = |part: fn(&RoleTotals) -> u64| -> Vec<f64> {
-        cycles
-            .iter()
-            .map(|c| c.by_role.values().map(part).sum::<u64>() as f64)
-            .collect()
-    };
-    let owned = tree(RoleTotals::owned);
-    analysis.cycle_growth = distribution(&owned);
-    add(Series::TreeOwned, owned, BYTES);
-    add(Series::TreePss, tree(|r| r.pss), BYTES);
-    add(Series::TreeShmem, tree(|r| r.shmem), BYTES);
-    add(Series::TreeFile, tree(|r| r.file), BYTES);
-    let roles: std::collections::BTreeSet<&Role> =
-        cycles.iter().flat_map(|c| c.by_role.keys()).collect();
-    for role in roles {
-        let owned = cycles
-            .iter()
-            .map(|c| c.by_role.get(role).map_or(0, RoleTotals::owned) as f64)
-            .collect();
+    add(Series::TreeOwned, &history.tree_owned, BYTES);
+    add(Series::TreePss, &history.tree_pss, BYTES);
+    add(Series::TreeShmem, &history.tree_shmem, BYTES);
+    add(Series::TreeFile, &history.tree_file, BYTES);
+    for (role, owned) in &history.roles {
         add(Series::RoleOwned(role.clone()), owned, BYTES);
     }
     // Process counts: relaunched browsers that are never closed pile up, each with its tree.
-    let count = |role: Option<&Role>| -> Vec<f64> {
-        cycles
-            .iter()
-            .map(|c| match role {
-                Some(role) => c.by_role.get(role).map_or(0, |r| r.count) as f64,
-                None => c.by_role.values().map(|r| r.count).sum::<u64>() as f64,
-            })
-            .collect()
-    };
-    add(Series::Browsers, count(Some(&Role::Browser)), 0.5);
-    add(Series::Processes, count(None), 0.5);
-    let keys: std::collections::BTreeSet<&String> =
-        cycles.iter().flat_map(|c| c.worker.keys()).collect();
-    for key in keys {
-        if cycles.iter().all(|c| c.worker.contains_key(key)) {
-            add(
-                Series::worker(key),
-                cycles.iter().map(|c| c.worker[key]).collect(),
-                BYTES,
-            );
+    add(Series::Browsers, &history.browsers, 0.5);
+    add(Series::Processes, &history.processes, 0.5);
+    for (key, figure) in &history.worker {
+        if let Some(figure) = figure.binned() {
+            add(Series::worker(key), figure, BYTES);
         }
     }
     // The browser's view, over the cycles it was read at (a read can fail while the browser is
     // busy); with too many missing, the series would not be the cycles'.
-    let views: Vec<_> = cycles.iter().filter_map(|c| c.browser.as_ref()).collect();
-    if !views.is_empty() && views.len() * 5 >= cycles.len() * 4 {
-        add(
-            Series::Pages,
-            views.iter().map(|v| v.pages as f64).collect(),
-            0.5,
-        );
-        add(
-            Series::Contexts,
-            views.iter().map(|v| v.contexts as f64).collect(),
-            0.5,
-        );
-        add(
-            Series::JsHeap,
-            views.iter().map(|v| v.js_heap_used as f64).collect(),
-            BYTES,
-        );
-        // Per site: the JS heap of every page of an origin, for origins open in every cycle.
-        let mut sites: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for (i, view) in views.iter().enumerate() {
-            for page in view.page_list.iter().filter(|p| !p.internal) {
-                let heap = sites
-                    .entry(crate::browser::origin(&page.url))
-                    .or_insert_with(|| vec![0.0; views.len()]);
-                heap[i] += page.js_heap_used as f64;
-            }
-        }
-        for (site, heap) in sites {
-            if heap.iter().all(|h| *h > 0.0) {
-                add(Series::SiteJsHeap(site), heap, BYTES);
+    if history.views > 0 && history.views * 5 >= history.cycles() * 4 {
+        add(Series::Pages, &history.pages, 0.5);
+        add(Series::Contexts, &history.contexts, 0.5);
+        add(Series::JsHeap, &history.js_heap, BYTES);
+        // Per site: the JS heap of every page of an origin, for origins open in every view.
+        for (site, heap) in &history.sites {
+            if let Some(heap) = heap.binned() {
+                add(Series::SiteJsHeap(site.clone()), heap, BYTES);
             }
         }
     }
+    analysis.cycle_growth = history.cycle_growth();
+    // Per phase, the mean over the points past the tree's warm-up (a whole number of points).
     let tree_warmup = analysis.tree().map_or(0, |t| t.warmup_cycles);
-    let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
-    for cycle in cycles.iter().skip(tree_warmup) {
-        for phase in cycle.phases.iter().filter(|p| !p.teardown) {
-            let entry = sums.entry(phase.name.clone()).or_default();
-            entry.0 += phase.tree().owned as f64;
-            entry.1 += 1;
-        }
-    }
-    analysis.phase_growth = sums
-        .into_iter()
-        .map(|(name, (sum, n))| (name, sum / f64::from(n.max(1))))
-        .collect();
+    let phases = &history.phases;
+    let past_warmup = phases
+        .points()
+        .iter()
+        .skip(tree_warmup.div_ceil(phases.width()));
+    analysis.phase_growth = PhaseSums::merge(past_warmup.cloned().collect()).means();
     if let (Some(budget), Some(tree)) = (budget, analysis.tree()) {
         analysis.budget = Some(budget.check(tree, cycle_s));
     }
-    analysis.answers = verdict::answers(&analysis, &cycles);
+    analysis.answers = verdict::answers(&analysis, history);
     analysis.verdict = verdict::verdict(&analysis);
     analysis
 }
@@ -318,17 +249,6 @@ mod tests {
         );
         assert_eq!(crate::browser::origin("data:text/html,<p>hi</p>"), "data:");
         assert_eq!(crate::browser::origin("about:blank"), "about:");
-    }
-
-    #[test]
-    fn the_per_cycle_distribution_keeps_one_jump_in_its_tail() {
-        let kib = [
-            100.0, 101.0, 102.0, 103.0, 153.0, 154.0, 155.0, 156.0, 157.0, 158.0, 159.0,
-        ];
-        let bytes: Vec<f64> = kib.iter().map(|k| k * 1024.0).collect();
-        let d = distribution(&bytes).unwrap();
-        assert_eq!((d.count, d.min, d.p50), (10, 1024, 1024));
-        assert!((50 * 1024 - 64..=50 * 1024 + 64).contains(&d.max), "{d:?}");
     }
 
     #[test]

@@ -3,10 +3,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Analysis, Series,
+    Analysis, History, Series,
     fit::{SeriesFit, Shape, TREND_MIN_CYCLES},
 };
-use crate::trace::{Cycle, Role};
+use crate::trace::Role;
 
 /// The six questions of an investigation, answered with numbers.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -125,7 +125,7 @@ pub const IN_PAGE_SHARE: f64 = 0.5;
 /// grew `external` by 1 MB (19% of the worker's growth) and `heapUsed` by 4 MB.
 pub const WORKER_FIGURE_SHARE: f64 = 0.5;
 
-pub(super) fn answers(analysis: &Analysis, cycles: &[&Cycle]) -> Answers {
+pub(super) fn answers(analysis: &Analysis, history: &History) -> Answers {
     let Some(tree) = analysis.tree() else {
         return Answers::default();
     };
@@ -157,21 +157,7 @@ pub(super) fn answers(analysis: &Analysis, cycles: &[&Cycle]) -> Answers {
             .map(|(_, g)| g)
             .sum()
     });
-    // Recreation: a cycle whose page or context count fell below the previous cycle's.
-    let count = |c: &Cycle| c.browser.as_ref().map(|b| (b.pages, b.contexts));
-    let owned = |c: &Cycle| c.tree().owned as f64;
-    let (mut recreated, mut others) = (Vec::new(), Vec::new());
-    for pair in cycles.windows(2) {
-        match (count(pair[0]), count(pair[1])) {
-            (Some(before), Some(after)) if after.0 < before.0 || after.1 < before.1 => {
-                recreated.push(owned(pair[1]))
-            }
-            (Some(_), Some(_)) => others.push(owned(pair[1])),
-            _ => {}
-        }
-    }
-    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    let (recreation_change, other_cycles_change) = (mean(&recreated), mean(&others));
+    let (recreation_change, other_cycles_change) = history.recreation();
     Answers {
         growth_per_cycle: tree.per_cycle,
         growth_per_day: tree.per_day,
@@ -189,8 +175,8 @@ pub(super) fn answers(analysis: &Analysis, cycles: &[&Cycle]) -> Answers {
             .map(|(r, o)| r < o),
         recreation_change,
         other_cycles_change,
-        browsers_alive: cycles.last().map(|c| browsers(c)),
-        browsers_at_start: cycles.first().map(|c| browsers(c)),
+        browsers_alive: history.browsers_alive,
+        browsers_at_start: history.browsers_at_start,
     }
 }
 
@@ -323,10 +309,6 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
         },
         _ => found(Source::BrowserProcess, vec![role_evidence]),
     }
-}
-
-fn browsers(cycle: &Cycle) -> u64 {
-    cycle.by_role.get(&Role::Browser).map_or(0, |r| r.count)
 }
 
 /// Whether a fitted series grows: a significant upward trend, linear or accelerating.

@@ -3,8 +3,9 @@
 //!
 //! Hooks (see `tracer-ebpf` and [`HOOKS`]): the memory syscalls' own entry and exit tracepoints,
 //! `task_newtask` (tp_btf), `sched:sched_process_exec` and `sched:sched_process_exit` for the
-//! process tree, `rss_stat` (tp_btf) for resident memory. Links detach when [`Kernel`] is
-//! dropped (the syscall hooks' may go first, see [`Kernel::stop_flows`]).
+//! process tree, `rss_stat` (tp_btf) for resident memory. The syscall hooks stop counting when
+//! the trace ends ([`Kernel::stop_flows`]); links detach when [`Kernel`] is dropped, in a copy
+//! of leaktrace that leaktrace does not wait for (see [`Links`]).
 
 pub mod btf;
 pub mod features;
@@ -12,7 +13,7 @@ pub mod tracefs;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use thiserror::Error;
@@ -146,8 +147,8 @@ pub static HOOKS: [Hook; 6] = [
 
 /// Loaded and attached programs with their maps.
 pub struct Kernel {
-    /// Declared first, so they detach before the programs unload.
-    links: Links,
+    /// Held for its `Drop`; declared first, so the links go before the programs.
+    _links: Links,
     ebpf: Ebpf,
     events: RingBuf<MapData>,
     /// The resident counters' indices; `None` when `rss_stat` is not attached on this kernel.
@@ -205,7 +206,7 @@ impl Kernel {
                 })
             })?;
         Ok(Kernel {
-            links,
+            _links: links,
             ebpf,
             events,
             rss: features.rss,
@@ -214,11 +215,17 @@ impl Kernel {
         })
     }
 
-    /// Stops counting address-space flows: the trace is ending. The syscall hooks detach in the
-    /// background (see [`Links`]); the process tree and resident counters stay followed until
-    /// the end.
-    pub fn stop_flows(&mut self) {
-        self.links.detach_syscalls();
+    /// Stops counting address-space flows, at once: the trace is ending. The syscall hooks stay
+    /// attached until the end (see [`Links`]), counting nothing; the process tree and resident
+    /// counters stay followed.
+    pub fn stop_flows(&mut self) -> Result<(), KernelError> {
+        let mut stopped: Array<_, u32> = self.map_mut("FLOWS_STOPPED")?;
+        stopped
+            .set(0, 1, 0)
+            .map_err(|source| KernelError::MissingMap {
+                name: "FLOWS_STOPPED",
+                source: Some(source),
+            })
     }
 
     /// Adds a process to the tracked set; its future children join it in the kernel. Returns
@@ -359,13 +366,13 @@ fn attach(
             let program: &mut BtfTracePoint = program.try_into()?;
             program.load(event, btf)?;
             let id = program.attach()?;
-            links.others.push(Box::new(program.take_link(id)?));
+            links.0.push(Box::new(program.take_link(id)?));
         }
         AttachPoint::Tracepoint(category, event) => {
             let program: &mut TracePoint = program.try_into()?;
             program.load()?;
             let id = program.attach(category, event)?;
-            links.others.push(Box::new(program.take_link(id)?));
+            links.0.push(Box::new(program.take_link(id)?));
         }
         AttachPoint::Syscalls(prefix) => {
             let fallback = hook.fallback_program == Some(name);
@@ -373,46 +380,59 @@ fn attach(
             program.load()?;
             for name in hooked_syscalls(prefix, fallback) {
                 let id = program.attach("syscalls", &format!("{prefix}_{name}"))?;
-                links.syscalls.push(Box::new(program.take_link(id)?));
+                links.0.push(Box::new(program.take_link(id)?));
             }
         }
     }
     Ok(())
 }
 
-/// Every attachment, owned apart from the programs so it can be detached on its own. Detaching
-/// a tracepoint waits for RCU grace periods (~75 ms each here): the thirteen links held
-/// leaktrace for a second after the traced command had exited. So the syscall hooks' eleven
-/// start detaching the moment the trace ends, on a thread of their own, while leaktrace takes
-/// its last snapshot and writes the trace. One at a time: side by side was faster here, and
-/// once locked up Debian 11's kernel (5.10, a soft lockup in the vmtest).
+/// Every attachment. Detaching a tracepoint waits for RCU grace periods (~40–75 ms each here):
+/// the 14 links held leaktrace for half a second or more after the traced command had exited,
+/// and side by side they once locked up Debian 11's kernel (5.10, a soft lockup in the vmtest).
+/// So leaktrace does not wait: when the links are dropped, a forked copy of leaktrace keeps a
+/// reference to each until leaktrace has exited, and its own exit detaches them, in the
+/// background. The syscall hooks count nothing by then ([`Kernel::stop_flows`]).
 #[derive(Default)]
-struct Links {
-    syscalls: Vec<Link>,
-    others: Vec<Link>,
-    /// The syscall hooks being detached.
-    detaching: Option<std::thread::JoinHandle<()>>,
-}
+struct Links(Vec<Link>);
 
 /// A link, held for its `Drop`, which detaches it.
 type Link = Box<dyn Send>;
 
-impl Links {
-    fn detach_syscalls(&mut self) {
-        let links = std::mem::take(&mut self.syscalls);
-        if !links.is_empty() {
-            self.detaching = Some(std::thread::spawn(move || drop(links)));
+impl Drop for Links {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            detach_after_exit();
         }
+        // With the copy holding them, these are not the last references: no waiting.
+        self.0.clear();
     }
 }
 
-impl Drop for Links {
-    fn drop(&mut self) {
-        self.detach_syscalls();
-        if let Some(detaching) = self.detaching.take() {
-            let _ = detaching.join();
+/// Forks the copy that holds every open file (the links among them) until this process has
+/// exited, then exits, which detaches the links. The copy closes its standard streams at once,
+/// so whoever reads leaktrace's output sees its end when leaktrace exits. If fork fails, the
+/// links detach here, as they would have.
+fn detach_after_exit() {
+    // SAFETY: getpid has no preconditions.
+    let leaktrace = unsafe { libc::getpid() };
+    // SAFETY: the child of a multithreaded process may only make async-signal-safe calls:
+    // close, getppid, nanosleep and _exit are, and it allocates nothing.
+    unsafe {
+        if libc::fork() == 0 {
+            for fd in 0..3 {
+                libc::close(fd);
+            }
+            let pause = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 10_000_000,
+            };
+            // Reparented when leaktrace exits.
+            while libc::getppid() == leaktrace {
+                libc::nanosleep(&pause, std::ptr::null_mut());
+            }
+            libc::_exit(0);
         }
-        self.others.clear();
     }
 }
 

@@ -200,7 +200,8 @@ fn cycles(out: &mut String, trace: &Trace) {
     if trace.cycles.is_empty() {
         return;
     }
-    let complete = trace.cycles.iter().filter(|c| !c.cut).count();
+    let cut = trace.cycles.iter().filter(|c| c.cut).count();
+    let complete = trace.cycles.count() - cut;
     let _ = writeln!(
         out,
         "\nCYCLES: {complete} complete (markers: {}); growth over each cycle, all roles",
@@ -219,7 +220,14 @@ fn cycles(out: &mut String, trace: &Trace) {
         "{:>4} {:>8} {:>7} {:>10} {:>9} {:>9} {:>10} {:>10}  WORKER FIGURES",
         "#", "START S", "LEN S", "TREE PSS", "PSS", "OWNED", "ANON", "FLOWS NET"
     );
-    for cycle in &trace.cycles {
+    if let Some(spilled) = trace.cycles.spilled() {
+        let _ = writeln!(
+            out,
+            "(the first {} cycles are in the JSON trace: `leaktrace report` shows them all)",
+            spilled.count()
+        );
+    }
+    for cycle in trace.cycles.iter() {
         let pss: u64 = cycle.by_role.values().map(|r| r.pss).sum();
         let tree = cycle.tree();
         // A compacted cycle keeps the tree's change, not its flows.

@@ -27,7 +27,7 @@ pub(super) struct Cutting {
     pub(super) timeline: Timeline,
     pub(super) summary: MarkerSummary,
     /// The tree's PSS at each cycle end, for the progress line.
-    pub(super) owned_at_cycle_ends: Vec<u64>,
+    pub(super) owned_at_cycle_ends: crate::progress::CycleEnds,
     pub(super) progress: Progress,
     pub(super) warn: bool,
     /// `--cycles`.
@@ -176,7 +176,7 @@ impl Cutting {
         }
         let started = Instant::now();
         let warmup = (self.warmup > 0).then_some(self.warmup as usize);
-        let analysis = crate::analysis::analyze_cycles(self.timeline.cycles(), warmup, None);
+        let analysis = crate::analysis::analyze_history(&self.timeline.history(), warmup, None);
         let Some(tree) = analysis.tree() else { return };
         let line = format!(
             "leaktrace: after {done} cycles: tree owned PSS {}; likely source: {}\n",

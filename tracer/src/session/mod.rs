@@ -123,6 +123,9 @@ pub struct Options {
     pub page_renderers: bool,
     /// A Node worker's inspector (`--worker-inspect`), for its own heap at every cycle end.
     pub worker_inspect: Option<String>,
+    /// Where a long trace's older cycles are written while it runs (an unnamed file, see
+    /// [`crate::spill`]): the output's directory, else the temporary directory.
+    pub spill_dir: PathBuf,
 }
 
 impl Default for Options {
@@ -139,6 +142,7 @@ impl Default for Options {
             redact_urls: false,
             page_renderers: false,
             worker_inspect: None,
+            spill_dir: std::env::temp_dir(),
         }
     }
 }
@@ -329,9 +333,10 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
 
     let (t0, start, _) = collectors.snapshot();
     let mut cutting = Cutting {
-        timeline: Timeline::new(marker_options.warmup, t0, start),
+        timeline: Timeline::new(marker_options.warmup, t0, start)
+            .with_spill_dir(options.spill_dir.clone()),
         summary,
-        owned_at_cycle_ends: Vec::new(),
+        owned_at_cycle_ends: Default::default(),
         progress: progress.clone(),
         warn: options.warn,
         target: marker_options.cycles,
@@ -399,10 +404,13 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             }
         }
     };
-    // No flow after this moment belongs to the trace: the syscall hooks start detaching (slow,
-    // see `kernel::Links`) while the rest of the trace is gathered.
-    if let Some(kernel) = collectors.kernel.as_mut() {
-        kernel.stop_flows();
+    // No flow after this moment belongs to the trace: the syscall hooks stop counting.
+    if let Some(kernel) = collectors.kernel.as_mut()
+        && let Err(e) = kernel.stop_flows()
+    {
+        warnings.push(format!(
+            "address-space flows may include the trace's last moments: {e}"
+        ));
     }
     // The command's last lines may still be in its readers, each taking its reading before it
     // hands its marker on: wait for them to reach the end of the output, a moment at most (a
