@@ -181,6 +181,12 @@ struct TraceArgs {
     /// inspect.heapUsed and inspect.heapTotal.
     #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
     worker_inspect: Option<String>,
+    /// Serve the trace's figures so far at http://HOST:PORT/metrics for Prometheus (OpenMetrics
+    /// text): resident memory per role, growth per cycle and per day with the fit's trust, the
+    /// verdict, the browser's counts, lost events, the worker's figures. A port alone listens on
+    /// 127.0.0.1; listen elsewhere only where the network is trusted (see the README).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
     /// Fail (exit 3) when the PSS the tree owns (anonymous and shared memory; file-backed pages
     /// are page cache) grows faster than RATE after warm-up: 5MiB/day, 200KiB/cycle, 1MB/hour.
     #[arg(long, value_name = "RATE")]
@@ -248,6 +254,7 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 struct Outputs {
     json: Option<ReportFile>,
     trace_events: Option<ReportFile>,
+    metrics: Option<crate::metrics::Endpoint>,
 }
 
 /// Where a long trace's older cycles wait on disk: beside the JSON they will be copied into
@@ -289,6 +296,12 @@ fn check_before_start(args: &TraceArgs) -> Result<Outputs, UsageError> {
     Ok(Outputs {
         json: open(&args.output, "--output")?,
         trace_events: open(&args.trace_events, "--trace-events")?,
+        metrics: args
+            .metrics_addr
+            .as_deref()
+            .map(crate::metrics::Endpoint::bind)
+            .transpose()
+            .map_err(UsageError)?,
     })
 }
 
@@ -351,6 +364,7 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
         page_renderers: args.page_renderers,
         worker_inspect: args.worker_inspect.clone(),
         spill_dir: spill_dir(args.output.as_deref()),
+        metrics: outputs.metrics.clone(),
     };
     if args.verbose {
         eprintln!("leaktrace: tracing {target:?} with {options:?}");

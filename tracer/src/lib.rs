@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod html;
 pub mod kernel;
 pub mod markers;
+pub mod metrics;
 pub mod processes;
 pub mod progress;
 pub mod report;

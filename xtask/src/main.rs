@@ -74,9 +74,11 @@ const PACKAGES: [&str; 5] = [
     "llvm-{llvm}-dev",
     "libpolly-{llvm}-dev",
 ];
-/// Also installed: Chromium (the browser tests drive it), bpftrace (the benchmark's yardstick)
-/// and GNU time (the benchmark times the worker with it).
-const TOOLS: [&str; 3] = ["chromium", "bpftrace", "time"];
+/// Also installed: Chromium (the browser tests drive it), bpftrace (the benchmark's yardstick),
+/// GNU time (the benchmark times the worker with it) and Prometheus with promtool (the metrics
+/// test scrapes leaktrace with it; Debian's package does not start it where services are off,
+/// and the test starts its own).
+const TOOLS: [&str; 4] = ["chromium", "bpftrace", "time", "prometheus"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

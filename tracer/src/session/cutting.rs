@@ -2,7 +2,7 @@
 //! at each boundary, the browser's view at each cycle end, the progress line and the interim
 //! analysis.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{
     MarkerOptions,
@@ -11,6 +11,7 @@ use super::{
 use crate::{
     browser::{BrowserReader, VIEW_DEADLINE, WorkerInspector},
     markers::{LineRules, MarkerEvent},
+    metrics::{Published, resident_by_role},
     progress::Progress,
     sampler,
     timeline::{Boundary, Timeline},
@@ -41,7 +42,13 @@ pub(super) struct Cutting {
     pub(super) watch: Option<(Boundary, u64, u64)>,
     /// When the last interim analysis started, and how long it took (seconds).
     pub(super) last_interim: Option<(Instant, f64)>,
+    /// The figures the metrics endpoint serves (`--metrics-addr`).
+    pub(super) metrics: Option<Published>,
 }
+
+/// How often the metrics endpoint's fits are brought up to date, at most (within
+/// [`INTERIM_SHARE`] of the time like the interim line).
+const METRICS_ANALYSIS_EVERY: Duration = Duration::from_secs(2);
 
 /// The share of the time the interim analyses may take.
 const INTERIM_SHARE: f64 = 0.05;
@@ -82,6 +89,10 @@ impl Cutting {
         if !cycle_end && let Some(ack) = ack.take() {
             let _ = ack.send(());
         }
+        let resident = self
+            .metrics
+            .as_ref()
+            .map(|_| resident_by_role(&boundary.snapshot));
         let sample = boundary.sample;
         if cycle_end {
             self.summary.cycles_seen += 1;
@@ -115,6 +126,17 @@ impl Cutting {
         }
         if let Some(ack) = ack {
             let _ = ack.send(());
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.sample(&sample);
+            metrics.update(|live| {
+                live.cycles_seen = self.summary.cycles_seen;
+                live.phases_seen = self.summary.phases_seen;
+                live.markers_malformed = self.summary.malformed;
+            });
+            if cycle_end && let Some(cycle) = self.timeline.cycles().last() {
+                metrics.cycle_end(cycle, resident.unwrap_or_default());
+            }
         }
         if cycle_end {
             self.interim_analysis();
@@ -160,30 +182,38 @@ impl Cutting {
         }
     }
 
-    /// Every `--analyze-every` cycles, the fits so far, on stderr. Each costs time linear in
-    /// the cycles so far, so one is skipped while the last took more than [`INTERIM_SHARE`] of
+    /// Every `--analyze-every` cycles, the fits so far, on stderr; for the metrics endpoint,
+    /// every [`METRICS_ANALYSIS_EVERY`]. Each costs time linear in the cycles so far (up to the
+    /// digest's bound), so one is skipped while the last took more than [`INTERIM_SHARE`] of
     /// the time since: a flood of markers cannot be made to spend its time on them.
     fn interim_analysis(&mut self) {
         let done = self.timeline.complete_cycles();
-        if !self.warn
-            || self.analyze_every == 0
-            || !done.is_multiple_of(self.analyze_every as usize)
-            || self
+        let line_due =
+            self.warn && self.analyze_every > 0 && done.is_multiple_of(self.analyze_every as usize);
+        let metrics_due = self.metrics.is_some()
+            && self
                 .last_interim
-                .is_some_and(|(at, took)| at.elapsed().as_secs_f64() * INTERIM_SHARE < took)
-        {
+                .is_none_or(|(at, _)| at.elapsed() >= METRICS_ANALYSIS_EVERY);
+        let over_share = self
+            .last_interim
+            .is_some_and(|(at, took)| at.elapsed().as_secs_f64() * INTERIM_SHARE < took);
+        if !(line_due || metrics_due) || over_share {
             return;
         }
         let started = Instant::now();
         let warmup = (self.warmup > 0).then_some(self.warmup as usize);
         let analysis = crate::analysis::analyze_history(&self.timeline.history(), warmup, None);
-        let Some(tree) = analysis.tree() else { return };
-        let line = format!(
-            "leaktrace: after {done} cycles: tree owned PSS {}; likely source: {}\n",
-            crate::analysis::describe(tree),
-            analysis.verdict.source,
-        );
-        self.progress.pass(true, line.as_bytes());
         self.last_interim = Some((started, started.elapsed().as_secs_f64()));
+        if line_due && let Some(tree) = analysis.tree() {
+            let line = format!(
+                "leaktrace: after {done} cycles: tree owned PSS {}; likely source: {}\n",
+                crate::analysis::describe(tree),
+                analysis.verdict.source,
+            );
+            self.progress.pass(true, line.as_bytes());
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.update(|live| live.analysis = Some(analysis));
+        }
     }
 }

@@ -73,6 +73,8 @@ pub enum SessionError {
     Wait(#[source] std::io::Error),
     #[error("cannot start leaktrace's watchdog (/proc/self/exe)")]
     Watchdog(#[source] std::io::Error),
+    #[error("cannot serve --metrics-addr")]
+    Metrics(#[source] std::io::Error),
 }
 
 /// What to trace.
@@ -126,6 +128,8 @@ pub struct Options {
     /// Where a long trace's older cycles are written while it runs (an unnamed file, see
     /// [`crate::spill`]): the output's directory, else the temporary directory.
     pub spill_dir: PathBuf,
+    /// The metrics endpoint (`--metrics-addr`), already bound.
+    pub metrics: Option<crate::metrics::Endpoint>,
 }
 
 impl Default for Options {
@@ -143,6 +147,7 @@ impl Default for Options {
             page_renderers: false,
             worker_inspect: None,
             spill_dir: std::env::temp_dir(),
+            metrics: None,
         }
     }
 }
@@ -346,7 +351,15 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         warmup: marker_options.warmup,
         watch: None,
         last_interim: None,
+        metrics: None,
     };
+    if let Some(endpoint) = &options.metrics {
+        let published = crate::metrics::Published::default();
+        endpoint
+            .serve(published.clone())
+            .map_err(SessionError::Metrics)?;
+        cutting.metrics = Some(published);
+    }
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(TICK);
     let mut sample_tick = tokio::time::interval(options.interval);
@@ -394,6 +407,16 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                 let sample = collectors.sample(if cutting_cycles { Depth::Counters } else { Depth::Budgeted });
                 follow_browser(&collectors, &mut browser, options.warn, cutting.summary.cycles_seen == 0).await;
                 cutting.progress.update(started.elapsed(), sample.pss, &cutting.owned_at_cycle_ends);
+                if let Some(metrics) = &cutting.metrics {
+                    metrics.sample(&sample);
+                    if let Some(kernel) = collectors.kernel.as_mut() {
+                        let lost = kernel.lost();
+                        metrics.update(|live| live.lost = LostReason::ALL
+                            .iter()
+                            .map(|&reason| (reason.name().to_string(), lost[reason as usize]))
+                            .collect());
+                    }
+                }
             }
             _ = tick.tick() => {
                 collectors.follow();
