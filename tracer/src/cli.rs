@@ -124,6 +124,25 @@ struct TraceArgs {
     /// fails at the end, the trace is saved in the temporary directory instead (path printed).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Also write the HTML report (as `report --html`) to FILE when the trace ends; with
+    /// --report-dir, also a page beside each report written on the way. Opened before the
+    /// command starts, like -o.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Write the trace so far as a report into DIR every --report-every and on SIGUSR1
+    /// (`kill -USR1 PID`), as `leaktrace-PID-TIME-NNNNNN.json` (and `.html` with --html):
+    /// written under a temporary name and renamed, so DIR only ever holds whole reports and a
+    /// crash or kill -9 loses at most one period. DIR must exist.
+    #[arg(long, value_name = "DIR")]
+    report_dir: Option<PathBuf>,
+    /// How often to write a report into --report-dir (e.g. 10m, 1h).
+    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "report_dir")]
+    report_every: Option<Duration>,
+    /// How many of the latest reports to keep in --report-dir; older ones leaktrace wrote are
+    /// removed.
+    #[arg(long, value_name = "N", default_value_t = 5, requires = "report_dir",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    keep: u32,
     /// Stop after this long (e.g. 30s, 5m, 2h; a bare number is seconds).
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -240,7 +259,7 @@ fn print(to_stderr: bool, text: &str) -> Result<()> {
 struct UsageError(String);
 
 /// An error and its causes, on one line.
-fn with_causes(error: &dyn std::error::Error) -> String {
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -254,6 +273,7 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 struct Outputs {
     json: Option<ReportFile>,
     trace_events: Option<ReportFile>,
+    html: Option<ReportFile>,
     metrics: Option<crate::metrics::Endpoint>,
 }
 
@@ -285,6 +305,9 @@ fn check_before_start(args: &TraceArgs) -> Result<Outputs, UsageError> {
         std::fs::File::open(log)
             .map_err(|e| UsageError(format!("cannot read --cycle-log {}: {e}", log.display())))?;
     }
+    if let Some(dir) = &args.report_dir {
+        check_report_dir(dir)?;
+    }
     let open = |path: &Option<PathBuf>, option: &str| {
         path.as_deref()
             .map(|path| {
@@ -296,6 +319,7 @@ fn check_before_start(args: &TraceArgs) -> Result<Outputs, UsageError> {
     Ok(Outputs {
         json: open(&args.output, "--output")?,
         trace_events: open(&args.trace_events, "--trace-events")?,
+        html: open(&args.html, "--html")?,
         metrics: args
             .metrics_addr
             .as_deref()
@@ -303,6 +327,31 @@ fn check_before_start(args: &TraceArgs) -> Result<Outputs, UsageError> {
             .transpose()
             .map_err(UsageError)?,
     })
+}
+
+/// The report directory: an existing directory (not a symlink to one) that leaktrace can
+/// create files in, tried with a file made and removed at once.
+fn check_report_dir(dir: &Path) -> Result<(), UsageError> {
+    let shown = dir.display();
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(UsageError(format!(
+                "--report-dir {shown} is a symlink: give the directory itself"
+            )));
+        }
+        Ok(_) => {
+            return Err(UsageError(format!(
+                "--report-dir {shown} is not a directory"
+            )));
+        }
+        Err(e) => return Err(UsageError(format!("--report-dir {shown}: {e}"))),
+    }
+    let probe = dir.join(format!(".leaktrace-probe-{}", std::process::id()));
+    ReportFile::create_new(&probe)
+        .map_err(|e| UsageError(format!("--report-dir {shown}: {}", with_causes(&e))))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Writes the trace into `file`; if that fails, says so and saves it in the temporary
@@ -365,6 +414,14 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
         worker_inspect: args.worker_inspect.clone(),
         spill_dir: spill_dir(args.output.as_deref()),
         metrics: outputs.metrics.clone(),
+        reports: args.report_dir.clone().map(|dir| session::ReportSchedule {
+            dir,
+            every: args.report_every,
+            keep: args.keep as usize,
+            html: args.html.is_some(),
+            warmup: (args.warmup > 0).then_some(args.warmup as usize),
+            budget: args.budget,
+        }),
     };
     if args.verbose {
         eprintln!("leaktrace: tracing {target:?} with {options:?}");
@@ -376,6 +433,12 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
     let mut written = true;
     if let Some(file) = outputs.trace_events
         && let Err(error) = crate::trace_events::write_into(&trace, file)
+    {
+        eprintln!("leaktrace: error: {}", with_causes(&error));
+        written = false;
+    }
+    if let Some(file) = outputs.html
+        && let Err(error) = file.write_all(crate::html::render_html(&trace).as_bytes())
     {
         eprintln!("leaktrace: error: {}", with_causes(&error));
         written = false;

@@ -344,17 +344,17 @@ impl ProcessTable {
 
     /// The trace's process list. With the kernel's counters (`rss`), resident figures come from
     /// them; otherwise from the last /proc sample.
-    pub fn into_processes(self, rss: Option<RssIndices>) -> Vec<Process> {
+    pub fn processes(&self, rss: Option<RssIndices>) -> Vec<Process> {
         self.processes
-            .into_iter()
+            .iter()
             .map(|p| {
                 let (resident, resident_peak) = p.resident_bytes(rss);
                 let mut process = Process {
                     pid: p.info.pid,
                     ppid: p.info.ppid,
                     start_time: p.info.start_time,
-                    comm: p.info.comm,
-                    role: p.role,
+                    comm: p.info.comm.clone(),
+                    role: p.role.clone(),
                     exited: p.exited,
                     exit_code: p.exit_code,
                     address_space: BTreeMap::new(),
@@ -500,8 +500,8 @@ impl SampleSeries {
         }
     }
 
-    pub fn into_points(self) -> Vec<TreeSample> {
-        self.points
+    pub fn points(&self) -> &[TreeSample] {
+        &self.points
     }
 }
 
@@ -526,7 +526,7 @@ mod tests {
                 by_role: BTreeMap::new(),
             });
         }
-        let points = series.into_points();
+        let points = series.points();
         assert!(points.len() < MAX_SAMPLES, "{} points", points.len());
         assert_eq!(points[0].t_s, 0.0);
         assert!(points.last().unwrap().t_s > 99_000.0);

@@ -10,9 +10,9 @@
 
 use std::{
     fs::File,
-    io::{BufRead, BufReader, Seek, SeekFrom, Write},
+    io::{BufRead, BufReader, Read, Seek, SeekFrom, Write},
     ops::{Deref, DerefMut},
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{FileExt, OpenOptionsExt},
     path::Path,
     sync::Arc,
 };
@@ -75,15 +75,26 @@ impl Spill {
         &self.history
     }
 
+    /// The same file and the cycles spilled so far, for a report written while the trace goes
+    /// on: cycles spilled after this are not in the copy. Reads are positional, so the copy
+    /// and the original never move each other's offset.
+    pub fn share(&self) -> std::io::Result<Spill> {
+        Ok(Spill {
+            file: self.file.try_clone()?,
+            len: self.len,
+            count: self.count,
+            history: self.history.clone(),
+        })
+    }
+
     /// The spilled cycles' JSON lines, oldest first.
     fn lines(&self) -> impl Iterator<Item = std::io::Result<String>> + '_ {
-        let mut reader = BufReader::new(&self.file);
-        let rewound = reader.seek(SeekFrom::Start(0));
-        let mut rewound = Some(rewound);
+        let mut reader = BufReader::new(At {
+            file: &self.file,
+            at: 0,
+            end: self.len,
+        });
         std::iter::from_fn(move || {
-            if let Some(Err(error)) = rewound.take() {
-                return Some(Err(error));
-            }
             let mut line = String::new();
             match reader.read_line(&mut line) {
                 Ok(0) => None,
@@ -98,6 +109,23 @@ impl Spill {
     pub fn cycles(&self) -> impl Iterator<Item = Cycle> + '_ {
         self.lines()
             .map_while(|line| serde_json::from_str(&line.ok()?).ok())
+    }
+}
+
+/// Reads a file from a position of its own (pread), up to `end`, leaving the file's offset
+/// (where the spill writes) alone.
+struct At<'a> {
+    file: &'a File,
+    at: u64,
+    end: u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.end.saturating_sub(self.at).min(buf.len() as u64) as usize;
+        let read = self.file.read_at(&mut buf[..left], self.at)?;
+        self.at += read as u64;
+        Ok(read)
     }
 }
 
@@ -216,6 +244,17 @@ mod tests {
         assert_eq!(spill.history().cycles(), 3);
         let back: Vec<u32> = spill.cycles().map(|c| c.index).collect();
         assert_eq!(back, [1, 2, 3]);
+        // A copy taken now keeps its three while the original goes on, reading between writes.
+        let shared = spill.share().unwrap();
+        spill.push(&cycle(4)).unwrap();
+        assert_eq!(shared.cycles().count(), 3);
+        spill.push(&cycle(5)).unwrap();
+        let back: Vec<u32> = spill.cycles().map(|c| c.index).collect();
+        assert_eq!(back, [1, 2, 3, 4, 5]);
+        let mut spill = Spill::create(&std::env::temp_dir()).unwrap();
+        for index in 1..=3 {
+            spill.push(&cycle(index)).unwrap();
+        }
         let cycles = Cycles::new(Some(spill), vec![cycle(4), cycle(5)]);
         assert_eq!((cycles.count(), cycles.len()), (5, 2));
         assert_eq!(cycles.history().cycles(), 5);

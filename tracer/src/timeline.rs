@@ -229,6 +229,14 @@ impl Timeline {
     /// phase, the worker's figures, or at least half a typical cycle and 0.1 s (a stub between
     /// the last marker and the worker's exit is shutdown, not a cycle).
     /// Returns them with the sums of what compacted cycles dropped, if any were.
+    /// The complete cycles so far, for a report written while the trace goes on (the open
+    /// cycle is left out), with the sums of what compacted cycles dropped.
+    pub fn so_far(&self) -> std::io::Result<(Cycles, Option<CompactedCycles>)> {
+        let spill = self.spill.as_ref().map(Spill::share).transpose()?;
+        let compacted = (self.compacted.count > 0).then(|| self.compacted.clone());
+        Ok((Cycles::new(spill, self.cycles.clone()), compacted))
+    }
+
     pub fn finish(mut self, end_s: f64, snapshot: Snapshot) -> (Cycles, Option<CompactedCycles>) {
         let durations: Vec<f64> = self.cycles.iter().map(|c| c.end_s - c.start_s).collect();
         let typical = median(&durations);

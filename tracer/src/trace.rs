@@ -64,6 +64,8 @@ pub enum EndReason {
     Terminated,
     /// `--cycles N` complete cycles were seen.
     CyclesDone,
+    /// It has not: a report written while the trace goes on (`--report-every`, SIGUSR1).
+    Running,
 }
 
 impl EndReason {
@@ -75,6 +77,7 @@ impl EndReason {
             EndReason::Interrupted => "interrupted (SIGINT)",
             EndReason::Terminated => "terminated (SIGTERM)",
             EndReason::CyclesDone => "--cycles complete",
+            EndReason::Running => "still running (a report written during the trace)",
         }
     }
 }
@@ -642,6 +645,35 @@ impl ReportFile {
         Self::open(path, true)
     }
 
+    /// An unnamed file (O_TMPFILE) in `path`'s directory, to be given `path` by [`publish`]
+    /// once it is whole: nothing half-written ever has a name, and a file never named is freed
+    /// by the kernel however leaktrace ends. Returns it twice: to write into, and to name.
+    pub fn unnamed(path: &Path) -> Result<(ReportFile, std::fs::File), TraceFileError> {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let write_error = |source| TraceFileError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .mode(0o644)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .open(dir)
+            .map_err(write_error)?;
+        chown_to_invoking_user(&file).map_err(write_error)?;
+        let twin = file.try_clone().map_err(write_error)?;
+        Ok((
+            ReportFile {
+                path: path.to_path_buf(),
+                file,
+            },
+            twin,
+        ))
+    }
+
     fn open(path: &Path, new: bool) -> Result<ReportFile, TraceFileError> {
         let shown = path.display().to_string();
         let write_error = |source| TraceFileError::Write {
@@ -664,11 +696,7 @@ impl ReportFile {
             }
             other => other.map_err(write_error)?,
         };
-        if let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID"))
-            && let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse())
-        {
-            fchown(&file, Some(uid), Some(gid)).map_err(write_error)?;
-        }
+        chown_to_invoking_user(&file).map_err(write_error)?;
         Ok(ReportFile {
             path: path.to_path_buf(),
             file,
@@ -687,6 +715,41 @@ impl ReportFile {
                 source,
             })
     }
+}
+
+/// Under sudo, files leaktrace writes belong to the user who ran it.
+fn chown_to_invoking_user(file: &std::fs::File) -> std::io::Result<()> {
+    if let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID"))
+        && let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse())
+    {
+        fchown(file, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// Syncs an unnamed file made by [`ReportFile::unnamed`] and gives it `path`, which must not
+/// exist yet (linkat through /proc/self/fd: the name appears with the whole file behind it).
+pub fn publish(file: &std::fs::File, path: &Path) -> std::io::Result<()> {
+    use std::os::{fd::AsRawFd, unix::ffi::OsStrExt};
+    file.sync_all()?;
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .expect("no NUL in a number");
+    let to = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a NUL in the path"))?;
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Formats a Unix time as RFC 3339 UTC (e.g. 2026-11-29T23:20:24Z).

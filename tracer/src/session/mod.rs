@@ -28,12 +28,16 @@ use tracer_common::{GENERATION_OF_LOADER, LostReason};
 
 mod collectors;
 mod cutting;
+mod reports;
 mod stop;
 pub mod watchdog;
+
+pub use self::reports::ReportSchedule;
 
 use self::{
     collectors::{Collectors, follow_browser, read_browser},
     cutting::{Cutting, marker_sources},
+    reports::Reports,
     stop::{reap_children, stop_command, stop_leftovers},
     watchdog::Watchdog,
 };
@@ -130,6 +134,8 @@ pub struct Options {
     pub spill_dir: PathBuf,
     /// The metrics endpoint (`--metrics-addr`), already bound.
     pub metrics: Option<crate::metrics::Endpoint>,
+    /// Reports written while the trace goes on (`--report-dir`, `--report-every`, SIGUSR1).
+    pub reports: Option<ReportSchedule>,
 }
 
 impl Default for Options {
@@ -148,6 +154,7 @@ impl Default for Options {
             worker_inspect: None,
             spill_dir: std::env::temp_dir(),
             metrics: None,
+            reports: None,
         }
     }
 }
@@ -187,6 +194,8 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         .unwrap_or(0);
     let mut interrupt = signal(SignalKind::interrupt()).map_err(SessionError::Signals)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(SessionError::Signals)?;
+    // SIGUSR1 writes a report now: caught always, so that it never kills a trace (its default).
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(SessionError::Signals)?;
 
     let mut warnings = Vec::new();
     let kernel = match ebpf_off_reason(&options) {
@@ -316,6 +325,22 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         }
     };
     let root_pid = collectors.root_pid;
+    let head = Head {
+        command,
+        mode,
+        root_pid,
+        started_at: trace::rfc3339(started_at),
+        started,
+        interval_s: options.interval.as_secs_f64(),
+    };
+    let mut reports = options
+        .reports
+        .clone()
+        .map(|schedule| Reports::new(schedule, &head.started_at));
+    let mut report_every = reports
+        .as_ref()
+        .and_then(Reports::every)
+        .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
     summary.sources = marker_sources(&rules, marker_options, socket.is_some());
     if let Some(log) = &marker_options.cycle_log {
         markers::follow_log(log, rules.clone().or_protocol(), marker_tx.clone())?;
@@ -383,11 +408,17 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                     }
                 }
             },
-            status = &mut status_rx, if mode == "run" => {
+            status = &mut status_rx, if head.mode == "run" => {
                 exit_status = Some(status_code(status.expect("waiter thread").map_err(SessionError::Wait)?));
                 break EndReason::CommandExited;
             }
             _ = sleep_until(deadline) => break EndReason::Duration,
+            _ = usr1.recv() => {
+                report_so_far(&mut reports, &mut collectors, &head, &cutting, &browser, &warnings, true).await;
+            }
+            _ = tick_every(&mut report_every) => {
+                report_so_far(&mut reports, &mut collectors, &head, &cutting, &browser, &warnings, false).await;
+            }
             _ = tick_every(&mut every) => {
                 let marker = Marker {
                     boundary: Boundary::CycleEnd,
@@ -421,7 +452,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             _ = tick.tick() => {
                 collectors.follow();
                 cutting.check_teardown(&collectors);
-                if mode == "attach" && !target::is_alive(root_pid) {
+                if head.mode == "attach" && !target::is_alive(root_pid) {
                     break EndReason::TargetExited;
                 }
             }
@@ -477,7 +508,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     } = cutting;
     browser.summary.failed_calls += inspector.map_or(0, |i| i.failed_calls);
     let (cycles, compacted) = timeline.finish(end_s, end);
-    if mode == "run" {
+    if head.mode == "run" {
         if exit_status.is_none() {
             exit_status = stop_command(root_pid, &mut status_rx, ended_by).await;
         }
@@ -493,43 +524,128 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     collectors.follow();
     collectors.table.reap();
     drop(socket);
-    let mut events_lost = BTreeMap::new();
-    let rss = collectors.rss();
-    if let Some(kernel) = collectors.kernel.as_mut() {
-        collectors.table.collect_kernel(kernel);
-        let lost = kernel.lost();
-        for reason in LostReason::ALL {
-            events_lost.insert(reason.name().to_string(), lost[reason as usize]);
+    // The last report written on the way is whole before leaktrace goes on to the final one.
+    if let Some(reports) = &mut reports
+        && let Some(Err(e)) = reports.collect().await
+    {
+        warnings.push(format!("a report during the trace was not written: {e}"));
+    }
+    let mut trace = collectors.trace(&head, warnings, ended_by, cycles, compacted);
+    trace.exit_code = exit_status;
+    trace.markers = summary;
+    trace.browser = browser.summary;
+    Ok(trace)
+}
+
+/// What a trace says of itself that is fixed once the tree is found.
+struct Head {
+    command: Vec<String>,
+    mode: &'static str,
+    root_pid: u32,
+    started_at: String,
+    started: Instant,
+    interval_s: f64,
+}
+
+impl Collectors {
+    /// The trace as far as it has gone, for the end or for a report on the way: every
+    /// process with the kernel's figures now, the samples, and the cycles given. Its markers,
+    /// browser and exit code are the caller's to fill.
+    fn trace(
+        &mut self,
+        head: &Head,
+        warnings: Vec<String>,
+        ended_by: EndReason,
+        cycles: crate::spill::Cycles,
+        compacted: Option<trace::CompactedCycles>,
+    ) -> Trace {
+        let mut events_lost = BTreeMap::new();
+        let rss = self.rss();
+        if let Some(kernel) = self.kernel.as_mut() {
+            self.table.collect_kernel(kernel);
+            let lost = kernel.lost();
+            for reason in LostReason::ALL {
+                events_lost.insert(reason.name().to_string(), lost[reason as usize]);
+            }
+        }
+        let processes = self.table.processes(rss);
+        Trace {
+            schema: SCHEMA.to_string(),
+            command: head.command.clone(),
+            mode: head.mode.to_string(),
+            root_pid: head.root_pid,
+            started_at: head.started_at.clone(),
+            duration_s: head.started.elapsed().as_secs_f64(),
+            ebpf: self.kernel.is_some(),
+            flows: self.kernel.as_ref().is_some_and(|k| k.flows),
+            resident_source: if rss.is_some() { "kernel" } else { "proc" }.to_string(),
+            interval_s: head.interval_s,
+            warnings,
+            ended_by,
+            exit_code: None,
+            events_lost,
+            totals: trace::totals(&processes, self.last_alive.as_ref()),
+            processes,
+            samples: self.series.points().to_vec(),
+            cycles,
+            compacted,
+            markers: MarkerSummary::default(),
+            browser: Default::default(),
+            analysis: Default::default(),
+            tracer: trace::TracerCost::of_self(self.tree.cost()),
         }
     }
-    let ebpf = collectors.kernel.is_some();
-    let flows = collectors.kernel.as_ref().is_some_and(|k| k.flows);
-    let processes = collectors.table.into_processes(rss);
-    Ok(Trace {
-        schema: SCHEMA.to_string(),
-        command,
-        mode: mode.to_string(),
-        root_pid,
-        started_at: trace::rfc3339(started_at),
-        duration_s: started.elapsed().as_secs_f64(),
-        ebpf,
-        flows,
-        resident_source: if rss.is_some() { "kernel" } else { "proc" }.to_string(),
-        interval_s: options.interval.as_secs_f64(),
-        warnings,
-        ended_by,
-        exit_code: exit_status,
-        events_lost,
-        totals: trace::totals(&processes, collectors.last_alive.as_ref()),
-        processes,
-        samples: collectors.series.into_points(),
+}
+
+/// Writes the trace so far as a report, in the background, if reports are asked for and the
+/// last one is done (`asked`: SIGUSR1, which says what became of it).
+async fn report_so_far(
+    reports: &mut Option<Reports>,
+    collectors: &mut Collectors,
+    head: &Head,
+    cutting: &Cutting,
+    browser: &BrowserReader,
+    warnings: &[String],
+    asked: bool,
+) {
+    let say = |line: String| {
+        cutting
+            .progress
+            .pass(true, format!("leaktrace: {line}\n").as_bytes())
+    };
+    let Some(reports) = reports else {
+        if asked {
+            say("SIGUSR1: no --report-dir to write a report into".into());
+        }
+        return;
+    };
+    if reports.busy() {
+        if asked {
+            say("SIGUSR1: the last report is still being written; skipped".into());
+        }
+        return;
+    }
+    let (cycles, compacted) = match cutting.timeline.so_far() {
+        Ok(so_far) => so_far,
+        Err(e) => {
+            say(format!(
+                "warning: no report written: the spilled cycles: {e}"
+            ));
+            return;
+        }
+    };
+    let mut trace = collectors.trace(
+        head,
+        warnings.to_vec(),
+        EndReason::Running,
         cycles,
         compacted,
-        markers: summary,
-        browser: browser.summary,
-        analysis: Default::default(),
-        tracer: trace::TracerCost::of_self(collectors.tree.cost()),
-    })
+    );
+    trace.markers = cutting.summary.clone();
+    trace.browser = browser.summary.clone();
+    if let Some(Err(e)) = reports.write(trace).await {
+        say(format!("warning: a report was not written: {e}"));
+    }
 }
 
 async fn tick_every(every: &mut Option<tokio::time::Interval>) {
