@@ -165,12 +165,13 @@ fn socket_markers_are_answered_and_junk_is_counted_once() {
     trace.cycles.iter().for_each(|c| assert_scripted(c, true));
 }
 
-#[test]
-fn a_followed_log_marks_cycles_in_attach_mode_across_rotation() {
-    if !require_root("a_followed_log_marks_cycles_in_attach_mode_across_rotation") {
-        return;
+/// The cycler writing its markers to a log it rotates after cycle 2, attached to with
+/// `reader` following that log (the log's path is appended to it, or put in place of `{}`).
+fn attached_log_worker(name: &str, reader: &[&str]) -> Trace {
+    if !require_root(name) {
+        panic!("needs root");
     }
-    let scratch = Scratch::new("cycles-log");
+    let scratch = Scratch::new(name);
     let (log, go, json) = (
         scratch.path("worker.log"),
         scratch.path("go"),
@@ -189,10 +190,12 @@ fn a_followed_log_marks_cycles_in_attach_mode_across_rotation() {
         .read_line(&mut ready)
         .unwrap();
     let pid = ready.trim().strip_prefix("ready ").unwrap().to_string();
+    let log_path = log.to_str().unwrap();
+    let reader: Vec<String> = reader.iter().map(|a| a.replace("{}", log_path)).collect();
     let mut tracer = spawn(
         Command::new(leaktrace())
-            .args(["attach", "--pid", &pid, "--cycle-log"])
-            .arg(&log)
+            .args(["attach", "--pid", &pid])
+            .args(&reader)
             .arg("-o")
             .arg(&json),
     );
@@ -206,14 +209,50 @@ fn a_followed_log_marks_cycles_in_attach_mode_across_rotation() {
     let output = tracer.wait_output();
     let stderr = drain.join().unwrap().unwrap();
     assert!(output.status.success(), "{stderr}");
-    let trace = Trace::read(&json).unwrap();
-    assert_eq!(trace.ended_by, EndReason::TargetExited);
-    assert_eq!(trace.markers.sources, ["log"]);
     assert!(
         scratch.path("worker.log.1").exists(),
         "the worker rotated its log after cycle 2"
     );
+    let trace = Trace::read(&json).unwrap();
+    assert_eq!(trace.ended_by, EndReason::TargetExited);
     assert_all_complete(&trace, 4, true);
+    for cycle in trace.cycles.iter() {
+        let k = f64::from(cycle.index);
+        assert_eq!(cycle.worker["heapUsed"], k * 1000.0, "cycle {k}'s figures");
+        assert_eq!(cycle.worker["external"], k * 7.0, "cycle {k}'s figures");
+    }
+    trace
+}
+
+#[test]
+fn a_followed_log_marks_cycles_in_attach_mode_across_rotation() {
+    if !require_root("a_followed_log_marks_cycles_in_attach_mode_across_rotation") {
+        return;
+    }
+    let trace = attached_log_worker("cycles-log", &["--cycle-log", "{}"]);
+    assert_eq!(trace.markers.sources, ["log"]);
+}
+
+/// The same log read through `--cycle-cmd 'tail -n0 -F LOG'`, as a user whose worker logs to
+/// journald or docker reads it: the same cycles, phases and figures; and the command does not
+/// outlive the trace.
+#[test]
+fn a_cycle_command_marks_the_same_cycles_as_the_log_it_reads() {
+    if !require_root("a_cycle_command_marks_the_same_cycles_as_the_log_it_reads") {
+        return;
+    }
+    let tail = "tail -n0 -F {} # leaktrace-cycle-cmd-test";
+    let trace = attached_log_worker("cycles-cmd", &["--cycle-cmd", tail]);
+    assert_eq!(trace.markers.sources, ["command"]);
+    let left = Command::new("pgrep")
+        .args(["-f", "leaktrace-cycle-cmd-test"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the cycle command was left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
 
 #[test]
@@ -525,5 +564,40 @@ fn trace_events_open_in_perfetto_shape_and_end_on_the_reports_figures() {
         instants,
         trace.cycles.len() + phases,
         "an instant per cycle end and phase start"
+    );
+}
+
+/// A cycle command that exits is started again (a second later): `echo cycle` three times
+/// makes three cycles of a worker that gives no markers of its own.
+#[test]
+fn a_cycle_command_that_exits_is_started_again() {
+    if !require_root("a_cycle_command_that_exits_is_started_again") {
+        return;
+    }
+    let scratch = Scratch::new("cycles-cmd-restart");
+    let json = scratch.path("t.json");
+    let started = std::time::Instant::now();
+    let (_, trace) = leaktrace_run(
+        &[
+            "run",
+            "-q",
+            "--cycle-cmd",
+            "echo cycle n=1",
+            "--cycles",
+            "3",
+            "-o",
+            json.to_str().unwrap(),
+            "--",
+            "sleep",
+            "60",
+        ],
+        &json,
+    );
+    assert_eq!(trace.ended_by, EndReason::CyclesDone);
+    assert_eq!(trace.cycles.iter().filter(|c| !c.cut).count(), 3);
+    assert!(trace.cycles.iter().all(|c| c.worker.get("n") == Some(&1.0)));
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "a second between runs"
     );
 }

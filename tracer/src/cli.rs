@@ -170,6 +170,12 @@ struct TraceArgs {
     /// or without them lines `cycle` / `phase NAME`. For attach mode.
     #[arg(long, value_name = "FILE")]
     cycle_log: Option<PathBuf>,
+    /// Read markers and figures from the output of this shell command, as from a log: where
+    /// an attached worker's output goes (`journalctl -f -n0 -o cat -u scraper`, `docker logs
+    /// -f --since 0s scraper`, `tail -n0 -F FILE`). Run as the invoking user, restarted a
+    /// second after it exits, stopped with the trace.
+    #[arg(long, value_name = "CMD")]
+    cycle_cmd: Option<String>,
     /// End a cycle every D, when the worker gives no markers.
     #[arg(long, value_name = "D", value_parser = parse_interval)]
     cycle_every: Option<Duration>,
@@ -403,6 +409,7 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
             phase_regex: args.phase_regex.clone(),
             figures_regex: args.figures_regex.clone(),
             cycle_log: args.cycle_log.clone(),
+            cycle_cmd: args.cycle_cmd.clone(),
             cycle_every: args.cycle_every,
             cycles: args.cycles,
             warmup: args.warmup,

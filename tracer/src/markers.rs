@@ -6,6 +6,8 @@
 //!   `cycle [key=value ...]` or `phase NAME [key=value ...]`; leaktrace answers each with `ok`
 //!   once its snapshot is taken, so a worker that waits for it gets exact boundaries;
 //! - appends to `--cycle-log FILE` (surviving rotation);
+//! - the output of `--cycle-cmd CMD` (`journalctl -f`, `docker logs -f`: where an attached
+//!   worker's output goes), restarted if it exits;
 //! - `--cycle-every DURATION`.
 //!
 //! Any marker line may carry the worker's own figures as `key=value` (numbers), which become
@@ -20,8 +22,15 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io::{Read, Seek, SeekFrom, Write},
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        process::CommandExt,
+    },
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI32, Ordering},
+    },
     time::Duration,
 };
 
@@ -35,6 +44,7 @@ use tokio::{
 
 use crate::{
     sampler::{self, Reading, TreeReader},
+    target::{Identity, become_user},
     timeline::Boundary,
 };
 
@@ -469,57 +479,175 @@ pub fn follow_log(path: &Path, rules: LineRules, events: Sender) -> Result<(), M
 /// gets its reading of `tree` here, at once (the output it is in waits for it, the worker does
 /// not: the pipe holds 64 KiB).
 pub fn pass_through(
-    mut from: impl Read + Send + 'static,
-    mut write: impl FnMut(&[u8]) + Send + 'static,
+    from: impl Read + Send + 'static,
+    write: impl FnMut(&[u8]) + Send + 'static,
     rules: LineRules,
     events: Sender,
     tree: TreeReader,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buffer = [0u8; 8192];
-        let mut pending: Vec<u8> = Vec::new();
-        loop {
-            let n = match from.read(&mut buffer) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            pending.extend_from_slice(&buffer[..n]);
-            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let events_of_line = rules.scan(String::from_utf8_lossy(&line).trim_end());
-                let markers: Vec<&Marker> = events_of_line
-                    .iter()
-                    .filter_map(|e| match e {
-                        MarkerEvent::Marker(marker) => Some(marker),
-                        _ => None,
-                    })
-                    .collect();
-                // One reading for a line that both starts a phase and ends a cycle, as deep
-                // as a cycle end's.
-                let reading = markers.first().map(|first| {
-                    let cycle_end = markers.iter().any(|m| m.boundary == Boundary::CycleEnd);
-                    let boundary = if cycle_end {
-                        &Boundary::CycleEnd
-                    } else {
-                        &first.boundary
-                    };
-                    tree.read(first.at_ns, boundary.depth())
-                });
-                for mut event in events_of_line {
-                    if let MarkerEvent::Marker(marker) = &mut event {
-                        marker.reading = reading.clone();
-                    }
-                    let _ = events.send(event);
+    std::thread::spawn(move || scan_stream(from, write, &rules, &events, &tree))
+}
+
+/// Reads `from` to its end, scanning its lines for markers (each with its reading of `tree`,
+/// taken as the line is read) and handing every chunk to `write` after its markers.
+fn scan_stream(
+    mut from: impl Read,
+    mut write: impl FnMut(&[u8]),
+    rules: &LineRules,
+    events: &Sender,
+    tree: &TreeReader,
+) {
+    let mut buffer = [0u8; 8192];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match from.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buffer[..n]);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let events_of_line = rules.scan(String::from_utf8_lossy(&line).trim_end());
+            let markers: Vec<&Marker> = events_of_line
+                .iter()
+                .filter_map(|e| match e {
+                    MarkerEvent::Marker(marker) => Some(marker),
+                    _ => None,
+                })
+                .collect();
+            // One reading for a line that both starts a phase and ends a cycle, as deep as a
+            // cycle end's.
+            let reading = markers.first().map(|first| {
+                let cycle_end = markers.iter().any(|m| m.boundary == Boundary::CycleEnd);
+                let boundary = if cycle_end {
+                    &Boundary::CycleEnd
+                } else {
+                    &first.boundary
+                };
+                tree.read(first.at_ns, boundary.depth())
+            });
+            for mut event in events_of_line {
+                if let MarkerEvent::Marker(marker) = &mut event {
+                    marker.reading = reading.clone();
                 }
-            }
-            // After the markers: whoever sees the line knows its marker is already queued.
-            write(&buffer[..n]);
-            // A line longer than this is not a marker; do not let it grow without bound.
-            if pending.len() > 1 << 20 {
-                pending.clear();
+                let _ = events.send(event);
             }
         }
-    })
+        // After the markers: whoever sees the line knows its marker is already queued.
+        write(&buffer[..n]);
+        // A line longer than this is not a marker; do not let it grow without bound.
+        if pending.len() > 1 << 20 {
+            pending.clear();
+        }
+    }
+}
+
+/// How long `--cycle-cmd` waits before starting its command again after it exits.
+const CYCLE_CMD_RESTART: Duration = Duration::from_secs(1);
+
+/// `--cycle-cmd`: a shell command whose output lines are read for markers and figures like the
+/// worker's own, run as the invoking user, in a process group of its own, restarted when it
+/// exits; stopped with the trace, and by its death signal if leaktrace dies.
+pub struct CycleCommand {
+    stop: Arc<AtomicBool>,
+    /// The running command's pid (its process group), 0 between runs.
+    pid: Arc<AtomicI32>,
+    supervisor: Option<std::thread::JoinHandle<u32>>,
+}
+
+impl CycleCommand {
+    pub fn start(
+        command: &str,
+        identity: Option<Identity>,
+        rules: LineRules,
+        events: Sender,
+        tree: TreeReader,
+    ) -> CycleCommand {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pid = Arc::new(AtomicI32::new(0));
+        let (stopping, running) = (stop.clone(), pid.clone());
+        let command = command.to_string();
+        // The command's parent is this thread, which lives as long as the trace: its death
+        // signal comes when leaktrace dies, not when some thread of the runtime ends.
+        let supervisor = std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stopping.load(Ordering::SeqCst) {
+                runs += 1;
+                match spawn_cycle_command(&command, identity.as_ref()) {
+                    Ok(mut child) => {
+                        running.store(child.id() as i32, Ordering::SeqCst);
+                        if let Some(stdout) = child.stdout.take() {
+                            scan_stream(stdout, |_| {}, &rules, &events, &tree);
+                        }
+                        let _ = child.wait();
+                        running.store(0, Ordering::SeqCst);
+                    }
+                    Err(e) => eprintln!("leaktrace: warning: --cycle-cmd {command:?}: {e}"),
+                }
+                let until = std::time::Instant::now() + CYCLE_CMD_RESTART;
+                while !stopping.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            runs
+        });
+        CycleCommand {
+            stop,
+            pid,
+            supervisor: Some(supervisor),
+        }
+    }
+
+    /// Stops the command (SIGTERM to its group, SIGKILL a second later) and waits for it;
+    /// returns how many times it was started.
+    pub fn stop(mut self) -> u32 {
+        self.stop.store(true, Ordering::SeqCst);
+        let supervisor = self.supervisor.take().expect("stopped once");
+        for signal in [libc::SIGTERM, libc::SIGKILL] {
+            let pid = self.pid.load(Ordering::SeqCst);
+            if pid > 0 {
+                // SAFETY: signalling the process group of a child of ours that has not been
+                // reaped (the supervisor reaps it only after its output ends).
+                unsafe { libc::kill(-pid, signal) };
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while !supervisor.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if supervisor.is_finished() {
+                break;
+            }
+        }
+        supervisor.join().unwrap_or(0)
+    }
+}
+
+fn spawn_cycle_command(
+    command: &str,
+    identity: Option<&Identity>,
+) -> std::io::Result<std::process::Child> {
+    let identity = identity.cloned();
+    let mut shell = std::process::Command::new("/bin/sh");
+    shell
+        .args(["-c", command])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0);
+    // SAFETY: only async-signal-safe calls between fork and exec (setgroups, setgid, setuid,
+    // prctl), on memory allocated before the fork.
+    unsafe {
+        shell.pre_exec(move || {
+            if let Some(identity) = &identity {
+                become_user(identity)?;
+            }
+            // After the identity: changing credentials clears the death signal.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    shell.spawn()
 }
 
 /// Writes all of `bytes` to a standard stream, ignoring a closed pipe.

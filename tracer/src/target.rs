@@ -224,13 +224,21 @@ fn hold_until_tracked(
         ));
     }
     if let Some(identity) = identity {
-        let groups: &[libc::gid_t] = &identity.groups;
-        if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0
-            || unsafe { libc::setgid(identity.gid) } != 0
-            || unsafe { libc::setuid(identity.uid) } != 0
-        {
-            return Err(last_error());
-        }
+        become_user(identity)?;
+    }
+    Ok(())
+}
+
+/// Drops to `identity` (groups, then group, then user), in a child between fork and exec:
+/// async-signal-safe calls only.
+pub fn become_user(identity: &Identity) -> std::io::Result<()> {
+    let groups: &[libc::gid_t] = &identity.groups;
+    // SAFETY: setgroups reads `groups.len()` ids from a live slice; setgid and setuid take ids.
+    if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0
+        || unsafe { libc::setgid(identity.gid) } != 0
+        || unsafe { libc::setuid(identity.uid) } != 0
+    {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

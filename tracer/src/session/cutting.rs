@@ -152,7 +152,7 @@ pub(super) fn marker_sources(
     socket: bool,
 ) -> Vec<String> {
     let mut sources = Vec::new();
-    if !rules.is_empty() && options.cycle_log.is_none() {
+    if !rules.is_empty() && options.cycle_log.is_none() && options.cycle_cmd.is_none() {
         sources.push("regex".to_string());
     }
     if socket {
@@ -160,6 +160,9 @@ pub(super) fn marker_sources(
     }
     if options.cycle_log.is_some() {
         sources.push("log".to_string());
+    }
+    if options.cycle_cmd.is_some() {
+        sources.push("command".to_string());
     }
     if options.cycle_every.is_some() {
         sources.push("interval".to_string());

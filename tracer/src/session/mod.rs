@@ -44,7 +44,7 @@ use self::{
 use crate::{
     browser::{BrowserReader, CdpMode, WorkerInspector},
     kernel::{self, Kernel, KernelError},
-    markers::{self, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket},
+    markers::{self, CycleCommand, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket},
     processes::{ProcessTable, SampleSeries},
     progress::Progress,
     sampler::Depth,
@@ -98,6 +98,8 @@ pub struct MarkerOptions {
     /// `--figures-regex`: the worker's figures from any line of its output, by named group.
     pub figures_regex: Option<String>,
     pub cycle_log: Option<PathBuf>,
+    /// `--cycle-cmd`: a shell command whose output is read for markers, like a log.
+    pub cycle_cmd: Option<String>,
     pub cycle_every: Option<Duration>,
     /// End the trace after this many complete cycles.
     pub cycles: Option<u32>,
@@ -345,6 +347,21 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     if let Some(log) = &marker_options.cycle_log {
         markers::follow_log(log, rules.clone().or_protocol(), marker_tx.clone())?;
     }
+    // As the invoking user, as a launched command is.
+    let cycle_cmd = match &marker_options.cycle_cmd {
+        Some(command) => Some(CycleCommand::start(
+            command,
+            if options.as_root {
+                None
+            } else {
+                Identity::from_sudo()?
+            },
+            rules.clone().or_protocol(),
+            marker_tx.clone(),
+            collectors.tree.clone(),
+        )),
+        None => None,
+    };
     drop(marker_tx);
     if options.announce {
         let others = collectors.table.len().saturating_sub(1);
@@ -458,6 +475,9 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             }
         }
     };
+    if let Some(command) = cycle_cmd {
+        let _ = tokio::task::spawn_blocking(move || command.stop()).await;
+    }
     // No flow after this moment belongs to the trace: the syscall hooks stop counting.
     if let Some(kernel) = collectors.kernel.as_mut()
         && let Err(e) = kernel.stop_flows()
