@@ -1,7 +1,7 @@
 //! Fixture: a worker with a scripted per-cycle pattern, marking its cycles and phases.
 //!
 //! `cycler --cycles N --markers stdout|socket|log|interval [--log PATH] [--pause-ms MS]
-//!  [--period-ms MS] [--wait-file PATH] [--send-junk] [--fixed] [--exit-at-once]`
+//!  [--period-ms MS] [--wait-file PATH] [--send-junk] [--fixed] [--leak-kib K] [--exit-at-once]`
 //!
 //! Every cycle k: in `scrape` it maps and touches 2 MiB of anonymous memory, and in odd cycles
 //! its child maps and touches 1 MiB of its own; in `cleanup` it unmaps 1 MiB of the 2; `idle`
@@ -15,7 +15,7 @@
 //! `--wait-file` prints `ready <pid>` and waits for PATH to exist before starting (for attach);
 //! `--send-junk` first sends two malformed socket lines (and reads their `error:` answers); `--fixed` runs the same script without
 //! its leak (cleanup unmaps all 2 MiB, the child keeps nothing); `--exit-at-once` exits right
-//! after its last marker, without the pause.
+//! after its last marker, without the pause; `--leak-kib K` keeps K KiB more each cycle.
 
 use leaktrace_tests::{arg_value, sys::map_and_touch};
 use std::{
@@ -186,6 +186,8 @@ fn main() {
     };
     // `--fixed`: the same worker without its leak (cleanup unmaps all, the child keeps nothing).
     let fixed = args.iter().any(|a| a == "--fixed");
+    // `--leak-kib K`: K KiB more kept every cycle (a slow leak for long runs).
+    let leak_kib: usize = arg_value(&args, "--leak-kib").map_or(0, |v| v.parse().unwrap());
     for k in 1..=cycles {
         if matches!(worker.markers, Markers::Interval) {
             let due = period * (k as u32 - 1) + period / 2;
@@ -193,6 +195,9 @@ fn main() {
         }
         worker.phase("scrape");
         let block = map_and_touch(2 * MIB);
+        if leak_kib > 0 {
+            map_and_touch(leak_kib * 1024);
+        }
         if k % 2 == 1 && !fixed {
             let mut byte = [1u8; 1];
             // SAFETY: one-byte writes and reads on the pipes.
