@@ -44,7 +44,34 @@ pub struct ProcessTable {
     to_reap: Vec<u32>,
     /// Processes added since the last [`ProcessTable::take_joined`].
     joined: Vec<ProcInfo>,
+    /// Exited processes folded together per role (see [`ProcessTable::fold_exited`]).
+    folded: BTreeMap<Role, Folded>,
 }
+
+/// Exited processes of one role, folded together: how many, and their flows summed.
+#[derive(Clone, Debug, Default)]
+struct Folded {
+    count: u32,
+    flows: ProcessFlows,
+}
+
+/// The snapshot key of a role's folded entry: pid 0 (never a process's), and the role's name
+/// hashed (FNV-1a) in place of a start time.
+fn folded_key(role: &Role) -> (u32, u64) {
+    let hash = role
+        .to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    (0, hash)
+}
+
+/// Exited processes kept one by one, at most: past this, the oldest are folded into one entry
+/// per role, down to [`KEEP_EXITED`]. A scraper whose Chromium starts a renderer per page has
+/// thousands of them a day; each boundary's snapshot would hold them all.
+const MAX_EXITED: usize = 512;
+const KEEP_EXITED: usize = 256;
 
 impl ProcessTable {
     pub fn new(root_pid: u32) -> ProcessTable {
@@ -54,6 +81,7 @@ impl ProcessTable {
             live: HashMap::new(),
             to_reap: Vec::new(),
             joined: Vec::new(),
+            folded: BTreeMap::new(),
         }
     }
 
@@ -210,6 +238,41 @@ impl ProcessTable {
             // 0: our child, not dead yet (cannot happen after its exit event, but keep it).
             reaped == 0
         });
+        self.fold_exited();
+    }
+
+    /// Past [`MAX_EXITED`] exited processes, folds the oldest into one entry per role (pid 0 in
+    /// snapshots and in the trace), their flows summed, so memory and every boundary's work
+    /// stay bounded however many processes come and go. Growth over a span is unchanged:
+    /// `timeline::growth` takes a process that left the snapshot as having moved its flows to
+    /// its role's folded entry.
+    fn fold_exited(&mut self) {
+        let exited = self.processes.iter().filter(|p| p.exited).count();
+        if exited <= MAX_EXITED {
+            return;
+        }
+        let mut to_fold = exited - KEEP_EXITED;
+        let folded = &mut self.folded;
+        self.processes.retain(|p| {
+            if to_fold == 0 || !p.exited {
+                return true;
+            }
+            to_fold -= 1;
+            let entry = folded.entry(p.role.clone()).or_default();
+            entry.count += 1;
+            for (sum, flow) in entry.flows.classes.iter_mut().zip(&p.flows.classes) {
+                sum.add(flow);
+            }
+            entry.flows.brk_growth += p.flows.brk_growth;
+            false
+        });
+        self.live = self
+            .processes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.exited)
+            .map(|(index, p)| (p.info.pid, index))
+            .collect();
     }
 
     /// Takes in a reading of the tree's processes and returns the tree's totals. A process the
@@ -338,6 +401,14 @@ impl ProcessTable {
                     pss: sample,
                 }
             })
+            .chain(self.folded.iter().map(|(role, folded)| ProcessState {
+                key: folded_key(role),
+                role: role.clone(),
+                live: false,
+                flows: folded.flows,
+                resident: ResidentBytes::default(),
+                pss: ProcSample::default(),
+            }))
             .collect();
         Snapshot { processes }
     }
@@ -363,10 +434,22 @@ impl ProcessTable {
                     resident_peak,
                     pss: p.last_sample.map_or(0, |s| s.pss),
                     smaps_rollup: p.last_sample,
+                    folded: 0,
                 };
                 process.set_flows(&p.flows);
                 process
             })
+            .chain(self.folded.iter().map(|(role, folded)| {
+                let mut process = Process {
+                    comm: format!("({} exited, folded)", folded.count),
+                    role: role.clone(),
+                    exited: true,
+                    folded: folded.count,
+                    ..Process::default()
+                };
+                process.set_flows(&folded.flows);
+                process
+            }))
             .collect()
     }
 }
@@ -514,6 +597,67 @@ mod tests {
         assert_eq!(exit_code(0), 0);
         assert_eq!(exit_code(3 << 8), 3);
         assert_eq!(exit_code(libc::SIGKILL), 128 + libc::SIGKILL);
+    }
+
+    /// 600 renderers come and go: past 512 exited, the oldest are folded into one entry, down
+    /// to 256, and neither the trace's flows nor any span's growth changes by it.
+    #[test]
+    fn exited_processes_past_the_limit_are_folded_without_changing_any_growth() {
+        let mut table = ProcessTable::new(1);
+        table.add(
+            ProcInfo {
+                pid: 1,
+                ppid: 0,
+                comm: "worker".into(),
+                start_time: 0.0,
+            },
+            0,
+        );
+        let mut flows = ProcessFlows::default();
+        flows.classes[0].mapped = 4096;
+        flows.classes[0].calls = 1;
+        flows.brk_growth = 10;
+        // Pids no process has here, children of the worker.
+        for pid in 4_000_000..4_000_600 {
+            table.add(
+                ProcInfo {
+                    pid,
+                    ppid: 1,
+                    comm: "renderer".into(),
+                    start_time: 1.0,
+                },
+                0,
+            );
+            table.processes.last_mut().unwrap().flows = flows;
+        }
+        let total = |processes: &[Process]| -> (u64, i64) {
+            processes.iter().fold((0, 0), |(mapped, brk), p| {
+                let flow = p.address_space.values().map(|f| f.mapped).sum::<u64>();
+                (mapped + flow, brk + p.brk_growth)
+            })
+        };
+        let before = table.snapshot(None);
+        let all = total(&table.processes(None));
+        assert_eq!(all, (600 * 4096, 6000));
+        (4_000_000..4_000_600).for_each(|pid| table.mark_gone(pid));
+        table.reap();
+        let after = table.snapshot(None);
+        let processes = table.processes(None);
+        // The worker, the 256 latest exited, and one folded entry for the 344 others.
+        assert_eq!(processes.len(), 1 + KEEP_EXITED + 1);
+        let folded: Vec<&Process> = processes.iter().filter(|p| p.folded > 0).collect();
+        assert_eq!(folded.len(), 1);
+        assert_eq!(
+            (folded[0].pid, folded[0].folded),
+            (0, 600 - KEEP_EXITED as u32)
+        );
+        assert_eq!(total(&processes), all, "the trace's flows are all there");
+        let growth = crate::timeline::growth(&before, &after);
+        for (role, growth) in growth.iter() {
+            assert!(growth.address_space.is_empty(), "{role}: {growth:?}");
+            assert_eq!(growth.brk_growth, 0, "{role}");
+        }
+        assert_eq!(table.live_pids(), [1], "the live index rebuilt");
     }
 
     #[test]

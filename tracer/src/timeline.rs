@@ -7,7 +7,7 @@
 //! memory grows with the number of cycles, not with events or samples.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
 };
 
@@ -359,6 +359,30 @@ pub fn growth(start: &Snapshot, end: &Snapshot) -> CompactMap<Role, Growth> {
         growth.pss_anon += pss(|s| s.pss_anon);
         growth.pss_shmem += pss(|s| s.pss_shmem);
         growth.pss_file += pss(|s| s.pss_file);
+    }
+    // A process that left the snapshot was folded into its role's entry (see
+    // `ProcessTable::fold_exited`), which now holds its flows: they did not move in this span.
+    let after: HashSet<(u32, u64)> = end.processes.iter().map(|p| p.key).collect();
+    for gone in start.processes.iter().filter(|p| !after.contains(&p.key)) {
+        let Some(growth) = roles.get_mut(&gone.role) else {
+            continue;
+        };
+        for class in RegionClass::ALL {
+            let name = class.name();
+            let then = gone.flows.classes[class as usize];
+            if let Some(flow) = growth.address_space.get_mut(name) {
+                flow.mapped = flow.mapped.saturating_sub(then.mapped);
+                flow.unmapped = flow.unmapped.saturating_sub(then.unmapped);
+                flow.committed = flow.committed.saturating_sub(then.committed);
+                flow.uncommitted = flow.uncommitted.saturating_sub(then.uncommitted);
+                flow.released = flow.released.saturating_sub(then.released);
+                flow.calls = flow.calls.saturating_sub(then.calls);
+            }
+        }
+        growth
+            .address_space
+            .retain(|_, flow| *flow != ClassFlow::default());
+        growth.brk_growth -= gone.flows.brk_growth;
     }
     roles
 }

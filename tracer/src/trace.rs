@@ -391,7 +391,7 @@ pub struct MarkerSummary {
     pub warmup: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Process {
     pub pid: u32,
     pub ppid: u32,
@@ -418,6 +418,10 @@ pub struct Process {
     /// The last /proc sample, if any.
     #[serde(default)]
     pub smaps_rollup: Option<ProcSample>,
+    /// For the entry (pid 0) that stands for exited processes folded together to bound a long
+    /// trace's memory: how many, of this role. Their flows are its flows.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub folded: u32,
 }
 
 /// Resident memory by kind, in bytes.
@@ -750,6 +754,10 @@ pub fn publish(file: &std::fs::File, path: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Formats a Unix time as RFC 3339 UTC (e.g. 2026-11-29T23:20:24Z).
