@@ -51,7 +51,14 @@ fn memory_after_10000_cycles_is_what_it_was_after_1000() {
     // A worker that keeps 16 KiB more every cycle, a few milliseconds a cycle.
     let mut traced = spawn(
         Command::new(leaktrace())
-            .args(["run", "-q", "--metrics-addr", &port.to_string(), "-o"])
+            .args([
+                "run",
+                "-q",
+                "--continuous",
+                "--metrics-addr",
+                &port.to_string(),
+            ])
+            .arg("-o")
             .arg(&json)
             .arg("--")
             .arg(fixture("cycler"))

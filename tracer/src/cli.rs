@@ -143,6 +143,12 @@ struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = 5, requires = "report_dir",
           value_parser = clap::value_parser!(u32).range(1..))]
     keep: u32,
+    /// Trace until stopped (Ctrl-C, SIGTERM) or until the command or the attached process
+    /// exits, for days if need be: leaktrace's memory stays flat (older cycles on disk, the fits
+    /// on a bounded digest, exited processes folded per role). Refuses --duration and --cycles;
+    /// pair it with --report-dir/--report-every and --metrics-addr to see the trace as it goes.
+    #[arg(long, conflicts_with_all = ["duration", "cycles"])]
+    continuous: bool,
     /// Stop after this long (e.g. 30s, 5m, 2h; a bare number is seconds).
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -393,6 +399,12 @@ fn write_or_save(trace: &Trace, file: ReportFile, verbose: bool) -> bool {
 /// Traces, writes and prints; the exit code says whether the budget held.
 fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result<ExitCode> {
     let outputs = check_before_start(args)?;
+    if args.continuous && args.report_dir.is_none() && args.metrics_addr.is_none() && !args.quiet {
+        eprintln!(
+            "leaktrace: note: --continuous without --report-dir or --metrics-addr: nothing is \
+             written until the trace ends (Ctrl-C); `kill -USR1` needs --report-dir"
+        );
+    }
     let announce = match target {
         session::Target::Run(_) => args.verbose,
         session::Target::Attach(_) => !args.quiet,
