@@ -13,17 +13,11 @@ use std::{
 
 use leaktrace::trace::{Cycle, EndReason, Role, Trace};
 use support::{
-    Scratch, diff_within_5mib_a_day, fixture, leaktrace, leaktrace_run, require_root, spawn,
-    wait_for_line,
+    CYCLER_REGEX, Scratch, diff_within_5mib_a_day, fixture, leaktrace, leaktrace_run, require_root,
+    spawn, wait_for_line,
 };
 
 const MIB: u64 = 1 << 20;
-const REGEX: [&str; 4] = [
-    "--cycle-regex",
-    r"cycle \d+ done",
-    "--phase-regex",
-    r"^phase (\w+)",
-];
 
 /// Checks cycle `cycle.index` against the script. The first cycle also holds the worker's own
 /// start-up (its runtime, its child's birth), so only its phases are checked.
@@ -114,7 +108,7 @@ fn regex_markers_cut_cycles_and_phases_exactly() {
     let scratch = Scratch::new("cycles-regex");
     let (trace, stdout) = run_cycler(
         &scratch,
-        &[&REGEX[..], &["--warmup", "1"]].concat(),
+        &[&CYCLER_REGEX[..], &["--warmup", "1"]].concat(),
         &["--cycles", "4", "--markers", "stdout"],
     );
     assert_all_complete(&trace, 4, true);
@@ -302,7 +296,7 @@ fn cycles_n_ends_the_trace_with_the_worker_figures_sent() {
     let scratch = Scratch::new("cycles-n");
     let (trace, _) = run_cycler(
         &scratch,
-        &[&REGEX[..], &["--cycles", "5"]].concat(),
+        &[&CYCLER_REGEX[..], &["--cycles", "5"]].concat(),
         &["--cycles", "10", "--markers", "stdout"],
     );
     assert_eq!(trace.ended_by, EndReason::CyclesDone);
@@ -322,7 +316,7 @@ fn sigint_in_cycle_3_keeps_two_complete_cycles_and_marks_the_third_cut() {
         Command::new(leaktrace())
             .args(["run", "-q", "-o"])
             .arg(&json)
-            .args(REGEX)
+            .args(CYCLER_REGEX)
             .arg("--")
             .arg(fixture("cycler"))
             .args(["--cycles", "10", "--markers", "stdout"])
@@ -378,7 +372,7 @@ fn a_budget_gates_the_exit_code_on_the_fitted_growth() {
         let output = Command::new(leaktrace())
             .args(["run", "-q", "-o"])
             .arg(&json)
-            .args(REGEX)
+            .args(CYCLER_REGEX)
             .args(["--budget", budget, "--"])
             .arg(fixture("cycler"))
             .args(["--cycles", "7", "--markers", "stdout", "--pause-ms", "150"])
@@ -424,7 +418,7 @@ fn an_interim_analysis_is_printed_every_k_cycles() {
     let output = Command::new(leaktrace())
         .args(["run", "--analyze-every", "3", "-o"])
         .arg(scratch.path("t.json"))
-        .args(REGEX)
+        .args(CYCLER_REGEX)
         .arg("--")
         .arg(fixture("cycler"))
         .args(["--cycles", "7", "--markers", "stdout", "--pause-ms", "150"])
@@ -467,7 +461,7 @@ fn diff_says_fixed_for_the_fix_and_new_growth_the_other_way() {
         let output = Command::new(leaktrace())
             .args(["run", "-q", "-o"])
             .arg(&json)
-            .args(REGEX)
+            .args(CYCLER_REGEX)
             .arg("--")
             .arg(fixture("cycler"))
             .args(&args)
@@ -512,7 +506,7 @@ fn trace_events_open_in_perfetto_shape_and_end_on_the_reports_figures() {
         .arg(&json)
         .arg("--trace-events")
         .arg(&events)
-        .args(REGEX)
+        .args(CYCLER_REGEX)
         .arg("--")
         .arg(fixture("cycler"))
         .args(["--cycles", "3", "--markers", "stdout", "--pause-ms", "150"])

@@ -17,7 +17,7 @@ use std::{
 
 use leaktrace::{roles::Role, trace::Trace};
 use serde_json::Value;
-use support::{Scratch, fixture, leaktrace, require_root, spawn};
+use support::{CYCLER_REGEX, Scratch, fixture, leaktrace, require_root, spawn};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
@@ -171,12 +171,7 @@ fn prometheus_stores_what_the_trace_says_and_the_readme_rule_evaluates() {
         let mut command = Command::new(leaktrace());
         command
             .args(["run", "-q", "--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args([
-                "--cycle-regex",
-                r"cycle \d+ done",
-                "--phase-regex",
-                r"^phase (\w+)",
-            ])
+            .args(CYCLER_REGEX)
             .arg("-o")
             .arg(json)
             .arg("--")

@@ -12,7 +12,7 @@ use std::{
 };
 
 use leaktrace::trace::{EndReason, Trace};
-use support::{Guard, Scratch, fixture, leaktrace, require_root, spawn};
+use support::{CYCLER_REGEX, Guard, Scratch, fixture, leaktrace, require_root, spawn};
 
 /// The cycler traced, its cycles about 1.2 s each (four markers, 300 ms pauses).
 fn traced(scratch: &Scratch, cycles: &str, reports: &[&str]) -> (Guard, PathBuf, PathBuf) {
@@ -23,12 +23,7 @@ fn traced(scratch: &Scratch, cycles: &str, reports: &[&str]) -> (Guard, PathBuf,
             .args(["run", "-q", "--report-dir"])
             .arg(&dir)
             .args(reports)
-            .args([
-                "--cycle-regex",
-                r"cycle \d+ done",
-                "--phase-regex",
-                r"^phase (\w+)",
-            ])
+            .args(CYCLER_REGEX)
             .arg("-o")
             .arg(&json)
             .arg("--")

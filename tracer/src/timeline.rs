@@ -329,14 +329,7 @@ pub fn growth(start: &Snapshot, end: &Snapshot) -> CompactMap<Role, Growth> {
                 .map(|b| b.flows.classes[class as usize])
                 .unwrap_or_default();
             // Flows only ever grow; saturate in case a process's counters were collected late.
-            let moved = ClassFlow {
-                mapped: now.mapped.saturating_sub(then.mapped),
-                unmapped: now.unmapped.saturating_sub(then.unmapped),
-                committed: now.committed.saturating_sub(then.committed),
-                uncommitted: now.uncommitted.saturating_sub(then.uncommitted),
-                released: now.released.saturating_sub(then.released),
-                calls: now.calls.saturating_sub(then.calls),
-            };
+            let moved = minus(&now, &then);
             // Classes nothing moved in are left out: most of them in most phases, and a long
             // trace keeps every cycle's growth (in memory and in the JSON).
             if moved != ClassFlow::default() {
@@ -368,15 +361,8 @@ pub fn growth(start: &Snapshot, end: &Snapshot) -> CompactMap<Role, Growth> {
             continue;
         };
         for class in RegionClass::ALL {
-            let name = class.name();
-            let then = gone.flows.classes[class as usize];
-            if let Some(flow) = growth.address_space.get_mut(name) {
-                flow.mapped = flow.mapped.saturating_sub(then.mapped);
-                flow.unmapped = flow.unmapped.saturating_sub(then.unmapped);
-                flow.committed = flow.committed.saturating_sub(then.committed);
-                flow.uncommitted = flow.uncommitted.saturating_sub(then.uncommitted);
-                flow.released = flow.released.saturating_sub(then.released);
-                flow.calls = flow.calls.saturating_sub(then.calls);
+            if let Some(flow) = growth.address_space.get_mut(class.name()) {
+                *flow = minus(flow, &gone.flows.classes[class as usize]);
             }
         }
         growth
@@ -385,6 +371,18 @@ pub fn growth(start: &Snapshot, end: &Snapshot) -> CompactMap<Role, Growth> {
         growth.brk_growth -= gone.flows.brk_growth;
     }
     roles
+}
+
+/// `a - b`, field by field, never below zero.
+fn minus(a: &ClassFlow, b: &ClassFlow) -> ClassFlow {
+    ClassFlow {
+        mapped: a.mapped.saturating_sub(b.mapped),
+        unmapped: a.unmapped.saturating_sub(b.unmapped),
+        committed: a.committed.saturating_sub(b.committed),
+        uncommitted: a.uncommitted.saturating_sub(b.uncommitted),
+        released: a.released.saturating_sub(b.released),
+        calls: a.calls.saturating_sub(b.calls),
+    }
 }
 
 fn median(values: &[f64]) -> Option<f64> {

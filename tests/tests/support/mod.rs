@@ -43,6 +43,14 @@ pub fn require_chromium(test: &str) -> bool {
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// The leaktrace options that read the cycler fixture's `--markers stdout` lines.
+pub const CYCLER_REGEX: [&str; 4] = [
+    "--cycle-regex",
+    r"cycle \d+ done",
+    "--phase-regex",
+    r"^phase (\w+)",
+];
+
 /// A fixture binary of this package.
 pub fn fixture(name: &str) -> PathBuf {
     let ledger = PathBuf::from(env!("CARGO_BIN_EXE_ledger"));
