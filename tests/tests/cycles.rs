@@ -198,6 +198,18 @@ fn attached_log_worker(name: &str, reader: &[&str]) -> Trace {
         "leaktrace: tracing pid",
     );
     let drain = std::thread::spawn(move || std::io::read_to_string(rest.into_inner()));
+    // A command reading the log starts on its own time: the worker goes once it has the log
+    // open (with --cycle-log, leaktrace has it open before it says it is tracing).
+    if reader.iter().any(|a| a == "--cycle-cmd") {
+        let started = std::time::Instant::now();
+        while !log_is_open_elsewhere(&log) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the cycle command opened the log"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     std::fs::write(&go, b"").unwrap();
     assert!(worker.wait_output().status.success());
     let output = tracer.wait_output();
@@ -216,6 +228,21 @@ fn attached_log_worker(name: &str, reader: &[&str]) -> Trace {
         assert_eq!(cycle.worker["external"], k * 7.0, "cycle {k}'s figures");
     }
     trace
+}
+
+/// Whether a process other than leaktrace has `path` open (the cycle command's `tail`).
+fn log_is_open_elsewhere(path: &std::path::Path) -> bool {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    processes.flatten().any(|process| {
+        let comm = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
+        comm.trim() != "leaktrace"
+            && std::fs::read_dir(process.path().join("fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+            })
+    })
 }
 
 #[test]
