@@ -330,6 +330,24 @@ fn prometheus_stores_what_the_trace_says_and_the_readme_rule_evaluates() {
         );
     }
 
+    // The processes that own the most, by pid: the leaking worker among them, never more than
+    // five at a scrape.
+    let top = query(
+        prometheus_port,
+        "last_over_time(leaktrace_top_process_owned_pss_bytes{job=\"leak\"}[5m])",
+    );
+    let root = leak_trace.root_pid.to_string();
+    assert!(
+        top.iter()
+            .any(|s| s["metric"]["pid"] == root.as_str() && s["metric"]["role"] == "worker"),
+        "{top:?}"
+    );
+    let most = query(
+        prometheus_port,
+        "max_over_time(count(leaktrace_top_process_owned_pss_bytes{job=\"leak\"})[5m:1s])",
+    );
+    assert!(value(&most[0]) <= 5.0, "{most:?}");
+
     // The README's rule, loaded by Prometheus and evaluated without error.
     let (status, body) = get(prometheus_port, "/api/v1/rules").unwrap();
     assert_eq!(status, 200);

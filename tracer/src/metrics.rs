@@ -10,7 +10,7 @@
 //! Names follow Prometheus's conventions: `leaktrace_` first, base units (`_bytes`,
 //! `_seconds`), `_total` on counters. Labels stay bounded: roles (a handful), series of the fits
 //! (one per role and the tree), lost-event reasons (fixed), and the worker's own figure keys
-//! (at most [`MAX_WORKER_FIGURES`]); never pids.
+//! (at most [`MAX_WORKER_FIGURES`]); pids only on the [`TOP_PROCESSES`] that own the most.
 
 use std::{
     collections::BTreeMap,
@@ -36,6 +36,9 @@ use crate::{
 
 /// The worker's own figures exported, at most: the keys are the worker's to choose.
 pub const MAX_WORKER_FIGURES: usize = 32;
+
+/// Processes exported one by one (with a pid label), at most: those that own the most.
+pub const TOP_PROCESSES: usize = 5;
 
 /// OpenMetrics' content type, which Prometheus asks for first.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -63,6 +66,8 @@ pub struct Live {
     pub worker: BTreeMap<String, f64>,
     /// The last fits.
     pub analysis: Option<Analysis>,
+    /// The live processes that own the most at the last sample: pid, name, role, bytes.
+    pub top: Vec<(u32, String, Role, u64)>,
 }
 
 /// The figures the session publishes and the endpoint reads.
@@ -372,6 +377,21 @@ pub fn render(live: &Live) -> String {
         );
     }
 
+    let top = gauges(
+        &mut registry,
+        "top_process_owned_pss",
+        "Owned PSS of the live processes that own the most, at the last sample (at most 5)",
+        bytes(),
+    );
+    for (pid, comm, role, owned) in &live.top {
+        let labels = vec![
+            ("pid".to_string(), pid.to_string()),
+            ("comm".to_string(), comm.clone()),
+            ("role".to_string(), role.to_string()),
+        ];
+        set(&top, labels, *owned as f64);
+    }
+
     let worker = gauges(
         &mut registry,
         "worker_figure",
@@ -505,6 +525,8 @@ mod tests {
         live.cycle_end.insert(Role::Renderer, renderer);
         live.lost.insert("vma_lock_busy".into(), 7);
         live.worker.insert("heapUsed".into(), 1234.5);
+        live.top
+            .push((4242, "chromium".into(), Role::Renderer, 3 << 20));
         let text = render(&live);
         for line in [
             "# TYPE leaktrace_pss_bytes gauge",
@@ -515,6 +537,7 @@ mod tests {
             "leaktrace_boundaries_total{kind=\"phase\"} 9",
             "leaktrace_events_lost_total{reason=\"vma_lock_busy\"} 7",
             "leaktrace_worker_figure{key=\"heapUsed\"} 1234.5",
+            "leaktrace_top_process_owned_pss_bytes{pid=\"4242\",comm=\"chromium\",role=\"renderer\"} 3145728.0",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");

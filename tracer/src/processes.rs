@@ -214,6 +214,24 @@ impl ProcessTable {
             .collect()
     }
 
+    /// The `n` live processes that own the most memory (Pss_Anon + Pss_Shmem at their last
+    /// sample), most first: pid, name, role, bytes.
+    pub fn top_owned(&self, n: usize) -> Vec<(u32, String, Role, u64)> {
+        let mut live: Vec<(u32, String, Role, u64)> = self
+            .live
+            .values()
+            .map(|&i| &self.processes[i])
+            .filter_map(|p| {
+                let sample = p.last_sample?;
+                let owned = sample.pss_anon + sample.pss_shmem;
+                Some((p.info.pid, p.info.comm.clone(), p.role.clone(), owned))
+            })
+            .collect();
+        live.sort_by(|a, b| b.3.cmp(&a.3).then(a.0.cmp(&b.0)));
+        live.truncate(n);
+        live
+    }
+
     /// A process found gone without a kernel event (/proc-only tracing).
     pub fn mark_gone(&mut self, pid: u32) {
         if let Some(index) = self.live.remove(&pid) {

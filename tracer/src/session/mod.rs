@@ -457,6 +457,8 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                 cutting.progress.update(started.elapsed(), sample.pss, &cutting.owned_at_cycle_ends);
                 if let Some(metrics) = &cutting.metrics {
                     metrics.sample(&sample);
+                    let top = collectors.table.top_owned(crate::metrics::TOP_PROCESSES);
+                    metrics.update(|live| live.top = top);
                     if let Some(kernel) = collectors.kernel.as_mut() {
                         let lost = kernel.lost();
                         metrics.update(|live| live.lost = LostReason::ALL
