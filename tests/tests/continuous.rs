@@ -6,25 +6,12 @@
 mod support;
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     process::Command,
     time::{Duration, Instant},
 };
 
 use leaktrace::trace::Trace;
-use support::{Scratch, fixture, leaktrace, require_root, spawn};
-
-/// A figure of leaktrace's /metrics, read over HTTP/1.0.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    answer
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
+use support::{Scratch, fixture, free_port, leaktrace, metric, require_root, spawn};
 
 fn vm_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -43,11 +30,7 @@ fn memory_after_10000_cycles_is_what_it_was_after_1000() {
     }
     let scratch = Scratch::new("continuous");
     let json = scratch.path("t.json");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     // A worker that keeps 16 KiB more every cycle, a few milliseconds a cycle.
     let mut traced = spawn(
         Command::new(leaktrace())

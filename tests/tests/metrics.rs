@@ -17,7 +17,7 @@ use std::{
 
 use leaktrace::{roles::Role, trace::Trace};
 use serde_json::Value;
-use support::{CYCLER_REGEX, Scratch, fixture, leaktrace, require_root, spawn};
+use support::{CYCLER_REGEX, Scratch, fixture, free_port, leaktrace, require_root, spawn};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
@@ -34,14 +34,6 @@ fn require_prometheus(test: &str) -> bool {
     }
     eprintln!("SKIPPED {test}: {PROMETHEUS} missing (run `cargo xtask setup`)");
     false
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// GET over HTTP/1.0: the status and the body.

@@ -19,7 +19,8 @@ use leaktrace::{
     trace::Trace,
 };
 use support::{
-    Scratch, diff_within_5mib_a_day, fixture, leaktrace, require_chromium, require_root, spawn,
+    Scratch, diff_within_5mib_a_day, fixture, free_port, leaktrace, metric, require_chromium,
+    require_root, spawn,
 };
 
 const MIB: f64 = 1048576.0;
@@ -364,4 +365,58 @@ fn zoo_diff_of_a_leak_against_its_fix() {
         "{text}"
     );
     assert_eq!(code, Some(3), "the leaking AFTER exceeds the budget");
+}
+
+/// The metrics endpoint on a real browser: at a few cycle ends, what `/metrics` says of the
+/// browser (pages, contexts, the pages' JS heap) is what the trace's JSON holds for the cycle
+/// the same scrape names.
+#[test]
+fn zoo_pages_metrics_say_what_the_trace_says_of_the_browser() {
+    let name = "zoo-metrics";
+    if !require_root(name) || !require_chromium(name) {
+        return;
+    }
+    let scratch = Scratch::new(name);
+    let (json, profile) = (scratch.path("t.json"), scratch.path("profile"));
+    let port = free_port();
+    let mut traced = spawn(
+        Command::new(leaktrace())
+            .args(["run", "-q", "--metrics-addr", &port.to_string(), "-o"])
+            .arg(&json)
+            .arg("--")
+            .arg(fixture("zoo"))
+            .args(["--leak", "pages", "--cycles", "12", "--profile"])
+            .arg(&profile),
+    );
+    let lines = BufReader::new(traced.child().stdout.take().unwrap()).lines();
+    let mut scraped = Vec::new();
+    for line in lines {
+        let line = line.unwrap();
+        // After the answer to its cycle marker: the cycle is in the trace.
+        if line.starts_with("cycle ") && line.ends_with(" marked") {
+            let figure = |name: &str| metric(port, name).unwrap_or_else(|| panic!("{name}"));
+            scraped.push((
+                figure("leaktrace_last_cycle") as usize,
+                figure("leaktrace_browser{what=\"pages\"}"),
+                figure("leaktrace_browser{what=\"contexts\"}"),
+                figure("leaktrace_browser_js_heap_bytes"),
+            ));
+        }
+    }
+    let output = traced.wait_output();
+    assert!(output.status.success(), "{output:?}");
+    let trace = Trace::read(&json).unwrap();
+    assert!(scraped.len() >= 10, "{scraped:?}");
+    for (cycle, pages, contexts, js_heap) in scraped {
+        let view = trace.cycles[cycle - 1].browser.as_ref().expect("a view");
+        assert_eq!(
+            (pages, contexts, js_heap),
+            (
+                view.pages as f64,
+                view.contexts as f64,
+                view.js_heap_used as f64
+            ),
+            "cycle {cycle}"
+        );
+    }
 }

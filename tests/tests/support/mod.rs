@@ -43,6 +43,28 @@ pub fn require_chromium(test: &str) -> bool {
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// A figure of leaktrace's `/metrics` on `port` (the sample without labels, or with exactly
+/// `labels` as written: `{what="pages"}`), read over HTTP/1.0; None while it does not answer.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The leaktrace options that read the cycler fixture's `--markers stdout` lines.
 pub const CYCLER_REGEX: [&str; 4] = [
     "--cycle-regex",
