@@ -172,13 +172,16 @@ pub fn analyze_history(
     if history.cycles() == 0 {
         return analysis;
     }
-    // What counts as growth over the fitted cycles: for bytes, 256 KiB or 2% of the series'
-    // level, whichever is more; for counts, half a page or context. A browser's memory wanders
-    // by more than a small process's: a healthy Chromium tree (the zoo's `none`) creeps by 3% of
-    // its owned PSS over some 60 cycles until V8's memory reducer gives it back, and at 0.5% a
-    // 30-cycle trace of it once read as a renderer-native leak.
+    // What counts as growth over the fitted cycles: for bytes, 256 KiB or 8% of the series'
+    // level, whichever is more; for counts, half a page or context. Real workers wander by
+    // more than that floor suggests, in CI's busy runs: a healthy Chromium tree (the zoo's
+    // `none`) creeps by 3% of its owned PSS over some 60 cycles until V8's memory reducer gives
+    // it back (at 0.5%, a 30-cycle trace of it read as a renderer-native leak), and a healthy
+    // Bun + puppeteer scraper's tree rose 4.7% over 20 cycles once (at 2%, read as a worker
+    // leak). A slow leak still shows once the trace is long enough: the floor is on the change
+    // over all the fitted cycles, not per cycle.
     const BYTES: f64 = 256.0 * 1024.0;
-    const BYTES_SHARE_OF_LEVEL: f64 = 0.02;
+    const BYTES_SHARE_OF_LEVEL: f64 = 0.08;
     let mut add = |name: Series, binned: &Binned<f64>, floor: f64| {
         let ys = binned.points();
         let level = ys.iter().map(|y| y.abs()).sum::<f64>() / ys.len().max(1) as f64;
@@ -314,8 +317,8 @@ mod tests {
     fn chromiums_own_creep_is_not_a_leak_but_a_small_one_above_it_is() {
         let healthy = analyze_cycles(&chromium_cycles(0), None, None);
         assert_eq!(healthy.verdict.source, "none", "{:?}", healthy.verdict);
-        // 200 KB a cycle more: 5.6 MB over the fitted cycles, above 2% of the tree's 175 MB.
-        let leak = analyze_cycles(&chromium_cycles(200 << 10), None, None);
+        // 1 MiB a cycle more: 28 MiB over the fitted cycles, above 8% of the tree's 175 MB.
+        let leak = analyze_cycles(&chromium_cycles(1 << 20), None, None);
         assert_eq!(leak.verdict.source, "renderer-native", "{:?}", leak.verdict);
     }
 }
