@@ -180,19 +180,26 @@ pub fn analyze_history(
     // Bun + puppeteer scraper's tree rose 4.7% over 20 cycles once (at 2%, read as a worker
     // leak). A slow leak still shows once the trace is long enough: the floor is on the change
     // over all the fitted cycles, not per cycle.
+    // A warm-up is found by a smaller rise, 2% of the level: a browser's start-up (17 MB of a
+    // 175 MB tree) is a warm-up to leave out of the fit, though not growth to call a leak.
     const BYTES: f64 = 256.0 * 1024.0;
     const BYTES_SHARE_OF_LEVEL: f64 = 0.08;
+    const WARMUP_SHARE_OF_LEVEL: f64 = 0.02;
     let mut add = |name: Series, binned: &Binned<f64>, floor: f64| {
         let ys = binned.points();
         let level = ys.iter().map(|y| y.abs()).sum::<f64>() / ys.len().max(1) as f64;
-        let significant = if floor == BYTES {
-            floor.max(BYTES_SHARE_OF_LEVEL * level)
+        let (significant, knee) = if floor == BYTES {
+            (
+                floor.max(BYTES_SHARE_OF_LEVEL * level),
+                floor.max(WARMUP_SHARE_OF_LEVEL * level),
+            )
         } else {
-            floor
+            (floor, floor)
         };
+        let warmup = warmup.unwrap_or_else(|| detect_warmup(ys, knee) * binned.width());
         analysis
             .series
-            .push(fit_binned(name, binned, warmup, cycle_s, significant));
+            .push(fit_binned(name, binned, Some(warmup), cycle_s, significant));
     };
     // The tree: its PSS as people know it, the part it owns (what growth is judged on, see
     // `RoleTotals::owned`), and the shared-memory and file-backed parts for question 2.
