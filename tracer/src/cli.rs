@@ -60,11 +60,25 @@ enum Command {
     },
     /// Attach to a running process and trace it and its descendants.
     ///
-    /// Ends on --duration, Ctrl-C/SIGTERM, or when the process exits.
+    /// Ends on --duration, Ctrl-C/SIGTERM, or when the process exits; with --follow-name or
+    /// --follow-cmdline, a worker that exits is followed to its next instance instead.
     Attach {
-        /// The process to trace (its live descendants are traced too).
-        #[arg(long, value_name = "PID")]
-        pid: u32,
+        /// The process to trace (its live descendants are traced too). With --follow-name or
+        /// --follow-cmdline it may be left out: the one running process the rule matches.
+        #[arg(long, value_name = "PID",
+              required_unless_present_any = ["follow_name", "follow_cmdline"])]
+        pid: Option<u32>,
+        /// Follow the worker across restarts by its process name (/proc/PID/comm, e.g. `^node$`,
+        /// `^bun$`): when it exits, wait for the next process whose name matches RE (a
+        /// supervisor restarting it with a new pid), attach to it and go on in a new segment
+        /// of the trace. The fits are of the latest segment; the report lists every one.
+        #[arg(long, value_name = "RE", conflicts_with = "follow_cmdline")]
+        follow_name: Option<String>,
+        /// The same by command line (its arguments joined by spaces, e.g. `node .*worker\.js`).
+        /// Of several matching processes, the topmost (not a child of another match) is the
+        /// worker.
+        #[arg(long, value_name = "RE")]
+        follow_cmdline: Option<String>,
         #[command(flatten)]
         trace: TraceArgs,
     },
@@ -396,8 +410,52 @@ fn write_or_save(trace: &Trace, file: ReportFile, verbose: bool) -> bool {
     false
 }
 
+/// `--follow-name` or `--follow-cmdline`, compiled (a bad regex is a usage error).
+fn follow_rule(
+    name: Option<&str>,
+    cmdline: Option<&str>,
+) -> Result<Option<crate::target::Follow>, UsageError> {
+    use crate::target::Follow;
+    let compile = |option: &str, re: &str| {
+        regex::Regex::new(re).map_err(|e| UsageError(format!("{option}: {e}")))
+    };
+    Ok(match (name, cmdline) {
+        (Some(re), _) => Some(Follow::Name(compile("--follow-name", re)?)),
+        (None, Some(re)) => Some(Follow::Cmdline(compile("--follow-cmdline", re)?)),
+        (None, None) => None,
+    })
+}
+
+/// The pid of the one worker instance `rule` finds running now: none, or several, is a usage
+/// error (the user says which with --pid).
+fn the_one_instance(rule: &crate::target::Follow) -> Result<u32> {
+    let found = rule.instances()?;
+    match found.as_slice() {
+        [one] => Ok(one.pid),
+        [] => Err(UsageError(format!("no running process {}", rule.describe())).into()),
+        several => {
+            let list: Vec<String> = several
+                .iter()
+                .map(|p| format!("{} ({})", p.pid, crate::target::cmdline(p.pid).join(" ")))
+                .collect();
+            Err(UsageError(format!(
+                "{} processes {}: {}; give the one to start from with --pid",
+                several.len(),
+                rule.describe(),
+                list.join(", ")
+            ))
+            .into())
+        }
+    }
+}
+
 /// Traces, writes and prints; the exit code says whether the budget held.
-fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result<ExitCode> {
+fn run_trace(
+    target: session::Target,
+    args: &TraceArgs,
+    as_root: bool,
+    follow: Option<crate::target::Follow>,
+) -> Result<ExitCode> {
     let outputs = check_before_start(args)?;
     if args.continuous && args.report_dir.is_none() && args.metrics_addr.is_none() && !args.quiet {
         eprintln!(
@@ -441,6 +499,7 @@ fn run_trace(target: session::Target, args: &TraceArgs, as_root: bool) -> Result
             warmup: (args.warmup > 0).then_some(args.warmup as usize),
             budget: args.budget,
         }),
+        follow,
     };
     if args.verbose {
         eprintln!("leaktrace: tracing {target:?} with {options:?}");
@@ -518,9 +577,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             as_root,
             command,
         } => {
-            return run_trace(session::Target::Run(command), &trace, as_root);
+            return run_trace(session::Target::Run(command), &trace, as_root, None);
         }
-        Command::Attach { pid, trace } => {
+        Command::Attach {
+            pid,
+            follow_name,
+            follow_cmdline,
+            trace,
+        } => {
             if trace.cycle_log.is_none()
                 && (trace.cycle_regex.is_some() || trace.phase_regex.is_some())
             {
@@ -531,7 +595,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     )
                     .exit();
             }
-            return run_trace(session::Target::Attach(pid), &trace, false);
+            let follow = follow_rule(follow_name.as_deref(), follow_cmdline.as_deref())?;
+            let pid = match (pid, &follow) {
+                (Some(pid), _) => pid,
+                (None, Some(rule)) => the_one_instance(rule)?,
+                (None, None) => unreachable!("clap requires --pid without a follow rule"),
+            };
+            return run_trace(session::Target::Attach(pid), &trace, false, follow);
         }
         Command::Report {
             trace,

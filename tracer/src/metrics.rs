@@ -58,6 +58,10 @@ pub struct Live {
     pub phases_seen: u64,
     pub markers_malformed: u64,
     pub markers_dropped: u64,
+    /// Markers that came while no instance of a followed worker ran.
+    pub markers_between_instances: u64,
+    /// Instances of a followed worker that exited (`attach --follow-*`).
+    pub worker_exits: u64,
     /// Kernel events lost, per reason.
     pub lost: BTreeMap<String, u64>,
     /// Pages, contexts and the pages' JS heap at the last cycle end the browser was read.
@@ -341,7 +345,7 @@ pub fn render(live: &Live) -> String {
     let markers = counters(
         &mut registry,
         "markers_ignored",
-        "Markers ignored: malformed, or dropped at the end of the trace",
+        "Markers ignored: malformed, dropped at the end of the trace, or between instances of a followed worker",
     );
     markers
         .get_or_create(&label("reason", "malformed"))
@@ -349,6 +353,16 @@ pub fn render(live: &Live) -> String {
     markers
         .get_or_create(&label("reason", "dropped"))
         .inc_by(live.markers_dropped);
+    markers
+        .get_or_create(&label("reason", "between_instances"))
+        .inc_by(live.markers_between_instances);
+    let exits = Counter::<u64>::default();
+    exits.inc_by(live.worker_exits);
+    registry.register(
+        "worker_exits",
+        "Instances of a followed worker that exited (attach --follow-name/--follow-cmdline)",
+        exits,
+    );
     let lost = counters(
         &mut registry,
         "events_lost",

@@ -85,6 +85,12 @@ impl ProcessTable {
         }
     }
 
+    /// A new root: the next instance of a followed worker. The processes of the last keep the
+    /// roles they had.
+    pub fn set_root(&mut self, root_pid: u32) {
+        self.root_pid = root_pid;
+    }
+
     pub fn len(&self) -> usize {
         self.processes.len()
     }

@@ -324,6 +324,82 @@ pub fn with_descendants(mut tree: Vec<ProcInfo>, all: &[ProcInfo]) -> Vec<ProcIn
     tree
 }
 
+/// A process's command line (empty once it is gone, or for a kernel thread).
+pub fn cmdline(pid: u32) -> Vec<String> {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.cmdline())
+        .unwrap_or_default()
+}
+
+/// Which process is the worker, when a supervisor may restart it with a new pid
+/// (`attach --follow-name RE` / `--follow-cmdline RE`).
+#[derive(Clone, Debug)]
+pub enum Follow {
+    /// The process name (`/proc/PID/comm`, at most 15 characters: `node`, `bun`).
+    Name(regex::Regex),
+    /// The command line, its arguments joined by spaces.
+    Cmdline(regex::Regex),
+}
+
+impl Follow {
+    fn matches(&self, info: &ProcInfo) -> bool {
+        match self {
+            Follow::Name(re) => re.is_match(&info.comm),
+            Follow::Cmdline(re) => re.is_match(&cmdline(info.pid).join(" ")),
+        }
+    }
+
+    /// The rule in words: "whose name matches `node`".
+    pub fn describe(&self) -> String {
+        match self {
+            Follow::Name(re) => format!("whose name matches `{re}`"),
+            Follow::Cmdline(re) => format!("whose command line matches `{re}`"),
+        }
+    }
+
+    /// The instances of the worker running now, oldest first: the processes the rule matches
+    /// that no other match is an ancestor of (a worker's own children, forked or exec'd with
+    /// the same command line, are part of its tree), leaving out leaktrace's own ancestors
+    /// (`sudo leaktrace attach --follow-cmdline worker.js` matches itself) and descendants
+    /// (a `--cycle-cmd` naming the worker).
+    pub fn instances(&self) -> Result<Vec<ProcInfo>, TargetError> {
+        let all = all_processes()?;
+        let parent: HashMap<u32, u32> = all.iter().map(|p| (p.pid, p.ppid)).collect();
+        let parent = &parent;
+        let ancestors = |mut pid: u32| {
+            std::iter::from_fn(move || {
+                pid = *parent.get(&pid).filter(|&&ppid| ppid != 0 && ppid != pid)?;
+                Some(pid)
+            })
+        };
+        let me = std::process::id();
+        let mut ours: BTreeSet<u32> = ancestors(me).collect();
+        match all.iter().find(|p| p.pid == me) {
+            Some(info) => ours.extend(
+                with_descendants(vec![info.clone()], &all)
+                    .iter()
+                    .map(|p| p.pid),
+            ),
+            None => {
+                ours.insert(me);
+            }
+        }
+        let matching: BTreeSet<u32> = all
+            .iter()
+            .filter(|p| !ours.contains(&p.pid) && self.matches(p))
+            .map(|p| p.pid)
+            .collect();
+        let mut tops: Vec<ProcInfo> = all
+            .iter()
+            .filter(|p| matching.contains(&p.pid))
+            .filter(|p| !ancestors(p.pid).any(|a| matching.contains(&a)))
+            .cloned()
+            .collect();
+        tops.sort_by(|a, b| a.start_time.total_cmp(&b.start_time));
+        Ok(tops)
+    }
+}
+
 /// Whether `pid` is running: present in /proc and neither a zombie nor dead.
 pub fn is_alive(pid: u32) -> bool {
     procfs::process::Process::new(pid as i32)

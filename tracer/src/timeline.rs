@@ -85,6 +85,9 @@ pub struct Timeline {
     spill: Option<Spill>,
     spill_dir: Option<PathBuf>,
     spill_failed: bool,
+    /// The segment (instance of a followed worker) under way, and the index of its first cycle.
+    segment: u32,
+    segment_first: u32,
 }
 
 impl Timeline {
@@ -98,6 +101,8 @@ impl Timeline {
             spill: None,
             spill_dir: None,
             spill_failed: false,
+            segment: 0,
+            segment_first: 1,
         }
     }
 
@@ -200,9 +205,10 @@ impl Timeline {
             Boundary::CycleEnd => {
                 let next = OpenCycle::new(now_s, snapshot.clone());
                 let done = std::mem::replace(&mut self.open, next);
-                let index = self.complete_cycles() as u32 + 1;
-                self.cycles
-                    .push(done.close(index, now_s, &snapshot, false, index <= self.warmup));
+                let (index, warmup) = self.next_index();
+                let mut cycle = done.close(index, now_s, &snapshot, false, warmup);
+                cycle.segment = self.segment;
+                self.cycles.push(cycle);
                 // The cycle falling out of the recent ones: its teardown mark and browser view
                 // were settled long ago.
                 if let Some(old) = self.cycles.len().checked_sub(self.full_cycles + 1) {
@@ -244,6 +250,34 @@ impl Timeline {
     }
 
     pub fn finish(mut self, end_s: f64, snapshot: Snapshot) -> (Cycles, Option<CompactedCycles>) {
+        self.cut_open(end_s, snapshot);
+        let compacted = (self.compacted.count > 0).then_some(self.compacted);
+        (Cycles::new(self.spill, self.cycles), compacted)
+    }
+
+    /// The followed worker exited at `end_s`: the cycle under way is cut there, and what
+    /// comes until the next instance belongs to no cycle.
+    pub fn end_segment(&mut self, end_s: f64, snapshot: Snapshot) {
+        self.cut_open(end_s, snapshot.clone());
+        self.open = OpenCycle::new(end_s, snapshot);
+    }
+
+    /// A new instance of the followed worker from `now_s` on: its cycles are a new segment,
+    /// its warm-up counted from its own first cycle.
+    pub fn start_segment(&mut self, now_s: f64, snapshot: Snapshot) {
+        self.open = OpenCycle::new(now_s, snapshot);
+        self.segment += 1;
+        self.segment_first = self.complete_cycles() as u32 + 1;
+    }
+
+    /// The index the next cycle gets, and whether it is warm-up.
+    fn next_index(&self) -> (u32, bool) {
+        let index = self.complete_cycles() as u32 + 1;
+        (index, index - self.segment_first < self.warmup)
+    }
+
+    /// Closes the open cycle as `cut` at `end_s` when it holds anything worth keeping.
+    fn cut_open(&mut self, end_s: f64, snapshot: Snapshot) {
         let durations: Vec<f64> = self.cycles.iter().map(|c| c.end_s - c.start_s).collect();
         let typical = median(&durations);
         let open = &self.open;
@@ -253,14 +287,12 @@ impl Timeline {
             || !open.worker.is_empty()
             || typical.is_some_and(|t| span >= (t / 2.0).max(MIN_CUT_S));
         if worth_keeping && span > 0.0 {
-            let index = self.complete_cycles() as u32 + 1;
-            let warmup = index <= self.warmup;
+            let (index, warmup) = self.next_index();
             let open = std::mem::replace(&mut self.open, OpenCycle::new(end_s, snapshot.clone()));
-            self.cycles
-                .push(open.close(index, end_s, &snapshot, true, warmup));
+            let mut cycle = open.close(index, end_s, &snapshot, true, warmup);
+            cycle.segment = self.segment;
+            self.cycles.push(cycle);
         }
-        let compacted = (self.compacted.count > 0).then_some(self.compacted);
-        (Cycles::new(self.spill, self.cycles), compacted)
     }
 }
 

@@ -131,6 +131,10 @@ pub struct Trace {
     /// The DevTools side: endpoint, reconnections, failed calls, notes, and the last view.
     #[serde(default)]
     pub browser: BrowserSummary,
+    /// With `attach --follow-name/--follow-cmdline`: each instance of the worker followed, in
+    /// order (a supervisor restarted it with a new pid). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<Segment>,
     /// Fits of the cycle series, the phase growth, and the budget check.
     #[serde(default)]
     pub analysis: Analysis,
@@ -172,6 +176,24 @@ pub struct Cycle {
     /// A compacted cycle's change over the whole tree.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tree: Option<TreeChange>,
+    /// Which of the trace's `segments` (instances of a followed worker) it belongs to: 0, the
+    /// first, is left out of the JSON.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub segment: u32,
+}
+
+/// One instance of a followed worker: from the moment leaktrace attached to it to its exit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Segment {
+    pub root_pid: u32,
+    pub command: Vec<String>,
+    /// Seconds since the trace started.
+    pub start_s: f64,
+    /// When the worker exited, if it did before the trace ended.
+    pub end_s: Option<f64>,
+    /// The index of the first cycle that began in it (the next cycle's, while it has none).
+    pub first_cycle: u32,
 }
 
 impl Cycle {
@@ -388,7 +410,15 @@ pub struct MarkerSummary {
     /// Markers still queued when the trace ended that there was no time to take in (a flood
     /// faster than leaktrace's snapshots).
     pub dropped: u64,
+    /// Markers that came while no instance of a followed worker ran (between one's exit and
+    /// the next one's start): in no cycle, and counted here.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub between_instances: u64,
     pub warmup: u32,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -834,6 +864,7 @@ mod tests {
             samples: vec![],
             cycles: Cycles::default(),
             compacted: None,
+            segments: Vec::new(),
             markers: MarkerSummary::default(),
             browser: BrowserSummary::default(),
             analysis: Analysis::default(),

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 
-use super::{Distribution, fit::median};
+use super::{Distribution, SegmentFit, fit::median, fit_segment};
 use crate::{
     browser::origin,
     trace::{Cycle, Role, RoleTotals},
@@ -334,7 +334,16 @@ pub struct History {
     others: Mean,
     pub(super) browsers_at_start: Option<u64>,
     pub(super) browsers_alive: Option<u64>,
+    /// The segment (instance of a followed worker) this digest is of: a cycle of a later one
+    /// starts the digest over, since a restart gives the worker's memory back.
+    pub(super) segment: u32,
+    /// The fits of the segments before it, the latest [`MAX_EARLIER_SEGMENTS`].
+    pub(super) earlier: Vec<SegmentFit>,
 }
+
+/// Earlier segments whose fits are kept: a worker restarting every few minutes for days has
+/// thousands, and the latest say how it behaves now.
+const MAX_EARLIER_SEGMENTS: usize = 64;
 
 impl History {
     /// The digest of a list of cycles.
@@ -353,6 +362,9 @@ impl History {
     /// Takes in one cycle; a cycle that is not measured (cut, or on a tree tearing down) is
     /// left out of every fit, as the analysis says.
     pub fn add(&mut self, cycle: &Cycle) {
+        if cycle.segment != self.segment {
+            self.start_segment(cycle.segment);
+        }
         if !cycle.is_measured() {
             return;
         }
@@ -417,6 +429,18 @@ impl History {
             sites.retain(|_, heap| *heap > 0.0);
             push_complete(&mut self.sites, viewed, &sites);
         }
+    }
+
+    /// Fits the segment so far and starts over with `segment`.
+    fn start_segment(&mut self, segment: u32) {
+        let mut done = std::mem::take(self);
+        self.earlier = std::mem::take(&mut done.earlier);
+        if done.cycles > 0 {
+            self.earlier.push(fit_segment(&done));
+        }
+        let over = self.earlier.len().saturating_sub(MAX_EARLIER_SEGMENTS);
+        self.earlier.drain(..over);
+        self.segment = segment;
     }
 
     /// Measured cycles taken in.

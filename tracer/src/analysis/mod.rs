@@ -102,6 +102,35 @@ pub struct Analysis {
     pub answers: Answers,
     pub verdict: Verdict,
     pub budget: Option<BudgetCheck>,
+    /// With a followed worker that restarted: each instance fitted on its own cycles, oldest
+    /// first, the last being the one every other figure here is of. Empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<SegmentFit>,
+}
+
+/// One instance of a followed worker, fitted on its own cycles (a restart gives its memory
+/// back, so a fit across instances would measure the restarts, not the worker).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SegmentFit {
+    /// The index into the trace's `segments`.
+    pub segment: u32,
+    /// Its measured cycles.
+    pub cycles: usize,
+    /// The tree's owned PSS over them.
+    pub tree: Option<SeriesFit>,
+    pub verdict: Verdict,
+}
+
+impl SegmentFit {
+    fn of(segment: u32, cycles: usize, analysis: &Analysis) -> SegmentFit {
+        SegmentFit {
+            segment,
+            cycles,
+            tree: analysis.tree().cloned(),
+            verdict: analysis.verdict.clone(),
+        }
+    }
 }
 
 /// Quantiles of a distribution of signed byte changes.
@@ -245,7 +274,18 @@ pub fn analyze_history(
     }
     analysis.answers = verdict::answers(&analysis, history);
     analysis.verdict = verdict::verdict(&analysis);
+    if !history.earlier.is_empty() {
+        analysis.segments = history.earlier.clone();
+        let current = SegmentFit::of(history.segment, history.cycles(), &analysis);
+        analysis.segments.push(current);
+    }
     analysis
+}
+
+/// The fit of one finished segment's history, as [`History`] keeps it when the next begins.
+fn fit_segment(history: &History) -> SegmentFit {
+    let analysis = analyze_history(history, None, None);
+    SegmentFit::of(history.segment, history.cycles(), &analysis)
 }
 
 #[cfg(test)]
@@ -327,5 +367,36 @@ mod tests {
         // 1 MiB a cycle more: 28 MiB over the fitted cycles, above 8% of the tree's 175 MB.
         let leak = analyze_cycles(&chromium_cycles(1 << 20), None, None);
         assert_eq!(leak.verdict.source, "renderer-native", "{:?}", leak.verdict);
+    }
+
+    /// A followed worker restarted: the leaking first instance and the healthy second are
+    /// fitted each on its own cycles, and the analysis is of the second. Over both at once, the
+    /// restart's drop would be a fall, or a sawtooth.
+    #[test]
+    fn each_instance_of_a_followed_worker_is_fitted_on_its_own() {
+        let mut cycles = chromium_cycles(1 << 20);
+        for (i, mut cycle) in chromium_cycles(0).into_iter().enumerate() {
+            cycle.index = 31 + i as u32;
+            cycle.segment = 1;
+            cycles.push(cycle);
+        }
+        let analysis = analyze_cycles(&cycles, None, None);
+        assert_eq!(analysis.verdict.source, "none", "{:?}", analysis.verdict);
+        assert_eq!(
+            analysis.tree().unwrap().cycles + analysis.tree().unwrap().warmup_cycles,
+            30
+        );
+        let [first, second] = analysis.segments.as_slice() else {
+            panic!("two segments: {:?}", analysis.segments);
+        };
+        assert_eq!((first.segment, first.cycles), (0, 30));
+        assert_eq!((second.segment, second.cycles), (1, 30));
+        assert_eq!(first.verdict.source, "renderer-native");
+        assert_eq!(second.verdict, analysis.verdict);
+        let leak = first.tree.as_ref().unwrap().per_cycle;
+        assert!(
+            (leak - (1 << 20) as f64 - 35.0 * 1024.0).abs() < 8192.0,
+            "the first instance's own rate: {leak}"
+        );
     }
 }

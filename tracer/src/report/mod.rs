@@ -106,6 +106,7 @@ pub fn markdown(trace: &Trace, text: &str) -> String {
 pub fn render(trace: &Trace) -> String {
     let mut out = String::new();
     header(&mut out, trace);
+    segments(&mut out, trace);
     answers(&mut out, trace);
     let rows = rows(trace);
     resident_by_role(&mut out, trace);
@@ -159,6 +160,57 @@ fn header(out: &mut String, trace: &Trace) {
     }
 }
 
+/// A followed worker's instances, each fitted on its own cycles: what comes after is of the
+/// last.
+fn segments(out: &mut String, trace: &Trace) {
+    let Some(last) = trace.segments.last().filter(|_| trace.segments.len() > 1) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nINSTANCES of the followed worker: {} (the answers below are of the last: pid {}, \
+         from cycle {})",
+        trace.segments.len(),
+        last.root_pid,
+        last.first_cycle
+    );
+    let _ = writeln!(
+        out,
+        "{:<4} {:>8} {:>10} {:>10} {:>7} {:>14}  VERDICT",
+        "#", "PID", "FROM", "TO", "CYCLES", "TREE OWNED/CY"
+    );
+    for (index, segment) in trace.segments.iter().enumerate() {
+        let fit = trace
+            .analysis
+            .segments
+            .iter()
+            .find(|f| f.segment as usize == index);
+        let to = segment
+            .end_s
+            .map_or("running".to_string(), |s| format!("{s:.1} s"));
+        let (cycles, growth, verdict) = match fit {
+            Some(fit) => (
+                fit.cycles.to_string(),
+                fit.tree
+                    .as_ref()
+                    .map_or("-".into(), |t| bytes(t.per_cycle as i64, true)),
+                fit.verdict.source.to_string(),
+            ),
+            None => ("0".into(), "-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<4} {:>8} {:>10} {:>10} {:>7} {:>14}  {verdict}",
+            index + 1,
+            segment.root_pid,
+            format!("{:.1} s", segment.start_s),
+            to,
+            cycles,
+            growth
+        );
+    }
+}
+
 /// The questions a trace answers, first.
 fn answers(out: &mut String, trace: &Trace) {
     if let Some(view) = answers::view(trace) {
@@ -208,6 +260,13 @@ fn cycles(out: &mut String, trace: &Trace) {
         trace.markers.sources.join(", ")
     );
     let markers = &trace.markers;
+    if markers.between_instances > 0 {
+        let _ = writeln!(
+            out,
+            "markers: {} while no instance of the followed worker ran (in no cycle)",
+            markers.between_instances
+        );
+    }
     if markers.malformed + markers.dropped > 0 {
         let _ = writeln!(
             out,
@@ -227,7 +286,19 @@ fn cycles(out: &mut String, trace: &Trace) {
             spilled.count()
         );
     }
+    let mut segment = 0;
     for cycle in trace.cycles.iter() {
+        if cycle.segment != segment
+            && let Some(instance) = trace.segments.get(cycle.segment as usize)
+        {
+            segment = cycle.segment;
+            let _ = writeln!(
+                out,
+                "   -- instance {} of the worker: pid {} --",
+                segment + 1,
+                instance.root_pid
+            );
+        }
         let pss: u64 = cycle.by_role.values().map(|r| r.pss).sum();
         let tree = cycle.tree();
         // A compacted cycle keeps the tree's change, not its flows.

@@ -15,7 +15,7 @@ use crate::{
     progress::Progress,
     sampler,
     timeline::{Boundary, Timeline},
-    trace::MarkerSummary,
+    trace::{MarkerSummary, Segment},
 };
 
 /// How soon after an asynchronous marker's reading the tree's teardown makes its boundary a
@@ -44,6 +44,11 @@ pub(super) struct Cutting {
     pub(super) last_interim: Option<(Instant, f64)>,
     /// The figures the metrics endpoint serves (`--metrics-addr`).
     pub(super) metrics: Option<Published>,
+    /// No instance of a followed worker runs (see [`super::follow`]): markers are counted, and
+    /// cut nothing.
+    pub(super) between_instances: bool,
+    /// The instances of a followed worker so far (see [`super::follow`]).
+    pub(super) segments: Vec<Segment>,
 }
 
 /// How often the metrics endpoint's fits are brought up to date, at most (within
@@ -54,6 +59,14 @@ const METRICS_ANALYSIS_EVERY: Duration = Duration::from_secs(2);
 const INTERIM_SHARE: f64 = 0.05;
 
 impl Cutting {
+    /// A line on stderr, unless quiet, in its own line below the progress line.
+    pub(super) fn say(&self, line: String) {
+        if self.warn {
+            self.progress
+                .pass(true, format!("leaktrace: {line}\n").as_bytes());
+        }
+    }
+
     /// Takes one marker event; true once `--cycles` complete cycles are in.
     pub(super) async fn on_event(
         &mut self,
@@ -62,6 +75,14 @@ impl Cutting {
         event: MarkerEvent,
     ) -> bool {
         let marker = match event {
+            MarkerEvent::Marker(_) if self.between_instances => {
+                self.summary.between_instances += 1;
+                let ignored = self.summary.between_instances;
+                if let Some(metrics) = &self.metrics {
+                    metrics.update(|live| live.markers_between_instances = ignored);
+                }
+                return false;
+            }
             MarkerEvent::Marker(marker) => marker,
             MarkerEvent::Malformed(reason) => {
                 self.summary.malformed += 1;

@@ -28,6 +28,7 @@ use tracer_common::{GENERATION_OF_LOADER, LostReason};
 
 mod collectors;
 mod cutting;
+mod follow;
 mod reports;
 mod stop;
 pub mod watchdog;
@@ -37,6 +38,7 @@ pub use self::reports::ReportSchedule;
 use self::{
     collectors::{Collectors, follow_browser, read_browser},
     cutting::{Cutting, marker_sources},
+    follow::Following,
     reports::Reports,
     stop::{reap_children, stop_command, stop_leftovers},
     watchdog::Watchdog,
@@ -138,6 +140,8 @@ pub struct Options {
     pub metrics: Option<crate::metrics::Endpoint>,
     /// Reports written while the trace goes on (`--report-dir`, `--report-every`, SIGUSR1).
     pub reports: Option<ReportSchedule>,
+    /// Attach mode: the next instance to follow when the attached process exits.
+    pub follow: Option<target::Follow>,
 }
 
 impl Default for Options {
@@ -157,6 +161,7 @@ impl Default for Options {
             spill_dir: std::env::temp_dir(),
             metrics: None,
             reports: None,
+            follow: None,
         }
     }
 }
@@ -323,7 +328,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             collectors.seed_tree()?;
             // A child forked while we were seeding: look once more.
             collectors.seed_tree()?;
-            ("attach", attached_command(*pid), None)
+            ("attach", target::cmdline(*pid), None)
         }
     };
     let root_pid = collectors.root_pid;
@@ -394,6 +399,14 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         watch: None,
         last_interim: None,
         metrics: None,
+        between_instances: false,
+        segments: Vec::new(),
+    };
+    let mut following = match (&target, &options.follow) {
+        (Target::Attach(_), Some(rule)) => {
+            Some(Following::new(rule.clone(), &collectors, &mut cutting))
+        }
+        _ => None,
     };
     if let Some(endpoint) = &options.metrics {
         let published = crate::metrics::Published::default();
@@ -471,8 +484,11 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             _ = tick.tick() => {
                 collectors.follow();
                 cutting.check_teardown(&collectors);
-                if head.mode == "attach" && !target::is_alive(root_pid) {
-                    break EndReason::TargetExited;
+                if head.mode == "attach" && !target::is_alive(collectors.root_pid) {
+                    match following.as_mut() {
+                        Some(following) => following.on_root_gone(&mut collectors, &mut cutting),
+                        None => break EndReason::TargetExited,
+                    }
                 }
             }
         }
@@ -526,6 +542,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         timeline,
         summary,
         inspector,
+        segments,
         ..
     } = cutting;
     browser.summary.failed_calls += inspector.map_or(0, |i| i.failed_calls);
@@ -554,6 +571,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     }
     let mut trace = collectors.trace(&head, warnings, ended_by, cycles, compacted);
     trace.exit_code = exit_status;
+    trace.segments = segments;
     trace.markers = summary;
     trace.browser = browser.summary;
     Ok(trace)
@@ -611,6 +629,7 @@ impl Collectors {
             samples: self.series.points().to_vec(),
             cycles,
             compacted,
+            segments: Vec::new(),
             markers: MarkerSummary::default(),
             browser: Default::default(),
             analysis: Default::default(),
@@ -664,6 +683,7 @@ async fn report_so_far(
         compacted,
     );
     trace.markers = cutting.summary.clone();
+    trace.segments = cutting.segments.clone();
     trace.browser = browser.summary.clone();
     if let Some(Err(e)) = reports.write(trace).await {
         say(format!("warning: a report was not written: {e}"));
@@ -684,10 +704,4 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-fn attached_command(pid: u32) -> Vec<String> {
-    procfs::process::Process::new(pid as i32)
-        .and_then(|p| p.cmdline())
-        .unwrap_or_default()
 }
