@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::{path::PathBuf, process::Command};
+use std::{os::unix::process::CommandExt, path::PathBuf, process::Command};
 
 use leaktrace::{analysis::theil_sen, trace::Trace};
 use support::{Scratch, fixture, leaktrace, require_chromium, require_root, succeeded};
@@ -342,4 +342,104 @@ fn a_worker_exiting_right_after_its_last_marker_keeps_its_growth() {
         tree.per_cycle
     );
     assert_ne!(trace.analysis.verdict.source, "none");
+}
+
+/// The scraper restarted by a shell loop, as a supervisor would, and followed by command line
+/// with its markers from the log the loop appends its output to: each instance a segment,
+/// DevTools reconnected to each instance's own browser (its page count starts over), and
+/// each instance's pages leak named on its own cycles.
+#[test]
+fn a_restarted_scraper_is_followed_into_its_new_browser() {
+    let test = "a_restarted_scraper_is_followed_into_its_new_browser";
+    if !require_root(test) || !require_chromium(test) {
+        return;
+    }
+    let Some(dir) = scraper_dir(test) else { return };
+    let scratch = Scratch::new("scraper-follow");
+    let (log, json) = (scratch.path("worker.log"), scratch.path("t.json"));
+    let bun = dir.join("node_modules/.bin/bun");
+    let per_instance = 10;
+    let mut supervisor = Command::new("sh");
+    supervisor
+        .args([
+            "-c",
+            r#"for n in 10 12; do "$0" run worker.ts --leak pages --cycles $n >> "$1"; done"#,
+        ])
+        .arg(&bun)
+        .arg(&log)
+        .current_dir(&dir)
+        .process_group(0);
+    let supervisor = Supervisor(supervisor.spawn().unwrap());
+    let rule = r"^\S*/bun run worker\.ts --leak pages";
+    let up = std::time::Instant::now();
+    while !std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        std::fs::read(p.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("worker.ts\0--leak\0pages"))
+    }) {
+        assert!(up.elapsed().as_secs() < 10, "the first instance started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let output = succeeded(
+        Command::new(leaktrace())
+            .args(["attach", "-q", "--follow-cmdline", rule, "--cycle-log"])
+            .arg(&log)
+            .args(MARKERS)
+            .args(["--cycles", &(2 * per_instance).to_string(), "-o"])
+            .arg(&json),
+    );
+    drop(supervisor);
+    let trace = Trace::read(&json).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(trace.segments.len(), 2, "{:?}\n{stderr}", trace.segments);
+    assert_ne!(trace.segments[0].root_pid, trace.segments[1].root_pid);
+    // Pages at each cycle end, per instance: one more each cycle, from the instance's own
+    // browser (a reading of the first browser would go on from where it was). The first
+    // instance's last cycle is left out: the worker closes its browser right after its last
+    // marker, and the view may be read while it closes. The second runs two cycles more than
+    // the trace takes, so its last is whole.
+    let pages = |segment: u32| -> Vec<u32> {
+        let mut pages: Vec<u32> = trace
+            .cycles
+            .iter()
+            .filter(|c| c.segment == segment && c.is_measured())
+            .filter_map(|c| c.browser.as_ref().map(|v| v.pages))
+            .collect();
+        if segment == 0 {
+            pages.pop();
+        }
+        pages
+    };
+    let (first, second) = (pages(0), pages(1));
+    // Every cycle of the second instance has its view: DevTools is reconnected to the new
+    // browser as soon as it shows up (before, the back-off its refusals built up while the
+    // first browser closed left the second instance's first cycles without a view, and its
+    // pages leak read as renderer-native).
+    assert_eq!(second.len(), per_instance, "{second:?}");
+    for pages in [&first, &second] {
+        assert!(pages.len() >= per_instance - 3, "{pages:?}");
+        assert!(pages.windows(2).all(|w| w[1] == w[0] + 1), "{pages:?}");
+    }
+    assert!(
+        second[0] < *first.last().unwrap(),
+        "{first:?} then {second:?}"
+    );
+    assert!(trace.browser.connects >= 2, "{:?}", trace.browser);
+    // Each instance's leak, named on its own cycles; the analysis is of the second.
+    let fits = &trace.analysis.segments;
+    assert_eq!(fits.len(), 2, "{fits:?}");
+    for fit in fits {
+        assert_eq!(fit.verdict.source, "page-accumulation", "{fit:?}");
+    }
+    assert_eq!(trace.analysis.verdict, fits[1].verdict);
+}
+
+/// A supervisor in a process group of its own, killed with whatever it started.
+struct Supervisor(std::process::Child);
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group the supervisor leads.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
 }

@@ -307,6 +307,17 @@ impl BrowserReader {
     }
 
     /// No connection attempt for a while, twice as long as the last time.
+    /// A new instance of a followed worker: its browser will be a new one. The connection to
+    /// the last one is dropped and the next is tried as soon as it shows up, not after the
+    /// back-off its closing browser's refusals built up.
+    pub fn start_over(&mut self) {
+        if self.cdp.take().is_some() {
+            self.summary.disconnects += 1;
+        }
+        self.sessions.clear();
+        (self.retry_at, self.backoff) = (None, FIRST_BACKOFF);
+    }
+
     fn back_off(&mut self) {
         self.retry_at = Some(std::time::Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);

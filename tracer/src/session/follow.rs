@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{SessionError, collectors::Collectors, cutting::Cutting};
 use crate::{
+    browser::BrowserReader,
     target::{self, Follow},
     trace::Segment,
 };
@@ -44,7 +45,12 @@ impl Following {
 
     /// At each tick with the root gone: ends its segment, then looks for the next instance
     /// and, once one runs, attaches to it.
-    pub(super) fn on_root_gone(&mut self, collectors: &mut Collectors, cutting: &mut Cutting) {
+    pub(super) fn on_root_gone(
+        &mut self,
+        collectors: &mut Collectors,
+        cutting: &mut Cutting,
+        browser: &mut BrowserReader,
+    ) {
         let Some(searched) = self.waiting else {
             let (end_s, end, _) = collectors.snapshot();
             cutting.timeline.end_segment(end_s, end);
@@ -70,7 +76,7 @@ impl Following {
             return;
         }
         self.waiting = Some(Instant::now());
-        if let Err(e) = self.attach_next(collectors, cutting) {
+        if let Err(e) = self.attach_next(collectors, cutting, browser) {
             cutting.say(format!("warning: the next instance: {e}"));
         }
     }
@@ -79,6 +85,7 @@ impl Following {
         &mut self,
         collectors: &mut Collectors,
         cutting: &mut Cutting,
+        browser: &mut BrowserReader,
     ) -> Result<(), SessionError> {
         // A process started after the last instance, and not one of its tree that outlived it.
         let traced = collectors.table.live_pids();
@@ -99,6 +106,7 @@ impl Following {
         let _ = collectors.seed_tree();
         let (now_s, start, _) = collectors.snapshot();
         cutting.timeline.start_segment(now_s, start);
+        browser.start_over();
         self.started = next.start_time;
         self.waiting = None;
         cutting.between_instances = false;

@@ -486,7 +486,9 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                 cutting.check_teardown(&collectors);
                 if head.mode == "attach" && !target::is_alive(collectors.root_pid) {
                     match following.as_mut() {
-                        Some(following) => following.on_root_gone(&mut collectors, &mut cutting),
+                        Some(following) => {
+                            following.on_root_gone(&mut collectors, &mut cutting, &mut browser);
+                        }
                         None => break EndReason::TargetExited,
                     }
                 }
