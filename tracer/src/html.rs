@@ -157,6 +157,31 @@ fn recreations(cycles: &[&Cycle]) -> Vec<u32> {
         .collect()
 }
 
+/// The regions that grew most per role, as bars.
+fn regions(out: &mut String, trace: &Trace) {
+    let regions = &trace.analysis.regions;
+    let Some(most) = regions.iter().map(|r| r.growth).max().filter(|&m| m > 0) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "<h2>Regions that grew</h2><p>The memory each region's processes own, between two readings of their smaps at cycle ends, summed per role.</p><table class=\"regions\"><tr><th>role</th><th>region</th><th>processes</th><th>growth</th><th></th></tr>"
+    );
+    for region in regions.iter().filter(|r| r.growth > 0) {
+        let width = (200 * region.growth / most).max(1);
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td style=\"text-align:left\"><div style=\"background:#4a7;height:10px;width:{width}px\"></div></td></tr>",
+            escape(&region.role),
+            escape(&region.why),
+            escape(&region.name),
+            region.processes,
+            bytes(region.growth, true)
+        );
+    }
+    let _ = writeln!(out, "</table>");
+}
+
 pub fn render_html(trace: &Trace) -> String {
     let cycles: Vec<&Cycle> = trace.cycles.iter().filter(|c| c.is_measured()).collect();
     let index: Vec<u32> = cycles.iter().map(|c| c.index).collect();
@@ -291,6 +316,7 @@ pub fn render_html(trace: &Trace) -> String {
             }
         }
     }
+    regions(&mut out, trace);
     let _ = writeln!(
         out,
         "<h2>Processes</h2>\n<table><tr><th>pid</th><th>ppid</th><th>role</th><th>command</th><th>state</th><th>PSS</th><th>anon</th><th>file</th><th>shmem</th><th>peak anon</th></tr>"

@@ -17,6 +17,7 @@ pub mod markers;
 pub mod metrics;
 pub mod processes;
 pub mod progress;
+pub mod regions;
 pub mod report;
 pub mod roles;
 pub mod sampler;

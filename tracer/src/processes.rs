@@ -212,6 +212,22 @@ impl ProcessTable {
         self.live.get(&pid).map(|&i| self.processes[i].role.clone())
     }
 
+    /// Live processes with their start time (seconds since boot) and whether they are
+    /// Chromium's, for the region readings.
+    pub fn live_for_regions(&self) -> Vec<(u32, f64, bool)> {
+        self.live
+            .iter()
+            .map(|(&pid, &i)| {
+                let p = &self.processes[i];
+                (
+                    pid,
+                    p.info.start_time,
+                    !matches!(p.role, Role::Worker | Role::Other),
+                )
+            })
+            .collect()
+    }
+
     /// Live processes with their start time (seconds since boot), to signal them safely.
     pub fn live(&self) -> Vec<(u32, f64)> {
         self.live
@@ -459,6 +475,7 @@ impl ProcessTable {
                     pss: p.last_sample.map_or(0, |s| s.pss),
                     smaps_rollup: p.last_sample,
                     folded: 0,
+                    regions: Vec::new(),
                 };
                 process.set_flows(&p.flows);
                 process

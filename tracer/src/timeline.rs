@@ -270,6 +270,11 @@ impl Timeline {
         self.segment_first = self.complete_cycles() as u32 + 1;
     }
 
+    /// The index of the first cycle of the segment under way (1 without a followed worker).
+    pub fn segment_first(&self) -> u32 {
+        self.segment_first
+    }
+
     /// The index the next cycle gets, and whether it is warm-up.
     fn next_index(&self) -> (u32, bool) {
         let index = self.complete_cycles() as u32 + 1;

@@ -358,6 +358,9 @@ pub struct TracerCost {
     pub cpu_s: f64,
     /// Reading PSS: what smaps_rollup cost, and how often PSS was estimated instead.
     pub smaps_rollup: RollupCost,
+    /// Reading regions: what the smaps readings at cycle ends cost.
+    #[serde(default)]
+    pub regions: crate::regions::RegionCost,
 }
 
 impl TracerCost {
@@ -381,6 +384,7 @@ impl TracerCost {
             peak_rss,
             cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
             smaps_rollup,
+            regions: Default::default(),
         }
     }
 }
@@ -452,6 +456,10 @@ pub struct Process {
     /// trace's memory: how many, of this role. Their flows are its flows.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub folded: u32,
+    /// Its top-growing regions (mappings grouped as they grow: see [`crate::regions`]), between
+    /// two readings of its smaps at cycle ends; only those that grew.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<crate::regions::RegionGrowth>,
 }
 
 /// Resident memory by kind, in bytes.

@@ -106,6 +106,10 @@ pub struct Analysis {
     /// first, the last being the one every other figure here is of. Empty otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<SegmentFit>,
+    /// The regions that grew most, summed per role over its processes (see
+    /// [`crate::regions`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<crate::regions::RoleRegion>,
 }
 
 /// One instance of a followed worker, fitted on its own cycles (a restart gives its memory
@@ -177,9 +181,29 @@ pub fn describe(fit: &SeriesFit) -> String {
     }
 }
 
-/// Fits every series of the trace's complete cycles.
+/// Regions in `analysis.regions`.
+const TOP_REGIONS: usize = 10;
+
+/// Fits every series of the trace's complete cycles, and sums its processes' region growth
+/// per role; the verdict names the region that grew most.
 pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> Analysis {
-    analyze_history(&trace.cycles.history(), warmup, budget)
+    let mut analysis = analyze_history(&trace.cycles.history(), warmup, budget);
+    analysis.regions = crate::regions::by_role(
+        trace
+            .processes
+            .iter()
+            .map(|p| (p.role.as_str(), p.regions.as_slice())),
+        TOP_REGIONS,
+    );
+    if let Some(top) = analysis.regions.first()
+        && analysis.verdict.source != verdict::Source::None
+    {
+        analysis.verdict.evidence.push(format!(
+            "the region that grew most: {} of the {} ({} process(es)), +{} B ({})",
+            top.name, top.role, top.processes, top.growth, top.why
+        ));
+    }
+    analysis
 }
 
 /// The same over a list of cycles (the interim analysis of a trace still running).

@@ -110,6 +110,7 @@ pub fn render(trace: &Trace) -> String {
     answers(&mut out, trace);
     let rows = rows(trace);
     resident_by_role(&mut out, trace);
+    regions(&mut out, trace);
     cycles(&mut out, trace);
     browser(&mut out, trace);
     resident_by_process(&mut out, trace, &rows);
@@ -154,6 +155,14 @@ fn header(out: &mut String, trace: &Trace) {
             rollup.reads,
             rollup.estimates
         );
+        let regions = &trace.tracer.regions;
+        if regions.readings > 0 {
+            let _ = writeln!(
+                out,
+                "  regions: {} readings of the tree's smaps at cycle ends, {} files, {:.2} s",
+                regions.readings, regions.reads, regions.seconds
+            );
+        }
     }
     for warning in &trace.warnings {
         let _ = writeln!(out, "warning: {warning}");
@@ -208,6 +217,73 @@ fn segments(out: &mut String, trace: &Trace) {
             cycles,
             growth
         );
+    }
+}
+
+/// The regions that grew most: per role, then per process.
+fn regions(out: &mut String, trace: &Trace) {
+    let by_role = &trace.analysis.regions;
+    if by_role.is_empty() {
+        return;
+    }
+    let window: Option<(u32, u32)> = trace
+        .processes
+        .iter()
+        .flat_map(|p| &p.regions)
+        .map(|r| (r.from_cycle, r.to_cycle))
+        .max_by_key(|&(from, to)| to - from);
+    let _ = writeln!(
+        out,
+        "\nREGIONS THAT GREW (/proc/PID/smaps at cycle ends{}; owned: PSS, of a file only its private pages)",
+        window.map_or(String::new(), |(from, to)| format!(
+            ", mostly cycles {from} to {to}"
+        ))
+    );
+    let _ = writeln!(
+        out,
+        "{:<18} {:>5} {:>10}  REGION",
+        "ROLE", "PROCS", "GROWTH"
+    );
+    for region in by_role {
+        let _ = writeln!(
+            out,
+            "{:<18} {:>5} {:>10}  {}",
+            region.role,
+            region.processes,
+            bytes(region.growth, true),
+            region.name
+        );
+    }
+    if let Some(top) = by_role.first() {
+        let _ = writeln!(out, "  {}: {}", top.name, top.why);
+    }
+    let mut grown: Vec<&crate::trace::Process> = trace
+        .processes
+        .iter()
+        .filter(|p| !p.regions.is_empty())
+        .collect();
+    grown.sort_by_key(|p| std::cmp::Reverse(p.regions[0].growth));
+    for process in grown.iter().take(5) {
+        let _ = writeln!(
+            out,
+            "pid {} ({}, {}), cycles {} to {}:",
+            process.pid,
+            process.comm,
+            process.role,
+            process.regions[0].from_cycle,
+            process.regions[0].to_cycle
+        );
+        for region in process.regions.iter().take(3) {
+            let _ = writeln!(
+                out,
+                "  {:>10}  {} ({} → {}, {} of address space)",
+                bytes(region.growth, true),
+                region.name,
+                size(region.from_owned),
+                size(region.to_owned),
+                size(region.size)
+            );
+        }
     }
 }
 

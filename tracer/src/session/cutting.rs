@@ -13,6 +13,7 @@ use crate::{
     markers::{LineRules, MarkerEvent},
     metrics::{Published, resident_by_role},
     progress::Progress,
+    regions::RegionSampler,
     sampler,
     timeline::{Boundary, Timeline},
     trace::{MarkerSummary, Segment},
@@ -49,6 +50,8 @@ pub(super) struct Cutting {
     pub(super) between_instances: bool,
     /// The instances of a followed worker so far (see [`super::follow`]).
     pub(super) segments: Vec<Segment>,
+    /// Which mapping of each process grows: smaps read at cycle ends, within its share of time.
+    pub(super) regions: RegionSampler,
 }
 
 /// How often the metrics endpoint's fits are brought up to date, at most (within
@@ -147,6 +150,14 @@ impl Cutting {
         }
         if let Some(ack) = ack {
             let _ = ack.send(());
+        }
+        // After the worker goes on (a socket marker's answer): a reading of the whole tree's
+        // smaps takes tens of milliseconds, and the worker is not held for it. What the worker
+        // does meanwhile is its next cycle's first moments, at both ends of the growth.
+        if cycle_end && self.regions.due() {
+            let cycle = self.timeline.complete_cycles() as u32;
+            self.regions
+                .read_all(cycle, &collectors.table.live_for_regions());
         }
         if let Some(metrics) = &self.metrics {
             metrics.sample(&sample);

@@ -401,6 +401,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         metrics: None,
         between_instances: false,
         segments: Vec::new(),
+        regions: Default::default(),
     };
     let mut following = match (&target, &options.follow) {
         (Target::Attach(_), Some(rule)) => {
@@ -531,6 +532,8 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         }
     }
     progress.finish();
+    // The region growth is taken from the reading nearest the start of the fitted cycles.
+    let fitted_from = fitted_from(&cutting.timeline, marker_options.warmup);
 
     // The last sample, of the tree as it is now, before anything is stopped.
     let (end_s, end, _) = collectors.snapshot();
@@ -545,6 +548,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         summary,
         inspector,
         segments,
+        regions,
         ..
     } = cutting;
     browser.summary.failed_calls += inspector.map_or(0, |i| i.failed_calls);
@@ -574,6 +578,10 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     let mut trace = collectors.trace(&head, warnings, ended_by, cycles, compacted);
     trace.exit_code = exit_status;
     trace.segments = segments;
+    for process in &mut trace.processes {
+        process.regions = regions.top(process.pid, process.start_time, fitted_from);
+    }
+    trace.tracer.regions = regions.cost();
     trace.markers = summary;
     trace.browser = browser.summary;
     Ok(trace)
@@ -686,10 +694,25 @@ async fn report_so_far(
     );
     trace.markers = cutting.summary.clone();
     trace.segments = cutting.segments.clone();
+    let fitted_from = fitted_from(&cutting.timeline, cutting.warmup);
+    for process in &mut trace.processes {
+        process.regions = cutting
+            .regions
+            .top(process.pid, process.start_time, fitted_from);
+    }
+    trace.tracer.regions = cutting.regions.cost();
     trace.browser = browser.summary.clone();
     if let Some(Err(e)) = reports.write(trace).await {
         say(format!("warning: a report was not written: {e}"));
     }
+}
+
+/// The first cycle whose end the tree's fit takes (past its warm-up, in the latest segment).
+fn fitted_from(timeline: &Timeline, warmup: u32) -> u32 {
+    let warmup = (warmup > 0).then_some(warmup as usize);
+    let analysis = crate::analysis::analyze_history(&timeline.history(), warmup, None);
+    let skipped = analysis.tree().map_or(0, |t| t.warmup_cycles) as u32;
+    timeline.segment_first() + skipped
 }
 
 async fn tick_every(every: &mut Option<tokio::time::Interval>) {
