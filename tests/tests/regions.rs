@@ -101,3 +101,65 @@ fn the_region_that_grows_is_found_for_each_kind() {
         "memfd: leaktrace-fixture"
     );
 }
+
+/// A Node worker (Debian's nodejs) keeping Buffers, then keeping JS objects, 4 MiB a cycle,
+/// marking its cycles with log lines and giving no figures: the top region differs (malloc's
+/// anonymous memory, V8's heap pages), the report names it, and the verdict says which side of
+/// the JS heap grew.
+#[test]
+fn a_node_worker_keeping_buffers_or_objects_grows_different_regions() {
+    if !require_root("a_node_worker_keeping_buffers_or_objects_grows_different_regions") {
+        return;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/node_keeper.js");
+    let traced = |kind: &str| {
+        let scratch = Scratch::new(&format!("regions-node-{kind}"));
+        let json = scratch.path("t.json");
+        let (_, trace) = leaktrace_run(
+            &[
+                "run",
+                "-q",
+                "--cycle-regex",
+                r"cycle \d+ done",
+                "-o",
+                json.to_str().unwrap(),
+                "--",
+                "node",
+                script.to_str().unwrap(),
+                kind,
+                "12",
+                "4",
+            ],
+            &json,
+        );
+        trace
+    };
+    let buffers = traced("buffers");
+    let objects = traced("objects");
+    let top = |trace: &leaktrace::trace::Trace| trace.analysis.regions[0].clone();
+    let (kept_buffers, kept_objects) = (top(&buffers), top(&objects));
+    assert_eq!(kept_buffers.name, "anonymous region", "{kept_buffers:?}");
+    assert_eq!(
+        kept_objects.name, "V8 heap pages (likely)",
+        "{kept_objects:?}"
+    );
+    assert_eq!(buffers.analysis.verdict.source, "worker-external");
+    assert_eq!(objects.analysis.verdict.source, "worker-heap");
+    // At least what the worker kept between the two readings, less 15% (V8 takes more than
+    // the objects' own bytes: headers, the arrays that hold them, old space's slack).
+    for (trace, region) in [(&buffers, &kept_buffers), (&objects, &kept_objects)] {
+        let worker = trace
+            .processes
+            .iter()
+            .find(|p| p.pid == trace.root_pid)
+            .unwrap();
+        let first = &worker.regions[0];
+        let touched = PER_CYCLE * f64::from(first.to_cycle - first.from_cycle);
+        assert!(
+            region.growth as f64 >= 0.85 * touched,
+            "{}: {} B against {touched} kept",
+            region.name,
+            region.growth
+        );
+    }
+}

@@ -212,18 +212,15 @@ impl ProcessTable {
         self.live.get(&pid).map(|&i| self.processes[i].role.clone())
     }
 
-    /// Live processes with their start time (seconds since boot) and whether they are
-    /// Chromium's, for the region readings.
-    pub fn live_for_regions(&self) -> Vec<(u32, f64, bool)> {
+    /// Live processes with their start time (seconds since boot) and what they run, for the
+    /// region readings.
+    pub fn live_for_regions(&self) -> Vec<(u32, f64, crate::regions::Runtime)> {
         self.live
             .iter()
             .map(|(&pid, &i)| {
                 let p = &self.processes[i];
-                (
-                    pid,
-                    p.info.start_time,
-                    !matches!(p.role, Role::Worker | Role::Other),
-                )
+                let runtime = crate::regions::Runtime::of(&p.role, &p.info.comm);
+                (pid, p.info.start_time, runtime)
             })
             .collect()
     }

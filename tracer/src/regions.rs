@@ -110,6 +110,31 @@ pub fn parse_smaps(text: &str) -> Vec<Mapping> {
     maps
 }
 
+/// The label of a Node process's V8 heap pages (see [`name_anonymous`]).
+pub const V8_HEAP_PAGES: &str = "V8 heap pages (likely)";
+
+/// What a process runs, as far as naming its regions goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    /// Chromium's browser, renderer, GPU, utility processes: its reservations.
+    Chromium,
+    /// Node: V8's heap pages.
+    Node,
+    Other,
+}
+
+impl Runtime {
+    /// From the role leaktrace gave the process and its name (`/proc/PID/comm`).
+    pub fn of(role: &crate::roles::Role, comm: &str) -> Runtime {
+        use crate::roles::Role;
+        match role {
+            Role::Worker | Role::Other if comm == "node" || comm == "nodejs" => Runtime::Node,
+            Role::Worker | Role::Other => Runtime::Other,
+            _ => Runtime::Chromium,
+        }
+    }
+}
+
 /// What kind of region, for the reader and for matching readings.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
@@ -127,6 +152,8 @@ pub enum RegionKind {
     Anonymous,
     /// `[vdso]`, `[vvar]` and the like.
     Other,
+    /// The regions of a process past its top ones, summed.
+    Rest,
 }
 
 impl RegionKind {
@@ -154,10 +181,9 @@ fn bytes(n: u64) -> String {
     crate::report::bytes(n as i64, false)
 }
 
-/// The regions of a process's mappings; `chromium` says whether Chromium's reservations are
-/// expected (its renderers, browser, GPU and utility processes); `stacks`, the stack pointers
-/// of its threads blocked in the kernel, with their thread ids.
-pub fn regions(maps: &[Mapping], chromium: bool, stacks: &[(u64, u32)]) -> Vec<Region> {
+/// The regions of a process's mappings; `runtime` says what shapes to expect; `stacks`, the
+/// stack pointers of its threads blocked in the kernel, with their thread ids.
+pub fn regions(maps: &[Mapping], runtime: Runtime, stacks: &[(u64, u32)]) -> Vec<Region> {
     let mut regions: Vec<Region> = Vec::new();
     let mut by_name: HashMap<(RegionKind, String), usize> = HashMap::new();
     let anonymous = |m: &Mapping| m.path.is_empty() && !m.shared();
@@ -203,7 +229,7 @@ pub fn regions(maps: &[Mapping], chromium: bool, stacks: &[(u64, u32)]) -> Vec<R
             {
                 j += 1;
             }
-            regions.push(name_anonymous(&maps[i..j], chromium));
+            regions.push(name_anonymous(&maps[i..j], runtime));
             i = j;
             continue;
         }
@@ -319,7 +345,8 @@ fn thread_stack(maps: &[Mapping], tid: u32) -> Region {
 }
 
 /// Names a run of adjacent anonymous private mappings by its shape, saying how.
-fn name_anonymous(maps: &[Mapping], chromium: bool) -> Region {
+fn name_anonymous(maps: &[Mapping], runtime: Runtime) -> Region {
+    let chromium = runtime == Runtime::Chromium;
     let start = maps[0].start;
     let size: u64 = maps.iter().map(Mapping::size).sum();
     let owned = maps.iter().map(|m| m.pss).sum();
@@ -365,6 +392,21 @@ fn name_anonymous(maps: &[Mapping], chromium: bool) -> Region {
             format!("PartitionAlloc pool at {start:#x} (likely)"),
             "a 16 GiB reservation in a Chromium process: the size of PartitionAlloc's pools".into(),
         ),
+        _ if runtime == Runtime::Node
+            && reserved == 0
+            && aligned(256 * KIB)
+            && size <= 64 * MIB
+            && maps.iter().all(|m| m.perms.starts_with("rw")) =>
+        {
+            (
+                RegionKind::Anonymous,
+                format!("V8 heap pages at {start:#x} (likely)"),
+                "read-write memory at a 256 KiB-aligned address in a Node process: V8 maps its \
+                 heap in 256 KiB-aligned pages, while Buffers and other native memory come from \
+                 malloc"
+                    .to_string(),
+            )
+        }
         _ if size == 64 * MIB && aligned(64 * MIB) && reserved > 0 => (
             RegionKind::Anonymous,
             format!("malloc arena at {start:#x} (likely)"),
@@ -412,6 +454,73 @@ pub struct RegionGrowth {
     pub from_owned: u64,
     pub to_owned: u64,
     pub growth: i64,
+    /// How many regions this entry sums: those of the same name but their address (V8's heap
+    /// pages lie scattered), or those past the top ones (`rest`). 1 for a single region.
+    pub regions: u32,
+}
+
+impl RegionGrowth {
+    /// Its name without an address: "V8 or Oilpan cage at 0x... (likely)" is "V8 or Oilpan
+    /// cage (likely)".
+    pub fn label(&self) -> String {
+        if self.kind == RegionKind::ThreadStack {
+            return "thread stacks".into();
+        }
+        match self.name.split_once(" at 0x") {
+            Some((head, tail)) => {
+                let rest = tail.split_once(' ').map_or("", |(_, rest)| rest);
+                format!("{head} {rest}").trim_end().to_string()
+            }
+            None => self.name.clone(),
+        }
+    }
+
+    /// Adds another region's figures to this entry.
+    fn add(&mut self, other: &RegionGrowth) {
+        self.size += other.size;
+        self.from_owned += other.from_owned;
+        self.to_owned += other.to_owned;
+        self.growth += other.growth;
+        self.regions += other.regions;
+    }
+}
+
+/// The top-growing regions of one process: regions of the same name but their address summed
+/// (one entry, named without the address), the [`TOP_PER_PROCESS`] that grew most, then the
+/// rest summed in one `rest` entry.
+fn top_of(grown: Vec<RegionGrowth>) -> Vec<RegionGrowth> {
+    let mut by_label: Vec<RegionGrowth> = Vec::new();
+    let mut at: HashMap<(RegionKind, String), usize> = HashMap::new();
+    for region in grown.into_iter().filter(|g| g.growth > 0) {
+        let key = (region.kind, region.label());
+        match at.get(&key) {
+            Some(&i) => {
+                let entry = &mut by_label[i];
+                entry.add(&region);
+                entry.name = key.1;
+            }
+            None => {
+                at.insert(key, by_label.len());
+                by_label.push(region);
+            }
+        }
+    }
+    by_label.sort_by_key(|g| std::cmp::Reverse(g.growth));
+    if by_label.len() > TOP_PER_PROCESS + 1 {
+        let rest = by_label.split_off(TOP_PER_PROCESS);
+        let mut sum = RegionGrowth {
+            kind: RegionKind::Rest,
+            why: "the process's other regions that grew, summed".into(),
+            from_cycle: rest[0].from_cycle,
+            to_cycle: rest[0].to_cycle,
+            regions: 0,
+            ..RegionGrowth::default()
+        };
+        rest.iter().for_each(|r| sum.add(r));
+        sum.name = format!("{} other regions", sum.regions);
+        by_label.push(sum);
+    }
+    by_label
 }
 
 /// Each region of `after` with what the same region held in `before`: by name, or for
@@ -447,6 +556,7 @@ pub fn growth(before: &Reading, after: &Reading) -> Vec<RegionGrowth> {
                 from_owned,
                 to_owned: region.owned,
                 growth: region.owned as i64 - from_owned as i64,
+                regions: 1,
             }
         })
         .collect();
@@ -483,9 +593,9 @@ fn stack_pointers(pid: u32) -> Vec<(u64, u32)> {
 }
 
 /// Reads one process's regions, if it is still there and readable.
-pub fn read(pid: u32, chromium: bool, cycle: u32) -> Option<Reading> {
+pub fn read(pid: u32, runtime: Runtime, cycle: u32) -> Option<Reading> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let mut regions = regions(&parse_smaps(&text), chromium, &stack_pointers(pid));
+    let mut regions = regions(&parse_smaps(&text), runtime, &stack_pointers(pid));
     regions.retain(|r| r.owned > 0);
     Some(Reading { cycle, regions })
 }
@@ -569,11 +679,11 @@ impl RegionSampler {
         self.cost.seconds <= SHARE * self.started.elapsed().as_secs_f64()
     }
 
-    /// Reads every process given (pid, start time, whether Chromium) at the end of `cycle`.
-    pub fn read_all(&mut self, cycle: u32, processes: &[(u32, f64, bool)]) {
+    /// Reads every process given (pid, start time, runtime) at the end of `cycle`.
+    pub fn read_all(&mut self, cycle: u32, processes: &[(u32, f64, Runtime)]) {
         let began = Instant::now();
-        for &(pid, start_time, chromium) in processes {
-            if let Some(reading) = read(pid, chromium, cycle) {
+        for &(pid, start_time, runtime) in processes {
+            if let Some(reading) = read(pid, runtime, cycle) {
                 self.cost.reads += 1;
                 self.processes
                     .entry(key(pid, start_time))
@@ -589,16 +699,15 @@ impl RegionSampler {
         self.cost
     }
 
-    /// The top-growing regions of a process since the reading nearest `from_cycle`.
+    /// The top-growing regions of a process since the reading nearest `from_cycle` (see
+    /// [`top_of`]).
     pub fn top(&self, pid: u32, start_time: f64, from_cycle: u32) -> Vec<RegionGrowth> {
-        let mut grown = self
-            .processes
-            .get(&key(pid, start_time))
-            .map(|h| h.growth(from_cycle))
-            .unwrap_or_default();
-        grown.retain(|g| g.growth > 0);
-        grown.truncate(TOP_PER_PROCESS);
-        grown
+        top_of(
+            self.processes
+                .get(&key(pid, start_time))
+                .map(|h| h.growth(from_cycle))
+                .unwrap_or_default(),
+        )
     }
 }
 
@@ -620,31 +729,35 @@ pub fn by_role<'a>(
     processes: impl IntoIterator<Item = (&'a str, &'a [RegionGrowth])>,
     count: usize,
 ) -> Vec<RoleRegion> {
-    let mut sums: HashMap<(String, RegionKind, String), RoleRegion> = HashMap::new();
-    for (role, regions) in processes {
+    // Each sum, with the last process counted in it.
+    let mut sums: HashMap<(String, RegionKind, String), (RoleRegion, usize)> = HashMap::new();
+    for (index, (role, regions)) in processes.into_iter().enumerate() {
         for region in regions {
-            let label = match region.name.split_once(" at 0x") {
-                // "V8 or Oilpan cage at 0x... (likely)" -> "V8 or Oilpan cage (likely)".
-                Some((head, tail)) => {
-                    let rest = tail.split_once(' ').map_or("", |(_, rest)| rest);
-                    format!("{head} {rest}").trim_end().to_string()
-                }
-                None => region.name.clone(),
+            let label = match region.kind {
+                RegionKind::Rest => "other regions".to_string(),
+                _ => region.label(),
             };
-            let sum = sums
+            let (sum, counted) = sums
                 .entry((role.to_string(), region.kind, label.clone()))
-                .or_insert_with(|| RoleRegion {
-                    role: role.to_string(),
-                    name: label,
-                    kind: region.kind,
-                    why: region.why.clone(),
-                    ..RoleRegion::default()
+                .or_insert_with(|| {
+                    let sum = RoleRegion {
+                        role: role.to_string(),
+                        name: label,
+                        kind: region.kind,
+                        why: region.why.clone(),
+                        ..RoleRegion::default()
+                    };
+                    (sum, usize::MAX)
                 });
-            sum.processes += 1;
+            if *counted != index {
+                sum.processes += 1;
+                *counted = index;
+            }
             sum.growth += region.growth;
         }
     }
-    let mut all: Vec<RoleRegion> = sums.into_values().collect();
+    let sums = sums.into_values().map(|(sum, _)| sum);
+    let mut all: Vec<RoleRegion> = sums.collect();
     all.sort_by(|a, b| b.growth.cmp(&a.growth).then(a.name.cmp(&b.name)));
     all.truncate(count);
     all
@@ -709,7 +822,7 @@ Anonymous:            12 kB
         assert_eq!(maps.len(), 9);
         assert_eq!(maps[5].path, "/memfd:blobs (deleted)");
         assert_eq!((maps[0].rss, maps[5].pss), (100 * KIB, 2048 * KIB));
-        let regions = regions(&maps, false, &[]);
+        let regions = regions(&maps, Runtime::Other, &[]);
         let named: Vec<(RegionKind, &str, u64)> = regions
             .iter()
             .map(|r| (r.kind, r.name.as_str(), r.owned))
@@ -752,7 +865,7 @@ Anonymous:            12 kB
                 ..Mapping::default()
             },
         );
-        let regions = super::regions(&maps, false, &[(0x7f00007ff000, 42)]);
+        let regions = super::regions(&maps, Runtime::Other, &[(0x7f00007ff000, 42)]);
         let named: Vec<(&str, u64)> = regions[1..3]
             .iter()
             .map(|r| (r.name.as_str(), r.owned))

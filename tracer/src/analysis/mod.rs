@@ -195,6 +195,9 @@ pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> 
             .map(|p| (p.role.as_str(), p.regions.as_slice())),
         TOP_REGIONS,
     );
+    if analysis.verdict.source == verdict::Source::Worker {
+        verdict::worker_by_regions(&mut analysis.verdict, trace);
+    }
     if let Some(top) = analysis.regions.first()
         && analysis.verdict.source != verdict::Source::None
     {

@@ -115,6 +115,60 @@ pub struct Verdict {
 const HEAP_FIGURES: [&str; 3] = ["heapUsed", "inspect.heapUsed", "heap_used"];
 const EXTERNAL_FIGURES: [&str; 2] = ["external", "arrayBuffers"];
 
+/// The share of a Node worker's region growth that must lie on one side of V8's heap for the
+/// regions to name it.
+const REGION_SHARE: f64 = 2.0 / 3.0;
+
+/// A `worker` verdict made sharper by where a Node worker's memory grew, when the worker gives
+/// no figures: in V8's heap pages (`worker-heap`), or outside them (`worker-external`: Buffers
+/// and other native memory, from malloc). Only for Node, whose heap pages have a shape of their
+/// own (see `regions::name_anonymous`); Bun's allocators put JS objects and Buffers alike in the
+/// regions they mapped at start-up, so for Bun the region is named in the evidence and the
+/// verdict stays `worker`.
+pub fn worker_by_regions(verdict: &mut Verdict, trace: &crate::trace::Trace) {
+    let node = trace
+        .processes
+        .iter()
+        .any(|p| p.role == Role::Worker && !p.regions.is_empty() && p.comm == "node");
+    let grown: Vec<&crate::regions::RegionGrowth> = trace
+        .processes
+        .iter()
+        .filter(|p| p.role == Role::Worker)
+        .flat_map(|p| &p.regions)
+        .filter(|r| r.growth > 0)
+        .collect();
+    let total: i64 = grown.iter().map(|r| r.growth).sum();
+    if !node || total <= 0 {
+        return;
+    }
+    let in_heap: i64 = grown
+        .iter()
+        .filter(|r| r.label() == crate::regions::V8_HEAP_PAGES)
+        .map(|r| r.growth)
+        .sum();
+    let share = in_heap as f64 / total as f64;
+    let (source, side) = if share >= REGION_SHARE {
+        (Source::WorkerHeap, "in V8's heap pages")
+    } else if share <= 1.0 - REGION_SHARE {
+        (
+            Source::WorkerExternal,
+            "outside V8's heap pages (Buffers, native memory)",
+        )
+    } else {
+        return;
+    };
+    verdict.source = source;
+    verdict.evidence.push(format!(
+        "{:.0}% of the Node worker's region growth ({total} B between two smaps readings) is \
+         {side}",
+        if source == Source::WorkerHeap {
+            share
+        } else {
+            1.0 - share
+        } * 100.0
+    ));
+}
+
 /// The share of the renderers' owned growth the pages' JS heaps must explain for `in-page-js`.
 /// V8 commits pages ahead of what its heap uses (and fragments): a page keeping 40,000 objects
 /// per scrape grew its JS heap 3.4 MB a cycle and its renderer's owned PSS 4.7 MB (73%); a

@@ -274,9 +274,14 @@ fn regions(out: &mut String, trace: &Trace) {
             process.regions[0].to_cycle
         );
         for region in process.regions.iter().take(3) {
+            let many = if region.regions > 1 && region.kind != crate::regions::RegionKind::Rest {
+                format!("{} regions, ", region.regions)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "  {:>10}  {} ({} → {}, {} of address space)",
+                "  {:>10}  {} ({} → {}, {many}{} of address space)",
                 bytes(region.growth, true),
                 region.name,
                 size(region.from_owned),
