@@ -12,7 +12,10 @@
 //! - `cleanup-only`: keeps 4 MiB per cycle, in the cleanup phase;
 //! - `sawtooth`: takes 8 MiB in scrape and gives it all back in cleanup.
 //!
-//! `zoo --leak PATTERN --cycles N [--recreate-every K] [--profile DIR] [--proc-truth]`. With
+//! `zoo --leak PATTERN --cycles N [--recreate-every K] [--profile DIR] [--proc-truth]
+//! [--keep-kib K] [--idle-ms MS]`. `--keep-kib` makes `worker-heap` and `worker-external` keep K
+//! KiB a cycle rather than 4 MiB (a slow leak for long runs); `--idle-ms`, the idle phase's
+//! length (default 100). With
 //! `--recreate-every K`, every K cycles it closes the pages and contexts it kept and starts
 //! over. With `--proc-truth`, every cycle marker carries `treeOwned=`: the PSS its own process
 //! tree owns (Pss_Anon + Pss_Shmem), read from /proc just before the marker, for the tests to
@@ -111,6 +114,10 @@ async fn main() {
     let recreate_every: Option<usize> =
         arg_value(&args, "--recreate-every").map(|v| v.parse().unwrap());
     let proc_truth = args.iter().any(|a| a == "--proc-truth");
+    let keep =
+        arg_value(&args, "--keep-kib").map_or(4 * MIB, |v| v.parse::<usize>().unwrap() * 1024);
+    let idle =
+        Duration::from_millis(arg_value(&args, "--idle-ms").map_or(100, |v| v.parse().unwrap()));
     let profile =
         arg_value(&args, "--profile").unwrap_or_else(|| format!("/tmp/zoo-{}", std::process::id()));
     let mut markers = Markers(
@@ -169,8 +176,8 @@ async fn main() {
                     .await
                     .unwrap();
             }
-            "worker-heap" => kept.heap(4 * MIB),
-            "worker-external" => kept.external(4 * MIB),
+            "worker-heap" => kept.heap(keep),
+            "worker-external" => kept.external(keep),
             "pages" => kept_pages.push(open_page(&browser, None, k).await),
             "contexts" => {
                 let context = browser
@@ -204,7 +211,7 @@ async fn main() {
             _ => {}
         }
         markers.send("phase idle");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(idle).await;
         // The worker's own reading of its main page's JS heap (after a GC): the truth that
         // leaktrace's DevTools reading is checked against.
         main_page

@@ -188,10 +188,13 @@ const TOP_REGIONS: usize = 10;
 /// per role; the verdict names the region that grew most.
 pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> Analysis {
     let mut analysis = analyze_history(&trace.cycles.history(), warmup, budget);
+    // Of a followed worker, the latest instance's processes, as every other figure here.
+    let since = trace.segments.last().map_or(0, |s| s.first_cycle);
     analysis.regions = crate::regions::by_role(
         trace
             .processes
             .iter()
+            .filter(|p| p.regions.first().is_some_and(|r| r.to_cycle >= since))
             .map(|p| (p.role.as_str(), p.regions.as_slice())),
         TOP_REGIONS,
     );

@@ -532,8 +532,6 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         }
     }
     progress.finish();
-    // The region growth is taken from the reading nearest the start of the fitted cycles.
-    let fitted_from = fitted_from(&cutting.timeline, marker_options.warmup);
 
     // The last sample, of the tree as it is now, before anything is stopped.
     let (end_s, end, _) = collectors.snapshot();
@@ -543,6 +541,9 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         read_browser(&collectors, &mut browser, options.warn).await;
     }
     browser.close().await;
+    // The region growth is taken from the reading nearest the start of the fitted cycles (after
+    // the last snapshot: the fits take a moment on a long trace).
+    let fitted_from = fitted_from(&cutting.timeline, marker_options.warmup);
     let Cutting {
         timeline,
         summary,
