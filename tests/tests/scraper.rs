@@ -387,7 +387,8 @@ fn a_restarted_scraper_is_followed_into_its_new_browser() {
             .args(["--cycles", &(2 * per_instance).to_string(), "-o"])
             .arg(&json),
     );
-    drop(supervisor);
+    // The second instance goes on to its last cycle, closes its browser and exits.
+    supervisor.finish();
     let trace = Trace::read(&json).unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(trace.segments.len(), 2, "{:?}\n{stderr}", trace.segments);
@@ -436,12 +437,32 @@ fn a_restarted_scraper_is_followed_into_its_new_browser() {
 }
 
 /// A supervisor in a process group of its own, killed with whatever it started.
+/// A supervisor in a process group of its own. Puppeteer starts Chromium in a group of its own
+/// too: a worker killed outright leaves its browser running, so a supervisor that must be
+/// stopped gets SIGTERM first (puppeteer closes its browser on it), and SIGKILL only after.
 struct Supervisor(std::process::Child);
+
+impl Supervisor {
+    /// Waits (a minute at most) for the supervisor to end by itself.
+    fn finish(mut self) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.0.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < until, "the supervisor ended");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
+        if self.0.try_wait().is_ok_and(|status| status.is_some()) {
+            return;
+        }
+        let group = -(self.0.id() as i32);
         // SAFETY: signalling the process group the supervisor leads.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.0.wait();
     }
 }

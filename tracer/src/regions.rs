@@ -29,7 +29,12 @@ pub const SHARE: f64 = 0.02;
 /// Readings kept per process besides the latest: when more come, every other one goes, so
 /// they thin out over a long trace while the early ones (where the fitted window starts) stay
 /// close together.
-const KEPT: usize = 8;
+const KEPT: usize = 4;
+/// Regions owning less than this are left out of a reading: a Chromium process has hundreds of
+/// such (a few pages of a file copied on write), and a long trace keeps several readings of
+/// every process. A region that grows past it later counts from zero, 64 KiB too much at most.
+const MIN_OWNED: u64 = 64 * KIB;
+
 /// Regions per process in the trace.
 pub const TOP_PER_PROCESS: usize = 5;
 
@@ -168,17 +173,13 @@ impl RegionKind {
 pub struct Region {
     pub kind: RegionKind,
     pub name: String,
-    /// How the name was inferred.
-    pub why: String,
+    /// How the name was inferred: fixed words, so that the readings kept hold no copy of them.
+    pub why: &'static str,
     pub start: u64,
     /// Its address space, reserved or not.
     pub size: u64,
     /// The memory the process owns in it: PSS, and in a file mapping only its private pages.
     pub owned: u64,
-}
-
-fn bytes(n: u64) -> String {
-    crate::report::bytes(n as i64, false)
 }
 
 /// The regions of a process's mappings; `runtime` says what shapes to expect; `stacks`, the
@@ -258,22 +259,21 @@ pub fn regions(maps: &[Mapping], runtime: Runtime, stacks: &[(u64, u32)]) -> Vec
 }
 
 /// A mapping with a path or a pseudo-path: its kind, name, evidence and owned memory.
-fn name_named(map: &Mapping) -> (RegionKind, String, String, u64) {
+fn name_named(map: &Mapping) -> (RegionKind, String, &'static str, u64) {
     let path = map.path.trim_end_matches(" (deleted)");
-    let shared =
-        |name: String, why: &str| (RegionKind::SharedMemory, name, why.to_string(), map.pss);
+    let shared = |name: String, why: &'static str| (RegionKind::SharedMemory, name, why, map.pss);
     if path == "[heap]" {
         (
             RegionKind::Heap,
             path.into(),
-            "malloc's brk heap ([heap])".into(),
+            "malloc's brk heap ([heap])",
             map.pss,
         )
     } else if path == "[stack]" {
         (
             RegionKind::Stack,
             path.into(),
-            "the main thread's stack ([stack])".into(),
+            "the main thread's stack ([stack])",
             map.pss,
         )
     } else if let Some(name) = path.strip_prefix("[anon:") {
@@ -281,7 +281,7 @@ fn name_named(map: &Mapping) -> (RegionKind, String, String, u64) {
         (
             RegionKind::Anonymous,
             format!("anonymous: {name}"),
-            "named by the process itself (PR_SET_VMA_ANON_NAME)".into(),
+            "named by the process itself (PR_SET_VMA_ANON_NAME)",
             map.pss,
         )
     } else if let Some(name) = path.strip_prefix("[anon_shmem:") {
@@ -293,7 +293,7 @@ fn name_named(map: &Mapping) -> (RegionKind, String, String, u64) {
         (
             RegionKind::Other,
             path.into(),
-            "a kernel-provided mapping".into(),
+            "a kernel-provided mapping",
             map.pss,
         )
     } else if let Some(name) = path.strip_prefix("/memfd:") {
@@ -317,15 +317,14 @@ fn name_named(map: &Mapping) -> (RegionKind, String, String, u64) {
         (
             RegionKind::File,
             path.to_string(),
-            "a file mapped shared: its pages are the file's (page cache), none the process's own"
-                .into(),
+            "a file mapped shared: its pages are the file's (page cache), none the process's own",
             map.anonymous,
         )
     } else {
         (
             RegionKind::File,
             path.to_string(),
-            "a file mapped private: only its copied-on-write pages are the process's own".into(),
+            "a file mapped private: only its copied-on-write pages are the process's own",
             map.anonymous,
         )
     }
@@ -337,7 +336,7 @@ fn thread_stack(maps: &[Mapping], tid: u32) -> Region {
     Region {
         kind: RegionKind::ThreadStack,
         name: format!("stack of thread {tid}"),
-        why: format!("holds thread {tid}'s stack pointer (/proc/PID/task/{tid}/syscall)"),
+        why: "holds the thread's stack pointer (/proc/PID/task/TID/syscall)",
         start,
         size: maps.iter().map(Mapping::size).sum(),
         owned: maps.iter().map(|m| m.pss).sum(),
@@ -365,32 +364,25 @@ fn name_anonymous(maps: &[Mapping], runtime: Runtime) -> Region {
             (
                 RegionKind::ThreadStack,
                 format!("thread stack at {start:#x}"),
-                format!(
-                    "a {} read-write mapping right above a {} PROT_NONE guard: how pthread stacks are laid out",
-                    bytes(stack.size()),
-                    bytes(guard.size())
-                ),
+                "a read-write mapping right above a PROT_NONE guard of 64 KiB at most: how \
+                 pthread stacks are laid out",
             )
         }
         _ if chromium && size >= 1 << 40 => (
             RegionKind::Anonymous,
             format!("V8 sandbox at {start:#x} (likely)"),
-            format!(
-                "a {} reservation in a Chromium process: V8's sandbox reserves 1 TiB",
-                bytes(size)
-            ),
+            "a reservation of 1 TiB or more in a Chromium process: V8's sandbox reserves 1 TiB",
         ),
         _ if chromium && size == 4 * GIB && aligned(4 * GIB) => (
             RegionKind::Anonymous,
             format!("V8 or Oilpan cage at {start:#x} (likely)"),
             "a 4 GiB-aligned 4 GiB reservation in a Chromium process: V8's pointer-compression \
-             cage and Oilpan's cage are laid out so"
-                .to_string(),
+             cage and Oilpan's cage are laid out so",
         ),
         _ if chromium && size == 16 * GIB => (
             RegionKind::Anonymous,
             format!("PartitionAlloc pool at {start:#x} (likely)"),
-            "a 16 GiB reservation in a Chromium process: the size of PartitionAlloc's pools".into(),
+            "a 16 GiB reservation in a Chromium process: the size of PartitionAlloc's pools",
         ),
         _ if runtime == Runtime::Node
             && reserved == 0
@@ -403,27 +395,20 @@ fn name_anonymous(maps: &[Mapping], runtime: Runtime) -> Region {
                 format!("V8 heap pages at {start:#x} (likely)"),
                 "read-write memory at a 256 KiB-aligned address in a Node process: V8 maps its \
                  heap in 256 KiB-aligned pages, while Buffers and other native memory come from \
-                 malloc"
-                    .to_string(),
+                 malloc",
             )
         }
         _ if size == 64 * MIB && aligned(64 * MIB) && reserved > 0 => (
             RegionKind::Anonymous,
             format!("malloc arena at {start:#x} (likely)"),
             "a 64 MiB-aligned 64 MiB reservation, committed from its start: how glibc lays out a \
-             thread's malloc arena"
-                .to_string(),
+             thread's malloc arena",
         ),
         _ => (
             RegionKind::Anonymous,
             format!("anonymous region at {start:#x}"),
-            format!(
-                "{} of address space in {} adjacent mapping(s), {} of it PROT_NONE; its shape \
-                 says no more",
-                bytes(size),
-                maps.len(),
-                bytes(reserved)
-            ),
+            "adjacent anonymous mappings (a reservation and what is committed in it) whose size \
+             and alignment say no more",
         ),
     };
     Region {
@@ -548,7 +533,7 @@ pub fn growth(before: &Reading, after: &Reading) -> Vec<RegionGrowth> {
             RegionGrowth {
                 name: region.name.clone(),
                 kind: region.kind,
-                why: region.why.clone(),
+                why: region.why.to_string(),
                 start: region.start,
                 size: region.size,
                 from_cycle: before.cycle,
@@ -568,7 +553,7 @@ pub fn growth(before: &Reading, after: &Reading) -> Vec<RegionGrowth> {
 #[derive(Clone, Debug, Default)]
 pub struct Reading {
     pub cycle: u32,
-    /// Only those owning something: the others cannot have given anything back.
+    /// Only those owning [`MIN_OWNED`] or more.
     pub regions: Vec<Region>,
 }
 
@@ -596,7 +581,7 @@ fn stack_pointers(pid: u32) -> Vec<(u64, u32)> {
 pub fn read(pid: u32, runtime: Runtime, cycle: u32) -> Option<Reading> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
     let mut regions = regions(&parse_smaps(&text), runtime, &stack_pointers(pid));
-    regions.retain(|r| r.owned > 0);
+    regions.retain(|r| r.owned >= MIN_OWNED);
     Some(Reading { cycle, regions })
 }
 
@@ -884,7 +869,7 @@ Anonymous:            12 kB
         let region = |start: u64, size: u64, owned: u64| Region {
             kind: RegionKind::Anonymous,
             name: format!("anonymous region at {start:#x}"),
-            why: String::new(),
+            why: "",
             start,
             size,
             owned,
