@@ -19,6 +19,10 @@
 //!   Each check runs under busybox `timeout`, so a hung check costs its own result only; the whole
 //!   boot has a timeout too, after which qemu is killed. Each console is kept in
 //!   target/vmtest/logs/.
+//! - A kernel that locks up (a soft lockup, which once hung Debian 12's kernel under TCG for the
+//!   whole boot) panics at once with its backtraces on the console, and the checks left without a
+//!   result run again in a second boot of the same kernel (the kernel command line names them).
+//!   The table marks what passed only there, and the first boot's lockup is shown under it.
 //! - qemu runs with TCG: KVM fails on this machine ("emulation failure" on cmpxchg16b), and TCG
 //!   boots to /init in seconds.
 
@@ -121,6 +125,9 @@ const BOOT_MARGIN: Duration = Duration::from_secs(60);
 /// Lines of a failing check's output shown under the table (the whole output is in the log).
 const EXCERPT_LINES: usize = 10;
 
+/// Lines shown from a kernel lockup or panic: enough for the stuck tasks' backtraces.
+const KERNEL_EXCERPT_LINES: usize = 60;
+
 /// Where a kernel comes from and, once fetched, its image.
 struct Kernel {
     /// `host` or the Debian suite.
@@ -136,15 +143,31 @@ struct Kernel {
 /// A check's result in one VM.
 struct Outcome {
     ok: bool,
+    /// False when the VM ended or was killed before the check finished.
+    finished: bool,
     /// `exit N`, or why there is no result.
     summary: String,
     output: Vec<String>,
+    /// When the check ran again in a second boot: why the first gave no result, and its output.
+    first_boot: Option<(String, Vec<String>)>,
 }
 
-/// One VM's results, in `CHECKS` order, and how long the boot took.
+/// One VM's results, in `CHECKS` order (of the checks it ran), and how long the boot took.
 struct Boot {
     outcomes: Vec<Outcome>,
     seconds: f64,
+}
+
+impl Boot {
+    /// Takes a second boot's results for the checks that had none in this one.
+    fn retried(&mut self, again: Boot) {
+        self.seconds += again.seconds;
+        let unfinished = self.outcomes.iter_mut().filter(|o| !o.finished);
+        for (outcome, second) in unfinished.zip(again.outcomes) {
+            let first = std::mem::replace(outcome, second);
+            outcome.first_boot = Some((first.summary, first.output));
+        }
+    }
 }
 
 /// Runs the task for `kernels` (names from `KERNELS`, which clap checks); true when every check
@@ -178,9 +201,28 @@ pub(crate) fn vmtest(kernels: &[String], keep: bool) -> Result<bool> {
             Ok(image) => {
                 println!("vmtest: booting {}", kernel.label);
                 let log = dir.join(format!("logs/{key}.log"));
-                let boot = boot(image, &initrd, &log)?;
-                println!("vmtest: {} done in {:.1} s", kernel.label, boot.seconds);
-                Some(boot)
+                let all: Vec<&Check> = CHECKS.iter().collect();
+                let mut first = boot(image, &initrd, &log, &all)?;
+                println!("vmtest: {} done in {:.1} s", kernel.label, first.seconds);
+                let unfinished: Vec<&Check> = CHECKS
+                    .iter()
+                    .zip(&first.outcomes)
+                    .filter(|(_, o)| !o.finished)
+                    .map(|(c, _)| c)
+                    .collect();
+                if !unfinished.is_empty() {
+                    let names: Vec<&str> = unfinished.iter().map(|c| c.name).collect();
+                    println!(
+                        "vmtest: {}: no result for {}; booting again for them",
+                        kernel.label,
+                        names.join(", ")
+                    );
+                    let log = dir.join(format!("logs/{key}-again.log"));
+                    let again = boot(image, &initrd, &log, &unfinished)?;
+                    println!("vmtest: {} again done in {:.1} s", kernel.label, again.seconds);
+                    first.retried(again);
+                }
+                Some(first)
             }
             Err(why) => {
                 println!("vmtest: {}: {why}", kernel.label);
@@ -519,6 +561,11 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
 export PATH=/bin:{} HOME=/scratch TMPDIR=/scratch CI=true RUST_BACKTRACE=1
 echo \"VMTEST kernel=$(cat /proc/sys/kernel/osrelease)\"
+# The checks to run, `vmtest.checks=a,b` on the kernel command line (all when it is not there).
+only=all
+for word in $(cat /proc/cmdline); do
+    case $word in vmtest.checks=*) only=${{word#vmtest.checks=}} ;; esac
+done
 ",
         debug.display()
     );
@@ -526,12 +573,14 @@ echo \"VMTEST kernel=$(cat /proc/sys/kernel/osrelease)\"
         let (name, timeout) = (check.name, check.timeout);
         let _ = write!(
             script,
-            "echo VMTEST-BEGIN check={name}
+            "case \",$only,\" in *,all,*|*,{name},*)
+echo VMTEST-BEGIN check={name}
 timeout {timeout} sh /checks/{name}.sh </dev/null 2>&1
 rc=$?
 echo VMTEST-END check={name}
 if [ $rc = 0 ]; then status=ok; else status=fail; fi
 echo \"VMTEST check={name} status=$status exit=$rc\"
+;; esac
 "
         );
     }
@@ -539,16 +588,25 @@ echo \"VMTEST check={name} status=$status exit=$rc\"
     script
 }
 
-/// Boots `image` with the initramfs and reads the checks' results from its console, which is
-/// also written to `log`. qemu is killed when the boot takes longer than all check timeouts
-/// plus a margin.
-fn boot(image: &Path, initrd: &Path, log: &Path) -> Result<Boot> {
+/// Boots `image` with the initramfs to run `checks` and reads their results from its console,
+/// which is also written to `log`. qemu is killed when the boot takes longer than the checks'
+/// timeouts plus a margin.
+fn boot(image: &Path, initrd: &Path, log: &Path, checks: &[&Check]) -> Result<Boot> {
     let started = Instant::now();
     let limit = BOOT_MARGIN
-        + CHECKS
+        + checks
             .iter()
             .map(|c| Duration::from_secs(c.timeout.into()))
             .sum();
+    let names: Vec<&str> = checks.iter().map(|c| c.name).collect();
+    // loglevel=5 rather than quiet: warnings and the backtraces of a lockup reach the console.
+    // softlockup_panic: a kernel that locks up ends the boot at once (panic=-1, -no-reboot)
+    // instead of holding it until its time is up, with every CPU's backtrace.
+    let append = format!(
+        "console=ttyS0 loglevel=5 panic=-1 softlockup_panic=1 softlockup_all_cpu_backtrace=1 \
+         root=/dev/vmtest-ramfs vmtest.checks={}",
+        names.join(",")
+    );
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-m", "4096", "-smp", "2"])
         .arg("-kernel")
@@ -558,10 +616,8 @@ fn boot(image: &Path, initrd: &Path, log: &Path) -> Result<Boot> {
         // panic=-1 with -no-reboot: if /init dies, the kernel panics and qemu exits at once.
         // root= (any name) makes the initramfs a ramfs rather than a tmpfs, so the fixtures'
         // own executables map as files, not as shared memory, as they do from a disk.
-        .args([
-            "-append",
-            "console=ttyS0 quiet panic=-1 root=/dev/vmtest-ramfs",
-        ])
+        .arg("-append")
+        .arg(&append)
         // No network: none is needed, and a NIC wants option ROMs a minimal qemu may lack.
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .stdin(Stdio::null())
@@ -610,7 +666,7 @@ fn boot(image: &Path, initrd: &Path, log: &Path) -> Result<Boot> {
             errors.trim()
         )
     };
-    let outcomes = CHECKS
+    let outcomes = checks
         .iter()
         .map(|check| parse(&console, check.name, &why_missing))
         .collect();
@@ -647,6 +703,8 @@ fn parse(console: &str, name: &str, why_missing: &str) -> Outcome {
             let exit = field("exit");
             Outcome {
                 ok: field("status") == "ok",
+                finished: true,
+                first_boot: None,
                 summary: match exit.as_str() {
                     "143" => "exit 143 (ended by its timeout?)".into(),
                     _ => format!("exit {exit}"),
@@ -656,6 +714,8 @@ fn parse(console: &str, name: &str, why_missing: &str) -> Outcome {
         }
         None => Outcome {
             ok: false,
+            finished: false,
+            first_boot: None,
             summary: why_missing.to_string(),
             output,
         },
@@ -689,7 +749,20 @@ fn report(rows: &[(Kernel, Option<Boot>)]) -> (String, bool) {
         match (boot, &kernel.image) {
             (Some(boot), _) => {
                 for (check, outcome) in CHECKS.iter().zip(&boot.outcomes) {
-                    let _ = write!(out, "{:<13}", if outcome.ok { "ok" } else { "FAIL" });
+                    let cell = match (outcome.ok, &outcome.first_boot) {
+                        (true, None) => "ok",
+                        (true, Some(_)) => "ok (again)",
+                        (false, _) => "FAIL",
+                    };
+                    let _ = write!(out, "{cell:<13}");
+                    if let Some((summary, output)) = &outcome.first_boot {
+                        let _ = writeln!(
+                            details,
+                            "\n--- {} {}, first boot: {summary}",
+                            kernel.label, check.name
+                        );
+                        excerpt(&mut details, output);
+                    }
                     if outcome.ok {
                         continue;
                     }
@@ -699,15 +772,7 @@ fn report(rows: &[(Kernel, Option<Boot>)]) -> (String, bool) {
                         "\n--- {} {}: {}",
                         kernel.label, check.name, outcome.summary
                     );
-                    // doctor lists its passing checks first; the failures are what matters.
-                    for line in outcome
-                        .output
-                        .iter()
-                        .filter(|l| !l.starts_with("ok "))
-                        .take(EXCERPT_LINES)
-                    {
-                        let _ = writeln!(details, "    {line}");
-                    }
+                    excerpt(&mut details, &outcome.output);
                 }
                 let boot = format!("{:.1} s", boot.seconds);
                 let _ = writeln!(out, "{boot:<9}{download}");
@@ -729,4 +794,24 @@ fn report(rows: &[(Kernel, Option<Boot>)]) -> (String, bool) {
     out.push_str(&details);
     out.push('\n');
     (out, passed)
+}
+
+/// The lines of a check's output worth showing: from a kernel lockup or panic when there is one
+/// (the check's own lines before it are beside the point), else the first ones, leaving out the
+/// `ok ...` lines doctor lists its passing checks with.
+fn excerpt(details: &mut String, output: &[String]) {
+    let kernel_trouble = output
+        .iter()
+        .position(|l| l.contains("BUG: ") || l.contains("Kernel panic"));
+    let (from, lines) = match kernel_trouble {
+        Some(at) => (at, KERNEL_EXCERPT_LINES),
+        None => (0, EXCERPT_LINES),
+    };
+    for line in output[from..]
+        .iter()
+        .filter(|l| !l.starts_with("ok "))
+        .take(lines)
+    {
+        let _ = writeln!(details, "    {line}");
+    }
 }
