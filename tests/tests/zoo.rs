@@ -61,6 +61,17 @@ fn zoo_beside(
     extra: &[&str],
     outside: bool,
 ) -> Option<(Option<i32>, Trace)> {
+    zoo_traced(name, leak, &[], extra, outside)
+}
+
+/// The same, with options of leaktrace's own (`tracer`) as well as the zoo's (`extra`).
+fn zoo_traced(
+    name: &str,
+    leak: &str,
+    tracer: &[&str],
+    extra: &[&str],
+    outside: bool,
+) -> Option<(Option<i32>, Trace)> {
     if !require_root(name) || !require_chromium(name) {
         return None;
     }
@@ -69,7 +80,9 @@ fn zoo_beside(
     let (json, profile) = (scratch.path("t.json"), scratch.path("profile"));
     let mut traced = spawn(
         Command::new(leaktrace())
-            .args(["run", "-q", "--budget", "5MiB/day", "-o"])
+            .args(["run", "-q", "--budget", "5MiB/day"])
+            .args(tracer)
+            .arg("-o")
             .arg(&json)
             .arg("--")
             .arg(fixture("zoo"))
@@ -316,6 +329,87 @@ fn zoo_in_page() {
         truth,
     );
     assert_eq!(code, Some(3));
+}
+
+fn assert_within_5_percent(what: &str, measured: f64, truth: f64) {
+    assert!(
+        (measured - truth).abs() <= 0.05 * truth.abs(),
+        "{what}: {measured} against {truth} (5%)"
+    );
+}
+
+/// The renderers' allocators in Chromium's memory dumps (`--memory-dumps`) between the two
+/// dumps the analysis compares, by name, and those two dumps' cycles.
+fn renderer_allocators(trace: &Trace) -> (Vec<(String, i64)>, u32) {
+    let rows: Vec<(String, i64)> = trace
+        .analysis
+        .allocators
+        .iter()
+        .filter(|a| a.role == "renderer")
+        .map(|a| (a.allocator.clone(), a.growth))
+        .collect();
+    let first = &trace.analysis.allocators[0];
+    // Taken at the first cycle end with DevTools, then at doubling cycles.
+    let cycles: Vec<u32> = trace.memory_dumps.iter().map(|d| d.cycle).collect();
+    assert_eq!(cycles, [1, 2, 4, 8, 16], "{cycles:?}");
+    assert!(first.to_cycle == 16 && first.from_cycle < 16, "{first:?}");
+    (rows, first.to_cycle - first.from_cycle)
+}
+
+#[test]
+fn zoo_memory_dumps_name_v8_when_a_page_keeps_js_data() {
+    let Some((_, trace)) = zoo_traced(
+        "zoo-dumps-in-page",
+        "in-page",
+        &["--memory-dumps"],
+        &[],
+        false,
+    ) else {
+        return;
+    };
+    let (renderers, cycles) = renderer_allocators(&trace);
+    assert_eq!(renderers[0].0, "v8", "{renderers:?}");
+    // Against the page's own reading of its JS heap (after a GC) over the same cycles.
+    let truth = series(&trace, "worker.pageHeap").per_cycle * f64::from(cycles);
+    assert_within_5_percent("v8's growth", renderers[0].1 as f64, truth);
+    assert_eq!(trace.analysis.verdict.source, "in-page-js");
+    assert!(
+        trace
+            .analysis
+            .verdict
+            .evidence
+            .iter()
+            .any(|e| e.contains("memory dumps")),
+        "{:?}",
+        trace.analysis.verdict
+    );
+}
+
+#[test]
+fn zoo_memory_dumps_name_partition_alloc_when_a_page_keeps_array_buffers() {
+    let Some((_, trace)) = zoo_traced(
+        "zoo-dumps-buffers",
+        "in-page-buffers",
+        &["--memory-dumps"],
+        &[],
+        false,
+    ) else {
+        return;
+    };
+    let (renderers, cycles) = renderer_allocators(&trace);
+    assert_eq!(renderers[0].0, "partition_alloc", "{renderers:?}");
+    // 4 MiB of backing store a cycle.
+    assert_within_5_percent(
+        "partition_alloc's growth",
+        renderers[0].1 as f64,
+        4.0 * MIB * f64::from(cycles),
+    );
+    let v8 = renderers.iter().find(|(a, _)| a == "v8").map_or(0, |r| r.1);
+    assert!(
+        (v8 as f64) < MIB * f64::from(cycles) / 4.0,
+        "v8 grew {v8} B: the buffers' backing stores are not in V8's heap"
+    );
+    assert_eq!(trace.analysis.verdict.source, "renderer-native");
 }
 
 #[test]

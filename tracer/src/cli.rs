@@ -221,6 +221,12 @@ struct TraceArgs {
     /// that stays in the traced browser and grows: off unless asked for.
     #[arg(long)]
     page_renderers: bool,
+    /// Ask Chromium for its own account of its memory (memory-infra: v8, blink_gc,
+    /// partition_alloc, malloc, ... per process) at a few cycle ends, to say which allocator
+    /// grew. The first dump starts Chromium's tracing service (a utility process of ~37 MB that
+    /// stays) and each takes the browser 70-200 ms: off unless asked for.
+    #[arg(long)]
+    memory_dumps: bool,
     /// A Node worker's inspector (`node --inspect=HOST:PORT`, given as http://HOST:PORT or a
     /// ws:// URL): its Runtime.getHeapUsage at every cycle end becomes the worker figures
     /// inspect.heapUsed and inspect.heapTotal.
@@ -488,6 +494,7 @@ fn run_trace(
         cdp: args.cdp.clone(),
         redact_urls: args.redact_urls,
         page_renderers: args.page_renderers,
+        memory_dumps: args.memory_dumps,
         worker_inspect: args.worker_inspect.clone(),
         spill_dir: spill_dir(args.output.as_deref()),
         metrics: outputs.metrics.clone(),

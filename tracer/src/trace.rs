@@ -16,7 +16,7 @@ pub use tracer_common::ClassFlow;
 use tracer_common::{ProcessFlows, RegionClass};
 
 pub use crate::analysis::Analysis;
-pub use crate::browser::{BrowserSummary, BrowserView};
+pub use crate::browser::{BrowserSummary, BrowserView, MemoryDump};
 pub use crate::roles::Role;
 pub use crate::sampler::{ProcSample, RollupCost};
 
@@ -135,6 +135,10 @@ pub struct Trace {
     /// order (a supervisor restarted it with a new pid). Empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<Segment>,
+    /// With `--memory-dumps`: Chromium's memory-infra dumps, at the first cycle end with a
+    /// DevTools connection and then at cycles 2, 4, 8, ... (see `session::dumps`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_dumps: Vec<MemoryDump>,
     /// Fits of the cycle series, the phase growth, and the budget check.
     #[serde(default)]
     pub analysis: Analysis,
@@ -873,6 +877,7 @@ mod tests {
             cycles: Cycles::default(),
             compacted: None,
             segments: Vec::new(),
+            memory_dumps: Vec::new(),
             markers: MarkerSummary::default(),
             browser: BrowserSummary::default(),
             analysis: Analysis::default(),

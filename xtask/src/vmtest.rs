@@ -219,7 +219,10 @@ pub(crate) fn vmtest(kernels: &[String], keep: bool) -> Result<bool> {
                     );
                     let log = dir.join(format!("logs/{key}-again.log"));
                     let again = boot(image, &initrd, &log, &unfinished)?;
-                    println!("vmtest: {} again done in {:.1} s", kernel.label, again.seconds);
+                    println!(
+                        "vmtest: {} again done in {:.1} s",
+                        kernel.label, again.seconds
+                    );
                     first.retried(again);
                 }
                 Some(first)

@@ -8,6 +8,8 @@
 //! - `pages`: opens a page per cycle and never closes it;
 //! - `contexts`: a browser context (with a page) per cycle, never disposed;
 //! - `in-page`: one page keeps 4 MiB more JS data every cycle;
+//! - `in-page-buffers`: one page keeps a 4 MiB ArrayBuffer more every cycle (its backing store
+//!   is outside V8's heap, in PartitionAlloc);
 //! - `accelerating`: keeps k × 1 MiB of its heap in cycle k;
 //! - `cleanup-only`: keeps 4 MiB per cycle, in the cleanup phase;
 //! - `sawtooth`: takes 8 MiB in scrape and gives it all back in cleanup.
@@ -191,6 +193,18 @@ async fn main() {
                 let keep = format!(
                     "{{ const a = []; for (let i = 0; i < {}; i++) a.push(i + 0.5); (window.kept = window.kept || []).push(a); }} 0",
                     4 * MIB / 8
+                );
+                main_page.evaluate(keep.as_str()).await.unwrap();
+                main_page
+                    .execute(CollectGarbageParams::default())
+                    .await
+                    .unwrap();
+            }
+            "in-page-buffers" => {
+                // Touched, so that every page of the backing store is resident.
+                let keep = format!(
+                    "{{ (window.kept = window.kept || []).push(new Uint8Array({}).fill(1)); }} 0",
+                    4 * MIB
                 );
                 main_page.evaluate(keep.as_str()).await.unwrap();
                 main_page

@@ -11,6 +11,7 @@
 //! [`series`] names what a series measures; [`fit`] fits one series; [`verdict`] turns the
 //! fits into answers and a verdict.
 
+pub mod allocators;
 mod fit;
 pub mod history;
 mod series;
@@ -110,6 +111,10 @@ pub struct Analysis {
     /// [`crate::regions`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub regions: Vec<crate::regions::RoleRegion>,
+    /// With `--memory-dumps`: Chromium's allocators that changed most per role, between the
+    /// dump nearest the start of the fitted cycles and the last (see [`allocators`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allocators: Vec<allocators::AllocatorGrowth>,
 }
 
 /// One instance of a followed worker, fitted on its own cycles (a restart gives its memory
@@ -201,6 +206,9 @@ pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> 
     if analysis.verdict.source == verdict::Source::Worker {
         verdict::worker_by_regions(&mut analysis.verdict, trace);
     }
+    let fitted_from = since + analysis.tree().map_or(0, |t| t.warmup_cycles) as u32;
+    analysis.allocators = allocators::growth(&trace.memory_dumps, since, fitted_from);
+    verdict::renderer_by_allocators(&mut analysis.verdict, &analysis.allocators);
     if let Some(top) = analysis.regions.first()
         && analysis.verdict.source != verdict::Source::None
     {

@@ -169,6 +169,42 @@ pub fn worker_by_regions(verdict: &mut Verdict, trace: &crate::trace::Trace) {
     ));
 }
 
+/// Renderers that grow, told apart by Chromium's own account where there is one
+/// (`--memory-dumps`): V8's heap growing most is the pages' JS (`in-page-js`), any other
+/// allocator (blink_gc for DOM, partition_alloc for ArrayBuffers and strings, malloc, cc, ...)
+/// is memory outside JS (`renderer-native`). It overrides the JS-heap rule, which can only tell
+/// what the pages' heaps explain.
+pub(super) fn renderer_by_allocators(
+    verdict: &mut Verdict,
+    allocators: &[super::allocators::AllocatorGrowth],
+) {
+    if !matches!(verdict.source, Source::InPageJs | Source::RendererNative) {
+        return;
+    }
+    let mut grown: Vec<_> = allocators
+        .iter()
+        .filter(|a| a.role == Role::Renderer.as_str() && a.growth > 0)
+        .collect();
+    grown.sort_by_key(|a| std::cmp::Reverse(a.growth));
+    let Some(top) = grown.first() else { return };
+    verdict.source = if top.allocator == "v8" {
+        Source::InPageJs
+    } else {
+        Source::RendererNative
+    };
+    let listed: Vec<String> = grown
+        .iter()
+        .take(3)
+        .map(|a| format!("{} {:+} B", a.allocator, a.growth))
+        .collect();
+    verdict.evidence.push(format!(
+        "Chromium's memory dumps (cycles {} to {}): the renderers' {}",
+        top.from_cycle,
+        top.to_cycle,
+        listed.join(", ")
+    ));
+}
+
 /// The share of the renderers' owned growth the pages' JS heaps must explain for `in-page-js`.
 /// V8 commits pages ahead of what its heap uses (and fragments): a page keeping 40,000 objects
 /// per scrape grew its JS heap 3.4 MB a cycle and its renderer's owned PSS 4.7 MB (73%); a

@@ -287,3 +287,68 @@ pub async fn heap_usage(cdp: &Cdp, session: Option<&SessionId>) -> Result<(u64, 
         _ => Err(format!("{method}: no usedSize/totalSize in {heap}")),
     }
 }
+
+/// One memory-infra dump of every Chromium process: a trace of the
+/// `disabled-by-default-memory-infra` category only, with one `background` dump requested in it
+/// (the lightest level that still names v8, blink_gc, partition_alloc and malloc), ended at once.
+/// Each process's allocators by their top-level name with Chromium's own size for it, by pid.
+pub async fn memory_dump(cdp: &mut Cdp) -> Result<BTreeMap<u32, BTreeMap<String, u64>>, String> {
+    while cdp.tracing.try_recv().is_ok() {}
+    let start = json!({
+        "traceConfig": {
+            "includedCategories": ["disabled-by-default-memory-infra"],
+            "excludedCategories": ["*"],
+            "memoryDumpConfig": {"triggers": []},
+        },
+        "transferMode": "ReportEvents",
+    });
+    cdp.call_raw("Tracing.start", None, start).await?;
+    let request = json!({"deterministic": false, "levelOfDetail": "background"});
+    let dumped = cdp
+        .call_raw("Tracing.requestMemoryDump", None, request)
+        .await;
+    // Ended whatever the request gave: a trace left running would keep its buffers.
+    let ended = cdp.call_raw("Tracing.end", None, json!({})).await;
+    match dumped {
+        Ok(answer) if answer["success"] == true => {}
+        Ok(answer) => {
+            return Err(format!(
+                "Tracing.requestMemoryDump did not succeed: {answer}"
+            ));
+        }
+        Err(e) => return Err(e),
+    }
+    ended?;
+    let mut processes = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+    // One trace at a time, and the queue was emptied first: these events are this trace's.
+    loop {
+        let Ok(Some((_, method, params))) =
+            tokio::time::timeout_at(deadline, cdp.tracing.recv()).await
+        else {
+            return Err("the memory dump's trace did not complete in time".into());
+        };
+        if method == "Tracing.tracingComplete" {
+            return Ok(processes);
+        }
+        for event in params["value"].as_array().into_iter().flatten() {
+            let allocators = &event["args"]["dumps"]["allocators"];
+            let (Some(pid), Some(allocators)) = (event["pid"].as_u64(), allocators.as_object())
+            else {
+                continue;
+            };
+            let sizes: &mut BTreeMap<String, u64> = processes.entry(pid as u32).or_default();
+            for (name, node) in allocators {
+                // `malloc`, not `malloc/partitions`; `global/...` are shared memory's cross-
+                // process entries, not an allocator.
+                if name.contains('/') || name == "global" {
+                    continue;
+                }
+                let size = node["attrs"]["size"]["value"].as_str();
+                if let Some(size) = size.and_then(|s| u64::from_str_radix(s, 16).ok()) {
+                    sizes.insert(name.clone(), size);
+                }
+            }
+        }
+    }
+}

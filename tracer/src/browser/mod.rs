@@ -31,7 +31,7 @@ use chromiumoxide::cdp::browser_protocol::{
 use serde::{Deserialize, Serialize};
 
 pub use self::cdp::CallCost;
-use self::cdp::{Cdp, heap_usage, renderer_pid};
+use self::cdp::{Cdp, heap_usage, memory_dump, renderer_pid};
 pub use self::endpoint::{CdpMode, Endpoint, endpoint_of};
 
 /// A Node worker's own heap, through its inspector (`node --inspect`): Runtime.getHeapUsage.
@@ -149,6 +149,32 @@ pub fn origin(url: &str) -> String {
         ),
         None => url.split(':').next().unwrap_or(url).to_string() + ":",
     }
+}
+
+/// One memory-infra dump (`--memory-dumps`): Chromium's own account of its allocators, per
+/// process, at one cycle end.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemoryDump {
+    /// The complete cycles before it: taken at the end of this cycle.
+    pub cycle: u32,
+    /// Seconds since the trace began.
+    pub t_s: f64,
+    /// How long the browser took for it (Tracing.start, requestMemoryDump, end and the data).
+    pub seconds: f64,
+    pub processes: Vec<DumpedProcess>,
+}
+
+/// One process of a memory dump.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DumpedProcess {
+    pub pid: u32,
+    /// leaktrace's role for the pid, if it traces it.
+    pub role: Option<crate::roles::Role>,
+    /// Bytes per allocator, by Chromium's top-level name: v8, blink_gc, partition_alloc,
+    /// malloc, cc, gpu, shared_memory, ...
+    pub allocators: BTreeMap<String, u64>,
 }
 
 /// The DevTools side of a whole trace.
@@ -345,6 +371,40 @@ impl BrowserReader {
                     warn,
                 );
                 self.back_off();
+                None
+            }
+        }
+    }
+
+    /// A memory-infra dump of every Chromium process, within [`VIEW_DEADLINE`]; None when not
+    /// connected or when it failed (counted, and said once). The pids are the kernel's: the
+    /// browser process reports its children's.
+    pub async fn memory_dump(
+        &mut self,
+        warn: bool,
+    ) -> Option<(f64, BTreeMap<u32, BTreeMap<String, u64>>)> {
+        let cdp = self.cdp.as_mut().filter(|c| !c.is_closed())?;
+        let started = std::time::Instant::now();
+        let dumped = tokio::time::timeout(VIEW_DEADLINE, memory_dump(cdp)).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match dumped {
+            Ok(Ok(processes)) => Some((seconds, processes)),
+            Ok(Err(e)) => {
+                self.summary.failed_calls += 1;
+                self.note_once("dump".into(), format!("a memory dump failed: {e}"), warn);
+                None
+            }
+            Err(_) => {
+                // The trace it started may still run: dropping the connection ends it.
+                self.summary.failed_calls += 1;
+                self.summary.disconnects += 1;
+                self.cdp = None;
+                self.sessions.clear();
+                self.note_once(
+                    "dump".into(),
+                    format!("a memory dump took longer than {VIEW_DEADLINE:?}: left out"),
+                    warn,
+                );
                 None
             }
         }

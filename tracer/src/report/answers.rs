@@ -84,6 +84,25 @@ pub fn view(trace: &Trace) -> Option<AnswersView> {
         );
         label = "";
     }
+    // Chromium's own account (`--memory-dumps`): the allocators that grew most.
+    let grown: Vec<String> = analysis
+        .allocators
+        .iter()
+        .filter(|a| a.growth > 0)
+        .take(3)
+        .map(|a| format!("{} {} {}", a.role, a.allocator, bytes(a.growth, true)))
+        .collect();
+    if let Some(first) = analysis.allocators.first().filter(|_| !grown.is_empty()) {
+        row(
+            "allocators",
+            format!(
+                "{} (Chromium's memory dumps, cycles {} to {})",
+                grown.join(", "),
+                first.from_cycle,
+                first.to_cycle
+            ),
+        );
+    }
     if let (Some(alive), Some(first)) = (answers.browsers_alive, answers.browsers_at_start)
         && alive > first
     {

@@ -164,6 +164,26 @@ fn header(out: &mut String, trace: &Trace) {
             );
         }
     }
+    if !trace.memory_dumps.is_empty() {
+        let cycles: Vec<String> = trace
+            .memory_dumps
+            .iter()
+            .map(|d| d.cycle.to_string())
+            .collect();
+        let longest = trace
+            .memory_dumps
+            .iter()
+            .map(|d| d.seconds)
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "memory dumps: {} at the ends of cycles {} (the browser took up to {:.0} ms for one; \
+             the first started its tracing service)",
+            trace.memory_dumps.len(),
+            cycles.join(", "),
+            longest * 1000.0
+        );
+    }
     for warning in &trace.warnings {
         let _ = writeln!(out, "warning: {warning}");
     }

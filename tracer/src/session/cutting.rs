@@ -52,6 +52,8 @@ pub(super) struct Cutting {
     pub(super) segments: Vec<Segment>,
     /// Which mapping of each process grows: smaps read at cycle ends, within its share of time.
     pub(super) regions: RegionSampler,
+    /// `--memory-dumps`: Chromium's allocators at a few cycle ends.
+    pub(super) dumps: super::dumps::MemoryDumps,
 }
 
 /// How often the metrics endpoint's fits are brought up to date, at most (within
@@ -158,6 +160,12 @@ impl Cutting {
             let cycle = self.timeline.complete_cycles() as u32;
             self.regions
                 .read_all(cycle, &collectors.table.live_for_regions());
+        }
+        if cycle_end {
+            let cycle = self.timeline.complete_cycles() as u32;
+            self.dumps
+                .at_cycle_end(cycle, boundary.t_s, browser, &collectors.table, self.warn)
+                .await;
         }
         if let Some(metrics) = &self.metrics {
             metrics.sample(&sample);

@@ -28,6 +28,7 @@ use tracer_common::{GENERATION_OF_LOADER, LostReason};
 
 mod collectors;
 mod cutting;
+mod dumps;
 mod follow;
 mod reports;
 mod stop;
@@ -131,6 +132,8 @@ pub struct Options {
     pub redact_urls: bool,
     /// Find each page's renderer (`--page-renderers`; starts Chromium's tracing service).
     pub page_renderers: bool,
+    /// Chromium's memory-infra dumps at a few cycle ends (see `dumps`).
+    pub memory_dumps: bool,
     /// A Node worker's inspector (`--worker-inspect`), for its own heap at every cycle end.
     pub worker_inspect: Option<String>,
     /// Where a long trace's older cycles are written while it runs (an unnamed file, see
@@ -157,6 +160,7 @@ impl Default for Options {
             cdp: CdpMode::Auto,
             redact_urls: false,
             page_renderers: false,
+            memory_dumps: false,
             worker_inspect: None,
             spill_dir: std::env::temp_dir(),
             metrics: None,
@@ -402,6 +406,9 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         between_instances: false,
         segments: Vec::new(),
         regions: Default::default(),
+        dumps: dumps::MemoryDumps::new(
+            options.memory_dumps && !matches!(options.cdp, CdpMode::Off),
+        ),
     };
     let mut following = match (&target, &options.follow) {
         (Target::Attach(_), Some(rule)) => {
@@ -550,6 +557,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         inspector,
         segments,
         regions,
+        dumps,
         ..
     } = cutting;
     browser.summary.failed_calls += inspector.map_or(0, |i| i.failed_calls);
@@ -579,6 +587,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     let mut trace = collectors.trace(&head, warnings, ended_by, cycles, compacted);
     trace.exit_code = exit_status;
     trace.segments = segments;
+    trace.memory_dumps = dumps.taken;
     for process in &mut trace.processes {
         process.regions = regions.top(process.pid, process.start_time, fitted_from);
     }
@@ -641,6 +650,7 @@ impl Collectors {
             cycles,
             compacted,
             segments: Vec::new(),
+            memory_dumps: Vec::new(),
             markers: MarkerSummary::default(),
             browser: Default::default(),
             analysis: Default::default(),
@@ -695,6 +705,7 @@ async fn report_so_far(
     );
     trace.markers = cutting.summary.clone();
     trace.segments = cutting.segments.clone();
+    trace.memory_dumps = cutting.dumps.taken.clone();
     let fitted_from = fitted_from(&cutting.timeline, cutting.warmup);
     for process in &mut trace.processes {
         process.regions = cutting
