@@ -7,7 +7,7 @@
 mod support;
 
 use leaktrace::{regions::RegionKind, trace::Role};
-use support::{Scratch, fixture, leaktrace_run, require_root};
+use support::{Scratch, assert_evidence_mentions, fixture, leaktrace_run, require_root};
 
 const MIB: f64 = 1048576.0;
 const PER_CYCLE: f64 = 4.0 * MIB;
@@ -58,16 +58,7 @@ fn top_region(grow: &str, kind: RegionKind) -> String {
         (role.role.as_str(), role.kind, role.processes),
         (Role::Worker.as_str(), kind, 1)
     );
-    assert!(
-        trace
-            .analysis
-            .verdict
-            .evidence
-            .iter()
-            .any(|e| e.contains("the region that grew most")),
-        "{:?}",
-        trace.analysis.verdict
-    );
+    assert_evidence_mentions(&trace, "the region that grew most");
     // The report and the HTML page show it.
     let html = scratch.path("r.html");
     let report = std::process::Command::new(support::leaktrace())

@@ -20,8 +20,8 @@ use leaktrace::{
     trace::Trace,
 };
 use support::{
-    Scratch, diff_within_5mib_a_day, fixture, free_port, leaktrace, metric, require_chromium,
-    require_root, spawn,
+    Scratch, assert_evidence_mentions, diff_within_5mib_a_day, fixture, free_port, leaktrace,
+    metric, require_chromium, require_root, spawn,
 };
 
 const MIB: f64 = 1048576.0;
@@ -373,16 +373,7 @@ fn zoo_memory_dumps_name_v8_when_a_page_keeps_js_data() {
     let truth = series(&trace, "worker.pageHeap").per_cycle * f64::from(cycles);
     assert_within_5_percent("v8's growth", renderers[0].1 as f64, truth);
     assert_eq!(trace.analysis.verdict.source, "in-page-js");
-    assert!(
-        trace
-            .analysis
-            .verdict
-            .evidence
-            .iter()
-            .any(|e| e.contains("memory dumps")),
-        "{:?}",
-        trace.analysis.verdict
-    );
+    assert_evidence_mentions(&trace, "memory dumps");
 }
 
 #[test]

@@ -174,6 +174,20 @@ pub fn diff_within_5mib_a_day(before: &Path, after: &Path) -> (Option<i32>, Stri
     )
 }
 
+/// Panics, showing the verdict, unless a line of the trace's verdict evidence mentions `text`.
+pub fn assert_evidence_mentions(trace: &Trace, text: &str) {
+    assert!(
+        trace
+            .analysis
+            .verdict
+            .evidence
+            .iter()
+            .any(|e| e.contains(text)),
+        "no evidence mentions {text:?}: {:?}",
+        trace.analysis.verdict
+    );
+}
+
 /// Runs leaktrace to completion and reads the trace it wrote to `json`.
 pub fn leaktrace_run(args: &[&str], json: &Path) -> (Output, Trace) {
     let output = Command::new(leaktrace())
