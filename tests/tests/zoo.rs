@@ -240,6 +240,10 @@ fn zoo_none_grows_only_in_warm_up_and_passes_the_budget() {
     let Some((code, trace)) = zoo("zoo-none", "none", &[]) else {
         return;
     };
+    assert_healthy(code, &trace);
+}
+
+fn assert_healthy(code: Option<i32>, trace: &Trace) {
     assert_eq!(
         trace.analysis.verdict.source, "none",
         "{:?}",
@@ -250,6 +254,25 @@ fn zoo_none_grows_only_in_warm_up_and_passes_the_budget() {
         Some(Shape::Flat | Shape::Plateau)
     ));
     assert_eq!(code, Some(0));
+}
+
+/// The tracing service the first memory dump starts (~37 MB that stays) lands in the first
+/// cycles: a healthy worker traced with `--memory-dumps` is still healthy.
+#[test]
+fn zoo_none_with_memory_dumps_stays_healthy() {
+    let Some((code, trace)) = zoo_traced("zoo-none-dumps", "none", &["--memory-dumps"], &[], false)
+    else {
+        return;
+    };
+    assert_eq!(trace.memory_dumps.len(), 5);
+    assert!(
+        trace
+            .processes
+            .iter()
+            .any(|p| p.role.as_str() == "utility:tracing"),
+        "the dumps started Chromium's tracing service"
+    );
+    assert_healthy(code, &trace);
 }
 
 #[test]
