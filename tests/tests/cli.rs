@@ -162,7 +162,7 @@ fn signalled_trace(signal: i32, name: &str) -> Trace {
         "leaktrace exits 0 after a signal: {stderr}"
     );
     assert!(
-        stderr.contains("ADDRESS SPACE BY PROCESS"),
+        stderr.contains("MEMORY BY ROLE"),
         "the report is printed: {stderr}"
     );
     let trace = Trace::read(&json).unwrap();
@@ -239,9 +239,14 @@ fn report_re_renders_a_saved_trace_exactly() {
         .unwrap();
     let markdown = String::from_utf8_lossy(&markdown.stdout);
     assert!(markdown.starts_with("## leaktrace: `true`"), "{markdown}");
+    let full = Command::new(leaktrace())
+        .args(["report", "--full"])
+        .arg(&json)
+        .output()
+        .unwrap();
     assert!(markdown.contains(&format!(
         "```text\n{}```",
-        String::from_utf8_lossy(&output.stderr)
+        String::from_utf8_lossy(&full.stdout)
     )));
 }
 

@@ -187,7 +187,7 @@ fn a_restarted_worker_is_followed_and_each_instance_fitted_on_its_own() {
     assert!((tree.per_cycle - PER_CYCLE).abs() <= 0.15 * PER_CYCLE);
     // The report lists the instances.
     let report = Command::new(leaktrace())
-        .arg("report")
+        .args(["report", "--full"])
         .arg(&json)
         .output()
         .unwrap();

@@ -132,7 +132,7 @@ fn without_bpf_find_vma_processes_and_resident_memory_are_traced_and_flows_are_n
 
     // The report says why there is no address-space section.
     let report = Command::new(leaktrace())
-        .args(["report", json.to_str().unwrap()])
+        .args(["report", "--full", json.to_str().unwrap()])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&report.stdout);

@@ -62,7 +62,7 @@ fn top_region(grow: &str, kind: RegionKind) -> String {
     // The report and the HTML page show it.
     let html = scratch.path("r.html");
     let report = std::process::Command::new(support::leaktrace())
-        .arg("report")
+        .args(["report", "--full"])
         .arg(&json)
         .arg("--html")
         .arg(&html)

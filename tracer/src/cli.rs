@@ -87,9 +87,13 @@ enum Command {
         /// The trace file.
         #[arg(value_name = "TRACE.json")]
         trace: PathBuf,
-        /// As Markdown, to paste into an issue.
+        /// As Markdown, to paste into an issue: the answers, and the full report folded.
         #[arg(long)]
         markdown: bool,
+        /// Every table (cycles, phases, each process, address space, regions) rather than the
+        /// short report that fits a screen.
+        #[arg(long, conflicts_with = "markdown")]
+        full: bool,
         /// Also write Chrome Trace Event Format JSON to FILE.
         #[arg(long, value_name = "FILE")]
         trace_events: Option<PathBuf>,
@@ -121,6 +125,9 @@ enum Command {
         /// Cycles of the worker to trace.
         #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(2..))]
         cycles: u32,
+        /// Where to leave leaktrace-demo.json and leaktrace-demo.html.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
     },
     /// leaktrace's own watchdog in `run` mode (see `session::watchdog`): not for users.
     #[command(name = session::watchdog::SUBCOMMAND, hide = true)]
@@ -248,6 +255,10 @@ struct TraceArgs {
     /// Print no report and no warnings (errors still go to stderr).
     #[arg(short, long, conflicts_with = "verbose")]
     quiet: bool,
+    /// Print the full report at the end (every table: cycles, phases, each process, address
+    /// space, regions) rather than the short one that fits a screen.
+    #[arg(long, conflicts_with = "quiet")]
+    full: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -273,15 +284,43 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 }
 
 /// Writes to stderr or stdout; a closed pipe is not an error.
+/// Prints on stdout or stderr. Colour (ANSI styles in `text`) stays on a terminal and is
+/// stripped when the stream is piped or `NO_COLOR` is set (anstream decides).
 fn print(to_stderr: bool, text: &str) -> Result<()> {
     let result = if to_stderr {
-        std::io::stderr().lock().write_all(text.as_bytes())
+        anstream::stderr().lock().write_all(text.as_bytes())
     } else {
-        std::io::stdout().lock().write_all(text.as_bytes())
+        anstream::stdout().lock().write_all(text.as_bytes())
     };
     match result {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("cannot print the report"),
+    }
+}
+
+/// A trace's report: the short one, as wide as the terminal allows (at most
+/// [`report::summary::WIDTH`]), or the full one.
+fn print_report(to_stderr: bool, trace: &Trace, full: bool) -> Result<()> {
+    if full {
+        return print(to_stderr, &report::render_full(trace));
+    }
+    let fd = if to_stderr {
+        libc::STDERR_FILENO
+    } else {
+        libc::STDOUT_FILENO
+    };
+    print(to_stderr, &report::render(trace, terminal_width(fd)))
+}
+
+/// The columns of the terminal `fd` is, or [`report::summary::WIDTH`] when it is none.
+fn terminal_width(fd: i32) -> usize {
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ fills a winsize, which `size` is; on a non-terminal it fails.
+    let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        report::summary::WIDTH
     }
 }
 
@@ -532,7 +571,7 @@ fn run_trace(
         written &= write_or_save(&trace, file, args.verbose);
     }
     if !args.quiet {
-        print(true, &report::render(&trace))?;
+        print_report(true, &trace, args.full)?;
     }
     Ok(if written {
         budget_exit_code(&trace)
@@ -541,8 +580,9 @@ fn run_trace(
     })
 }
 
-/// The demo: the zoo worker next to this binary, traced over its cycles.
-fn demo(leak: &str, cycles: u32) -> Result<()> {
+/// The demo: the zoo worker next to this binary, traced over its cycles. Leaves the trace
+/// and its HTML page in `dir` and says what to try next.
+fn demo(leak: &str, cycles: u32, dir: &Path) -> Result<ExitCode> {
     let me = std::env::current_exe().context("cannot find leaktrace's own path")?;
     let worker = me.with_file_name("zoo");
     if !worker.is_file() {
@@ -554,6 +594,15 @@ fn demo(leak: &str, cycles: u32) -> Result<()> {
     if !std::path::Path::new("/usr/bin/chromium").exists() {
         anyhow::bail!("the demo drives Chromium, which is not installed: run `cargo xtask setup`");
     }
+    // Opened first: a directory that cannot be written fails before the demo runs.
+    let dir = std::fs::canonicalize(dir)
+        .with_context(|| format!("cannot use {} for the demo's files", dir.display()))?;
+    let (json_path, html_path) = (
+        dir.join("leaktrace-demo.json"),
+        dir.join("leaktrace-demo.html"),
+    );
+    let json = ReportFile::create(&json_path)?;
+    let html = ReportFile::create(&html_path)?;
     eprintln!(
         "leaktrace demo: {cycles} cycles of a scraper whose leak is `{leak}`; the report follows."
     );
@@ -566,7 +615,28 @@ fn demo(leak: &str, cycles: u32) -> Result<()> {
     ];
     let mut trace = session::trace(session::Target::Run(command), session::Options::default())?;
     trace.analysis = crate::analysis::analyze(&trace, None, None);
-    print(false, &report::render(&trace))
+    print_report(false, &trace, false)?;
+    let mut written = write_or_save(&trace, json, false);
+    if let Err(error) = html.write_all(crate::html::render_html(&trace).as_bytes()) {
+        eprintln!("leaktrace: error: {}", with_causes(&error));
+        written = false;
+    }
+    let (json, html) = (json_path.display(), html_path.display());
+    print(
+        false,
+        &format!(
+            "\nwritten: {json}\n         {html} (open it in a browser: the plots of every cycle)\n\
+             try next:\n  leaktrace report --full {json}      (every table)\n  \
+             leaktrace report --markdown {json}  (to paste into an issue)\n  \
+             leaktrace demo --leak none --dir /tmp             (the same worker without its leak)\n  \
+             leaktrace diff {json} /tmp/leaktrace-demo.json\n"
+        ),
+    )?;
+    Ok(if written {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// 3 when a budget was given and the growth exceeded it; 0 otherwise.
@@ -613,6 +683,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Report {
             trace,
             markdown,
+            full,
             trace_events,
             html,
         } => {
@@ -623,15 +694,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             if let Some(path) = trace_events {
                 crate::trace_events::write(&trace, &path)?;
             }
-            let text = report::render(&trace);
-            print(
-                false,
-                &if markdown {
-                    report::markdown(&trace, &text)
-                } else {
-                    text
-                },
-            )?;
+            if markdown {
+                print(
+                    false,
+                    &report::markdown(&trace, &report::render_full(&trace)),
+                )?;
+            } else {
+                print_report(false, &trace, full)?;
+            }
         }
         Command::Diff {
             before,
@@ -655,7 +725,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Demo { leak, cycles } => demo(&leak, cycles)?,
+        Command::Demo { leak, cycles, dir } => return demo(&leak, cycles, &dir),
         Command::Watchdog => return Ok(session::watchdog::watch()),
         Command::Doctor => {
             let checks = doctor::diagnose();

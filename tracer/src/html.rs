@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 
 use crate::{
-    report::{answers, bytes, render},
+    report::{answers, bytes, render_full},
     trace::{Cycle, Role, RoleTotals, Trace},
 };
 
@@ -207,6 +207,7 @@ pub fn render_html(trace: &Trace) -> String {
          body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}\
          figure{{display:inline-block;margin:8px}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}\
+         table.answers td{{text-align:left}}\
          pre{{background:#f6f6f6;padding:12px;overflow:auto}}</style></head><body>\n<h1>{title}</h1>\n"
     );
     let verdict = &trace.analysis.verdict;
@@ -225,7 +226,8 @@ pub fn render_html(trace: &Trace) -> String {
             "<h2>Answers</h2><p>{}</p><table class=\"answers\">",
             escape(&view.heading)
         );
-        for row in &view.rows {
+        // The verdict is the page's first line already.
+        for row in view.rows.iter().filter(|r| r.label != "verdict") {
             let _ = writeln!(
                 out,
                 "<tr><th>{}</th><td>{}</td></tr>",
@@ -242,6 +244,16 @@ pub fn render_html(trace: &Trace) -> String {
         );
         let roles: std::collections::BTreeSet<&Role> =
             cycles.iter().flat_map(|c| c.by_role.keys()).collect();
+        // The role whose owned memory grew most first: the story on the first screen.
+        let owned_at = |cycle: Option<&&Cycle>, role: &Role| {
+            cycle
+                .and_then(|c| c.by_role.get(role))
+                .map_or(0, RoleTotals::owned) as i64
+        };
+        let mut roles: Vec<&Role> = roles.into_iter().collect();
+        roles.sort_by_key(|role| {
+            std::cmp::Reverse(owned_at(cycles.last(), role) - owned_at(cycles.first(), role))
+        });
         for role in roles {
             let pss: Vec<f64> = cycles
                 .iter()
@@ -352,7 +364,7 @@ pub fn render_html(trace: &Trace) -> String {
     let _ = writeln!(
         out,
         "</table>\n<h2>The full report</h2>\n<pre>{}</pre>\n</body></html>",
-        escape(&render(trace))
+        escape(&render_full(trace))
     );
     out
 }

@@ -227,3 +227,94 @@ pub fn spawn(command: &mut Command) -> Guard {
         .spawn();
     Guard(Some(child.expect("spawn")))
 }
+
+/// What a page showed when opened in headless Chromium (see [`open_html`]).
+pub struct Opened {
+    /// Requests for anything but the page itself.
+    pub requests: Vec<String>,
+    /// Console errors and uncaught exceptions.
+    pub errors: usize,
+    /// Each `figure.plot`: its series and its number of points.
+    pub plots: Vec<(String, u64)>,
+    /// The whole page, as PNG.
+    pub screenshot: Vec<u8>,
+    /// What a 1200×900 window shows first, as PNG.
+    pub first_screen: Vec<u8>,
+}
+
+/// Opens an HTML file in real headless Chromium (a profile of its own in `profile`).
+pub fn open_html(html: &Path, profile: &Path) -> Opened {
+    use chromiumoxide::{
+        Browser, BrowserConfig,
+        cdp::{
+            browser_protocol::network::EventRequestWillBeSent,
+            js_protocol::runtime::{EventConsoleApiCalled, EventExceptionThrown},
+        },
+        page::ScreenshotParams,
+    };
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = BrowserConfig::builder()
+            .chrome_executable(CHROMIUM)
+            .no_sandbox()
+            .user_data_dir(profile)
+            .window_size(1200, 900)
+            .viewport(None)
+            .arg("disable-background-networking")
+            .build()
+            .unwrap();
+        let (mut browser, mut handler) = Browser::launch(config).await.unwrap();
+        let driver = tokio::spawn(async move { while handler.next().await.is_some() {} });
+        let page = browser.new_page("about:blank").await.unwrap();
+        let mut requests = page.event_listener::<EventRequestWillBeSent>().await.unwrap();
+        let mut console = page.event_listener::<EventConsoleApiCalled>().await.unwrap();
+        let mut exceptions = page.event_listener::<EventExceptionThrown>().await.unwrap();
+        let url = format!("file://{}", html.display());
+        page.goto(&url).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let plots: Vec<(String, u64)> = page
+            .evaluate("[...document.querySelectorAll('figure.plot')].map(f => [f.dataset.series, f.querySelectorAll('circle').length])")
+            .await
+            .unwrap()
+            .into_value()
+            .unwrap();
+        let screenshot = page
+            .screenshot(ScreenshotParams::builder().full_page(true).build())
+            .await
+            .unwrap();
+        let first_screen = page
+            .screenshot(ScreenshotParams::builder().build())
+            .await
+            .unwrap();
+        let quiet = Duration::from_millis(100);
+        let mut other_requests = Vec::new();
+        while let Ok(Some(request)) = tokio::time::timeout(quiet, requests.next()).await {
+            if request.request.url != url {
+                other_requests.push(request.request.url.clone());
+            }
+        }
+        let mut errors = 0;
+        while let Ok(Some(message)) = tokio::time::timeout(quiet, console.next()).await {
+            errors += usize::from(format!("{:?}", message.r#type).to_lowercase().contains("error"));
+        }
+        while let Ok(Some(_)) = tokio::time::timeout(quiet, exceptions.next()).await {
+            errors += 1;
+        }
+        let _ = browser.close().await;
+        let _ = browser.wait().await;
+        driver.abort();
+        Opened {
+            requests: other_requests,
+            errors,
+            plots,
+            screenshot,
+            first_screen,
+        }
+    })
+}

@@ -45,12 +45,22 @@ pub fn view(trace: &Trace) -> Option<AnswersView> {
     } else {
         "  [too few cycles: not a trustworthy fit]"
     };
+    let unit = RateUnit::of(trace.duration_s);
+    let if_it_went_on = if unit.extrapolated {
+        format!(
+            " if it went on (a {} trace)",
+            super::duration(trace.duration_s)
+        )
+    } else {
+        String::new()
+    };
     row(
         "growth rate",
         format!(
-            "tree owned PSS {}/cycle, {}/day (trend p {:.3}, R² {:.2}){caveat}",
+            "tree owned PSS {}/cycle, {}/{}{if_it_went_on} (trend p {:.3}, R² {:.2}){caveat}",
             bytes(tree.per_cycle as i64, true),
-            bytes(tree.per_day as i64, true),
+            unit.rate(tree.per_day),
+            unit.name(),
             tree.trend_p,
             tree.r2
         ),
@@ -225,5 +235,68 @@ impl AnswersView {
             }
         }
         out
+    }
+}
+
+/// Per hour for a trace of hours, per day for longer ones; marked as an extrapolation when the
+/// trace was shorter than the unit.
+pub struct RateUnit {
+    seconds: f64,
+    pub extrapolated: bool,
+}
+
+impl RateUnit {
+    pub fn of(trace_s: f64) -> RateUnit {
+        let seconds = if trace_s < 6.0 * 3600.0 {
+            3600.0
+        } else {
+            86400.0
+        };
+        RateUnit {
+            seconds,
+            extrapolated: trace_s < seconds,
+        }
+    }
+
+    /// `hour` or `day`.
+    pub fn name(&self) -> &'static str {
+        if self.seconds < 86400.0 {
+            "hour"
+        } else {
+            "day"
+        }
+    }
+
+    pub fn heading(&self) -> &'static str {
+        if self.seconds < 86400.0 {
+            "PER HOUR"
+        } else {
+            "PER DAY"
+        }
+    }
+
+    pub fn rate(&self, per_day: f64) -> String {
+        let value = bytes((per_day * self.seconds / 86400.0) as i64, true);
+        if self.extrapolated {
+            format!("≈{value}")
+        } else {
+            value
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_per_hour_or_day_and_marked_when_extrapolated() {
+        let short = RateUnit::of(14.0);
+        assert_eq!(short.heading(), "PER HOUR");
+        assert_eq!(short.rate(24.0 * 1024.0 * 1024.0), "≈+1.0M");
+        let long = RateUnit::of(2.0 * 86400.0);
+        assert_eq!(long.heading(), "PER DAY");
+        assert_eq!(long.rate(2048.0), "+2.0K");
+        assert_eq!(RateUnit::of(8.0 * 3600.0).rate(1024.0), "≈+1.0K");
     }
 }

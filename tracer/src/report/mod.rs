@@ -1,17 +1,33 @@
-//! The terminal report of a trace: what ran and how it ended; resident memory first (the tree's
-//! PSS by role, then per process), then address-space flows per process and region class with
-//! their totals, and lost-event counters when there were any.
+//! The terminal reports of a trace. The short one ([`summary`], the default) fits one screen;
+//! the full one ([`render_full`], `--full`, and inside the Markdown and the HTML page) has every
+//! table: what ran and how it ended; resident memory first (the tree's PSS by role, then per
+//! process), then address-space flows per process and region class with their totals, and
+//! lost-event counters when there were any.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use tracer_common::RegionClass;
 
 pub mod answers;
+pub mod summary;
 
 use crate::trace::{ClassFlow, Process, Trace};
 
 /// Beyond this many processes, the tables show the busiest ones (the JSON has all).
 const MAX_ROWS: usize = 40;
+
+/// `42.0 s`, `12.5 min`, `3.2 h`, `2.1 days`.
+pub fn duration(seconds: f64) -> String {
+    if seconds < 120.0 {
+        format!("{seconds:.1} s")
+    } else if seconds < 7200.0 {
+        format!("{:.1} min", seconds / 60.0)
+    } else if seconds < 172800.0 {
+        format!("{:.1} h", seconds / 3600.0)
+    } else {
+        format!("{:.1} days", seconds / 86400.0)
+    }
+}
 
 /// Bytes as a short binary-unit figure: 0, 4.0K, 1.5M, 2.0G; `signed` adds a + to growth.
 pub fn bytes(value: i64, signed: bool) -> String {
@@ -102,8 +118,13 @@ pub fn markdown(trace: &Trace, text: &str) -> String {
     out
 }
 
-/// The whole terminal report.
-pub fn render(trace: &Trace) -> String {
+/// The short report (see [`summary`]), lines at most `width` columns.
+pub fn render(trace: &Trace, width: usize) -> String {
+    summary::render(trace, width)
+}
+
+/// The whole terminal report: every table.
+pub fn render_full(trace: &Trace) -> String {
     let mut out = String::new();
     header(&mut out, trace);
     segments(&mut out, trace);
@@ -584,7 +605,9 @@ fn resident_by_process(out: &mut String, trace: &Trace, rows: &[&Process]) {
 fn address_space_by_process(out: &mut String, trace: &Trace, rows: &[&Process]) {
     let _ = writeln!(
         out,
-        "\nADDRESS SPACE BY PROCESS (net bytes per class = mapped - unmapped + committed - uncommitted)"
+        "\nADDRESS SPACE BY PROCESS (address space, not memory: net bytes per class = mapped - unmapped \
+         + committed - uncommitted; `total` leaves out `reserved`, space held that nothing can \
+         touch until it is committed)"
     );
     let classes = RegionClass::ALL
         .into_iter()
@@ -617,7 +640,9 @@ fn address_space_by_process(out: &mut String, trace: &Trace, rows: &[&Process]) 
             let flow = process.class(class);
             committed += flow.committed;
             released += flow.released;
-            total += flow.net();
+            if class != RegionClass::Reserved {
+                total += flow.net();
+            }
         }
         for class in classes.clone() {
             let net = process.class(class).net();
@@ -650,7 +675,11 @@ fn address_space_by_process(out: &mut String, trace: &Trace, rows: &[&Process]) 
 }
 
 fn class_totals(out: &mut String, trace: &Trace) {
-    let _ = writeln!(out, "\nTOTALS BY REGION CLASS");
+    let _ = writeln!(
+        out,
+        "\nADDRESS SPACE BY REGION CLASS (address space, not memory: what is resident is under \
+         RESIDENT MEMORY; `reserved` is held, not used, and left out of the last row)"
+    );
     let _ = writeln!(
         out,
         "{:<12} {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>8}",
@@ -664,10 +693,12 @@ fn class_totals(out: &mut String, trace: &Trace) {
             .get(class.name())
             .copied()
             .unwrap_or_default();
-        all.add(&flow);
+        if class != RegionClass::Reserved {
+            all.add(&flow);
+        }
         class_row(out, class.name(), &flow);
     }
-    class_row(out, "all", &all);
+    class_row(out, "all but resv", &all);
     let _ = writeln!(out, "brk growth: {}", bytes(trace.totals.brk_growth, true));
 }
 
