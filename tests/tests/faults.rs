@@ -128,7 +128,7 @@ fn an_output_that_fails_at_the_end_loses_nothing() {
             .as_array()
             .is_some_and(|e| !e.is_empty())
     );
-    assert!(stderr.contains("processes: "), "the report: {stderr}");
+    assert!(stderr.contains("MEMORY BY ROLE"), "the report: {stderr}");
 }
 
 #[test]
