@@ -616,7 +616,16 @@ fn boot(image: &Path, initrd: &Path, log: &Path, checks: &[&Check]) -> Result<Bo
         // could run stale translated code while the other patched kernel text (a static key
         // flipped as a tracepoint is attached): Debian 13's kernel died of an `int3` Oops in
         // mm_trace_rss_stat in CI, and Debian 12's locked up on both CPUs.
-        .args(["-accel", "tcg,thread=single", "-cpu", "max", "-m", "4096", "-smp", "2"])
+        .args([
+            "-accel",
+            "tcg,thread=single",
+            "-cpu",
+            "max",
+            "-m",
+            "4096",
+            "-smp",
+            "2",
+        ])
         .arg("-kernel")
         .arg(image)
         .arg("-initrd")
