@@ -717,13 +717,18 @@ fn class_row(out: &mut String, name: &str, flow: &ClassFlow) {
     );
 }
 
-fn lost_events(out: &mut String, trace: &Trace) {
-    let lost: Vec<String> = trace
+/// `reason count` for each reason that lost events.
+fn lost_reasons(trace: &Trace) -> Vec<String> {
+    trace
         .events_lost
         .iter()
         .filter(|(_, count)| **count > 0)
         .map(|(reason, count)| format!("{reason} {count}"))
-        .collect();
+        .collect()
+}
+
+fn lost_events(out: &mut String, trace: &Trace) {
+    let lost = lost_reasons(trace);
     if !lost.is_empty() {
         let _ = writeln!(
             out,

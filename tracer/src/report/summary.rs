@@ -66,12 +66,7 @@ pub fn render(trace: &Trace, width: usize) -> String {
     by_role(&mut out, trace);
     grew_most(&mut out, trace, width);
     browser(&mut out, trace);
-    let lost: Vec<String> = trace
-        .events_lost
-        .iter()
-        .filter(|(_, count)| **count > 0)
-        .map(|(reason, count)| format!("{reason} {count}"))
-        .collect();
+    let lost = super::lost_reasons(trace);
     if !lost.is_empty() {
         let text = format!("the figures above are incomplete: {}", lost.join(", "));
         wrap_into(&mut out, "\nLOST EVENTS  ", &text, width);
