@@ -61,7 +61,12 @@ fn without_group_dead_a_thread_exit_is_not_the_process_exit() {
     let grown = peak.saturating_sub(base_peak);
     assert!(
         grown.abs_diff(8 * MIB) <= 256 * 1024,
-        "resident anon grew by {grown}, not 8 MiB"
+        "resident anon grew by {grown}, not 8 MiB: peak {peak} against {base_peak} without the \
+         mapping\nwith it: {:?}\nlost: {:?}\nwithout it: {:?}\nlost: {:?}",
+        traced.processes,
+        traced.events_lost,
+        base.processes,
+        base.events_lost,
     );
     assert_eq!(traced.exit_code, Some(3));
     assert_eq!(traced.processes.len(), 1, "{:?}", traced.processes);

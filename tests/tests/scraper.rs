@@ -462,6 +462,7 @@ impl Drop for Supervisor {
         // SAFETY: signalling the process group the supervisor leads.
         unsafe { libc::kill(group, libc::SIGTERM) };
         std::thread::sleep(std::time::Duration::from_secs(3));
+        // SAFETY: as above.
         unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.0.wait();
     }

@@ -284,11 +284,17 @@ pub const GENERATION_OF_LOADER: u32 = 0;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are #[repr(C)] plain integers and arrays of them, without padding.
+    // SAFETY: (this and each below) #[repr(C)] plain integers and arrays of them, without
+    // padding, so every bit pattern is a value and none has uninitialised bytes.
     unsafe impl aya::Pod for super::ClassFlow {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessFlows {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::LifecycleEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelConfig {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Resident {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessKey {}
 }

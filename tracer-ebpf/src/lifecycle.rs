@@ -13,9 +13,7 @@
 //! ```
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -23,7 +21,9 @@ use tracer_common::{LifecycleEvent, LifecycleKind, LostReason, ProcessKey};
 
 use crate::{
     mappings,
-    maps::{EVENTS, TRACKED, btf_field, config, count_lost, read_kernel, tracked},
+    maps::{
+        EVENTS, TRACKED, btf_field, config, count_lost, current_task, now_ns, read_kernel, tracked,
+    },
     resident,
 };
 
@@ -45,10 +45,10 @@ pub fn task_newtask(ctx: BtfTracePointContext) -> i32 {
         tgid: btf_field(task, config!(task_pid)),
         // Any value but the loader's 0 will do, as long as the next process to take this pid
         // gets another: the clock's low bits move every nanosecond.
-        generation: unsafe { bpf_ktime_get_boot_ns() } as u32 | 1,
+        generation: now_ns() as u32 | 1,
     };
     // The child has not run yet (task_newtask fires in copy_process, before its first wake-up).
-    if TRACKED.insert(&child.tgid, &child.generation, 0).is_err() {
+    if TRACKED.insert(child.tgid, child.generation, 0).is_err() {
         count_lost(LostReason::TrackedSetFull);
         return 0;
     }
@@ -65,8 +65,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     if let Some(key) = tracked(current_tgid()) {
         // A new address space: no record of the old one's mappings holds.
         mappings::invalidate(&key);
-        // bpf_get_current_task, not its BTF-typed twin: that one needs 5.11.
-        let task = unsafe { bpf_get_current_task() };
+        let task = current_task();
         if let Some(mm) = read_kernel::<u64>(task, config!(task_mm)).filter(|mm| *mm != 0) {
             resident::start_from_mm(&key, |counter| read_kernel(mm, counter).unwrap_or(0));
         }
@@ -81,8 +80,10 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // The tracepoint fires for every thread; the process is gone when its last one goes.
-    let task = unsafe { bpf_get_current_task() };
+    let task = current_task();
     let group_dead = if config!(exit_from_signal) == 0 {
+        // SAFETY: a checked read from the record (`bpf_probe_read_kernel` under the hood), at the
+        // offset of `group_dead` the loader found in this tracepoint's format.
         unsafe { ctx.read_at::<u8>(config!(exit_group_dead) as usize) }.unwrap_or(1) != 0
     } else {
         // Before 6.16: signal->live counts the threads not yet exiting; do_exit decrements it
@@ -97,7 +98,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let exit_code = read_kernel::<u32>(task, config!(task_exit_code)).unwrap_or(0);
     emit(LifecycleKind::Exit, &key, 0, exit_code);
     // A later process that reuses this pid is not ours unless it is forked from the tree.
-    let _ = TRACKED.remove(&key.tgid);
+    let _ = TRACKED.remove(key.tgid);
     0
 }
 
@@ -113,7 +114,7 @@ fn emit(kind: LifecycleKind, process: &ProcessKey, parent_tgid: u32, exit_code: 
         exit_code,
         generation: process.generation,
         _pad: 0,
-        time_ns: unsafe { bpf_ktime_get_boot_ns() },
+        time_ns: now_ns(),
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
     if EVENTS.output::<LifecycleEvent>(&event, 0).is_err() {

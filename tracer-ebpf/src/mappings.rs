@@ -13,8 +13,10 @@
 //! its address, so no other call of the process can have been aimed at it yet.) A walker that keeps the layout simple (whole mappings in, whole mappings out) is
 //! attributed from here; any other keeps the walk, as before.
 
-use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::map, maps::LruHashMap};
+use aya_ebpf::{macros::map, maps::LruHashMap};
 use tracer_common::ProcessKey;
+
+use crate::maps::now_ns;
 
 /// Mappings remembered at once; the least recently used go first.
 const MAX_MAPPINGS: u32 = 65_536;
@@ -47,11 +49,12 @@ static EPOCHS: LruHashMap<ProcessKey, u64> = LruHashMap::with_max_entries(MAX_PR
 /// A process's current epoch, started from the clock the first time (and again if it was
 /// evicted, which then distrusts every older record).
 fn epoch(process: &ProcessKey) -> u64 {
+    // SAFETY: a lookup in a map this program owns; the value is read at once, before any update.
     if let Some(epoch) = unsafe { EPOCHS.get(process) } {
         return *epoch;
     }
-    let epoch = unsafe { bpf_ktime_get_boot_ns() };
-    let _ = EPOCHS.insert(process, &epoch, 0);
+    let epoch = now_ns();
+    let _ = EPOCHS.insert(process, epoch, 0);
     epoch
 }
 
@@ -59,6 +62,8 @@ fn epoch(process: &ProcessKey) -> u64 {
 pub fn invalidate(process: &ProcessKey) {
     match EPOCHS.get_ptr_mut(process) {
         // Not atomic: two threads moving it at once both move it, which is all that counts.
+        // SAFETY: the pointer is the map's value, valid for this program's run; a racing write from
+        // another CPU can only move the epoch further, which is all that counts.
         Some(epoch) => unsafe { core::ptr::write_volatile(epoch, *epoch + 1) },
         None => {
             let _ = epoch(process);
@@ -74,11 +79,11 @@ pub fn record(process: &ProcessKey, addr: u64, len: u64, class: usize) {
         epoch: epoch(process),
     };
     let _ = MAPPINGS.insert(
-        &MappingKey {
+        MappingKey {
             process: *process,
             addr,
         },
-        &mapping,
+        mapping,
         0,
     );
 }
@@ -90,14 +95,16 @@ pub fn recorded(process: &ProcessKey, addr: u64, len: u64) -> Option<usize> {
         process: *process,
         addr,
     };
-    let mapping = unsafe { MAPPINGS.get(&key) }?;
+    // SAFETY: lookups in maps this program owns; the values are read at once.
+    let mapping = unsafe { MAPPINGS.get(key) }?;
+    // SAFETY: as above.
     let current = unsafe { EPOCHS.get(process) }?;
     (mapping.len == len && mapping.epoch == *current).then_some(mapping.class as usize)
 }
 
 /// The mapping at `addr` is gone.
 pub fn forget(process: &ProcessKey, addr: u64) {
-    let _ = MAPPINGS.remove(&MappingKey {
+    let _ = MAPPINGS.remove(MappingKey {
         process: *process,
         addr,
     });

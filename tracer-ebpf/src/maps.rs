@@ -1,6 +1,7 @@
 //! Maps shared with the loader, the loader-provided configuration, and small accessors.
 
 use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_ktime_get_boot_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -62,6 +63,7 @@ pub fn config_ref() -> &'static KernelConfig {
 
 #[inline(always)]
 pub fn read_config(field: &u32) -> u32 {
+    // SAFETY: `field` is a reference into CONFIG, a static that is valid and aligned.
     unsafe { core::ptr::read_volatile(field) }
 }
 
@@ -92,6 +94,8 @@ pub static RESIDENT: HashMap<ProcessKey, Resident> = HashMap::with_max_entries(M
 static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
 pub fn scratch_walk() -> Option<&'static mut Walk> {
+    // SAFETY: the pointer is this CPU's slot of a map this program owns, valid for its run, and
+    // programs do not nest on one CPU.
     WALK.get_ptr_mut(0).map(|walk| unsafe { &mut *walk })
 }
 
@@ -115,6 +119,7 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_REASON_COUNT 
 
 pub fn count_lost(reason: LostReason) {
     if let Some(counter) = LOST.get_ptr_mut(reason as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array: no other writer while the program runs.
         unsafe { *counter += 1 };
     }
 }
@@ -124,7 +129,8 @@ pub fn tracked(tgid: u32) -> Option<ProcessKey> {
     if tgid == config!(own_tgid) {
         return None;
     }
-    let generation = *unsafe { TRACKED.get(&tgid) }?;
+    // SAFETY: a lookup in a map this program owns; the value is copied out at once.
+    let generation = *unsafe { TRACKED.get(tgid) }?;
     Some(ProcessKey { tgid, generation })
 }
 
@@ -134,12 +140,15 @@ pub fn flows_of(key: &ProcessKey) -> Option<&'static mut ProcessFlows> {
         return None;
     }
     if let Some(flows) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of a per-CPU map, valid for this program's run.
         return Some(unsafe { &mut *flows });
     }
+    // SAFETY: the zero value of a per-CPU array, only ever read.
     let zero = unsafe { &*ZERO_FLOWS.get_ptr(0)? };
     // BPF_NOEXIST: another CPU may have created it meanwhile; that is fine, values are per CPU.
     let _ = FLOWS.insert(key, zero, 1);
     match FLOWS.get_ptr_mut(key) {
+        // SAFETY: as above: this CPU's value, valid for this program's run.
         Some(flows) => Some(unsafe { &mut *flows }),
         None => {
             count_lost(LostReason::FlowMapFull);
@@ -153,11 +162,28 @@ pub fn flows_of(key: &ProcessKey) -> Option<&'static mut ProcessFlows> {
 /// a bpf_probe_read_kernel call; a bad pointer reads as 0.
 #[inline(always)]
 pub fn btf_field<T: Copy>(base: u64, offset: u32) -> T {
+    // SAFETY: `base` is a BTF-typed kernel pointer and `offset` a constant the loader read from
+    // the kernel's BTF; the verifier checks the load against the type and turns a fault into 0.
     unsafe { core::ptr::read_volatile((base as *const u8).add(offset as usize) as *const T) }
+}
+
+/// The boot-time clock, in ns.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// The running task's address, untyped (its BTF-typed twin needs 5.11): for probe reads.
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: the helper takes no arguments and returns the running task's address.
+    unsafe { bpf_get_current_task() }
 }
 
 /// Reads a kernel value at `base + offset`, counting a failure as lost.
 pub fn read_kernel<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    // SAFETY: a checked read: the helper returns an error for an address it cannot read.
     match unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + offset as u64) as *const T) } {
         Ok(value) => Some(value),
         Err(_) => {

@@ -69,12 +69,14 @@ fn counter_offset(member: i32) -> Option<u32> {
 
 fn resident_of(key: &ProcessKey) -> Option<&'static mut Resident> {
     if let Some(resident) = RESIDENT.get_ptr_mut(key) {
+        // SAFETY: the map's value for `key`, valid for this program's run; updates are stores of
+        // the kernel's absolute counter, so a racing writer leaves a correct value either way.
         return Some(unsafe { &mut *resident });
     }
-    let _ = RESIDENT.insert(key, &Resident::default(), 1);
-    RESIDENT
-        .get_ptr_mut(key)
-        .map(|resident| unsafe { &mut *resident })
+    let _ = RESIDENT.insert(key, Resident::default(), 1);
+    let resident = RESIDENT.get_ptr_mut(key)?;
+    // SAFETY: as above, for the entry just made (or made by another CPU meanwhile).
+    Some(unsafe { &mut *resident })
 }
 
 /// Starts a process's counters from its mm as it is now (a new mm at exec, a copied one at

@@ -98,6 +98,8 @@ impl Pending {
 /// A field of the tracepoint's record, at a constant offset: a plain load from the context.
 #[inline(always)]
 fn record<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: `offset` is a constant inside the tracepoint's record (its layout is checked by the
+    // loader in tracefs) and the verifier bounds the load to the context.
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset) as *const T) }
 }
 
@@ -144,8 +146,7 @@ fn enter<L: Lookup>(ctx: &TracePointContext) -> Option<()> {
     if L::TASK_PT_REGS && is_new_mapping(nr, walk.pending.args[3]) {
         return None;
     }
-    if on_enter::<L>(nr, &key, walk).is_some() && STASH.insert(&pid_tgid, &walk.pending, 0).is_err()
-    {
+    if on_enter::<L>(nr, &key, walk).is_some() && STASH.insert(pid_tgid, walk.pending, 0).is_err() {
         count_lost(LostReason::StashFull);
     }
     None
@@ -164,6 +165,7 @@ fn is_new_mapping(nr: u64, arg3: u64) -> bool {
 #[inline(always)]
 fn args<L: Lookup>(ctx: &TracePointContext, nr: u64) -> Option<[u64; 4]> {
     if L::TASK_PT_REGS {
+        // SAFETY: the running task, BTF-typed; the helper returns its saved user registers.
         let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf() as *mut _) } as u64;
         return Some([
             btf_field(regs, config!(regs_args[0])),
@@ -176,6 +178,7 @@ fn args<L: Lookup>(ctx: &TracePointContext, nr: u64) -> Option<[u64; 4]> {
     if nr == syscall_nr::BRK {
         return Some([first, 0, 0, 0]);
     }
+    // SAFETY: a checked read from the record; a failure is returned and counted.
     match unsafe { ctx.read_at::<[u64; 3]>(RECORD_ARGS + 8) } {
         Ok([a1, a2, a3]) => Some([first, a1, a2, a3]),
         Err(_) => {
@@ -264,8 +267,10 @@ fn exit<L: Lookup>(ctx: &TracePointContext) -> u32 {
     // -4095..-1 are errors; brk reports failure by returning the old break, which counts nothing.
     let succeeded = !(-4095..0).contains(&ret);
     // Only a tracked thread's call was stashed at entry.
-    match STASH.get_ptr(&pid_tgid) {
+    match STASH.get_ptr(pid_tgid) {
         Some(pending) => {
+            // SAFETY: the stash's value for this thread, valid for this program's run; only this thread
+            // writes it (at its syscall's entry), and it is not inside a syscall now.
             let pending = unsafe { &*pending };
             let key = ProcessKey {
                 tgid,
@@ -274,7 +279,7 @@ fn exit<L: Lookup>(ctx: &TracePointContext) -> u32 {
             if succeeded && let Some(flows) = flows_of(&key) {
                 on_return::<L>(nr, ret as u64, pending, &key, flows);
             }
-            let _ = STASH.remove(&pid_tgid);
+            let _ = STASH.remove(pid_tgid);
         }
         None => {
             if L::TASK_PT_REGS

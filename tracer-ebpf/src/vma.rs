@@ -19,12 +19,10 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{
-    bpf_find_vma, bpf_get_current_task, bpf_get_current_task_btf, bpf_loop,
-};
+use aya_ebpf::helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_loop};
 use tracer_common::{CLASS_COUNT, LostReason, RegionClass};
 
-use crate::maps::{btf_field, config, count_lost, read_kernel};
+use crate::maps::{btf_field, config, count_lost, current_task, read_kernel};
 use crate::syscalls::Pending;
 
 pub const PAGE_SIZE: u64 = 4096;
@@ -76,7 +74,7 @@ pub struct Heap {
 }
 
 pub fn current_mm() -> Option<u64> {
-    let task = unsafe { bpf_get_current_task() };
+    let task = current_task();
     read_kernel::<u64>(task, config!(task_mm)).filter(|mm| *mm != 0)
 }
 
@@ -127,6 +125,8 @@ fn classify(flags: u64, file_kind: u64, start: u64, end: u64, heap: &Heap) -> us
 /// once per call site.
 #[inline(never)]
 unsafe extern "C" fn on_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Vma` that `find_into` passed to bpf_find_vma, live on its stack
+    // for the callback's whole run.
     let out = unsafe { &mut *(ctx as *mut Vma) };
     // `vma` is BTF-typed: direct loads.
     let vma = vma as u64;
@@ -163,7 +163,10 @@ impl FindVma {
     /// `bpf_find_vma`'s result for `addr`: 0 with `vma` filled, -ENOENT in a hole, or another
     /// error (the mm's lock was busy), which is counted.
     fn find_into(addr: u64, vma: &mut Vma) -> i64 {
+        // SAFETY: the running task, BTF-typed, as bpf_find_vma requires.
         let task = unsafe { bpf_get_current_task_btf() };
+        // SAFETY: `on_vma` matches the callback's signature and `vma` outlives the call, which
+        // does not keep the pointer.
         let ret = unsafe {
             bpf_find_vma(
                 task,
@@ -194,6 +197,8 @@ impl Lookup for FindVma {
         let mut step = Step {
             walk: walk as *mut Walk,
         };
+        // SAFETY: `walk_step` matches bpf_loop's callback signature, and `step` outlives the call,
+        // which does not keep the pointer.
         unsafe {
             bpf_loop(
                 MAX_VMAS,
@@ -212,6 +217,8 @@ struct Step {
 
 #[inline(never)]
 unsafe extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Step` that `run` passed to bpf_loop, pointing at this CPU's walk;
+    // programs do not nest on one CPU.
     let walk = unsafe { &mut *(*(ctx as *mut Step)).walk };
     if walk.cur >= walk.end {
         walk.stopped = 1;
@@ -332,6 +339,7 @@ impl Walk {
         let words = size_of::<Walk>() / 8;
         let base = self as *mut Walk as *mut u64;
         for i in 0..words {
+            // SAFETY: `i` < size_of::<Walk>() / 8, so every write stays inside `self`.
             unsafe { core::ptr::write_volatile(base.add(i), 0) };
         }
     }

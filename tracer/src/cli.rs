@@ -29,7 +29,7 @@ reserved, shared, file, exec, stack), to the byte. Needs root for eBPF; `leaktra
 says what this machine supports.";
 
 #[derive(Debug, Parser)]
-#[command(name = "leaktrace", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "leaktrace", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -314,6 +314,7 @@ fn print_report(to_stderr: bool, trace: &Trace, full: bool) -> Result<()> {
 
 /// The columns of the terminal `fd` is, or [`report::summary::WIDTH`] when it is none.
 fn terminal_width(fd: i32) -> usize {
+    // SAFETY: winsize is plain integers, for which all zeroes is a value.
     let mut size: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ fills a winsize, which `size` is; on a non-terminal it fails.
     let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) } == 0;
@@ -576,7 +577,7 @@ fn run_trace(
     Ok(if written {
         budget_exit_code(&trace)
     } else {
-        ExitCode::from(1)
+        ExitCode::from(exit::ERROR)
     })
 }
 
@@ -635,14 +636,28 @@ fn demo(leak: &str, cycles: u32, dir: &Path) -> Result<ExitCode> {
     Ok(if written {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(exit::ERROR)
     })
 }
 
-/// 3 when a budget was given and the growth exceeded it; 0 otherwise.
+const EXIT_CODES: &str = "Exit codes: 0 ok; 1 error (also an output that could not be written, after the \
+report was printed and the trace saved elsewhere); 2 usage error, before anything runs; 3 a \
+budget was given and the growth exceeded it.";
+
+/// The exit codes besides 0 (design.md's contract; `--help` lists them, [`EXIT_CODES`]).
+mod exit {
+    /// An error: a trace or report that could not be made or written whole.
+    pub const ERROR: u8 = 1;
+    /// A command line that makes no sense.
+    pub const USAGE: u8 = 2;
+    /// A budget was given and the growth exceeded it.
+    pub const BUDGET_EXCEEDED: u8 = 3;
+}
+
+/// [`exit::BUDGET_EXCEEDED`] when a budget was given and the growth exceeded it; 0 otherwise.
 fn budget_exit_code(trace: &Trace) -> ExitCode {
     match &trace.analysis.budget {
-        Some(budget) if !budget.pass => ExitCode::from(3),
+        Some(budget) if !budget.pass => ExitCode::from(exit::BUDGET_EXCEEDED),
         _ => ExitCode::SUCCESS,
     }
 }
@@ -721,7 +736,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     ),
                 )?;
                 if !check.pass {
-                    return Ok(ExitCode::from(3));
+                    return Ok(ExitCode::from(exit::BUDGET_EXCEEDED));
                 }
             }
         }
@@ -731,7 +746,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let checks = doctor::diagnose();
             print(false, &doctor::render(&checks))?;
             if checks.iter().any(|c| !c.ok) {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(exit::ERROR));
             }
         }
     }
@@ -746,7 +761,7 @@ pub fn main() -> ExitCode {
         Err(error) => {
             eprintln!("leaktrace: error: {error:#}");
             let usage = error.downcast_ref::<UsageError>().is_some();
-            ExitCode::from(if usage { 2 } else { 1 })
+            ExitCode::from(if usage { exit::USAGE } else { exit::ERROR })
         }
     }
 }

@@ -98,6 +98,7 @@ impl Identity {
 /// entry.
 fn supplementary_groups(uid: u32, gid: u32) -> Option<Vec<u32>> {
     let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: passwd is integers and pointers, for which zeroes (null) are values; getpwuid_r fills it.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut found: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: getpwuid_r writes into `pwd` and `buf`, both live and sized as passed.
@@ -209,14 +210,16 @@ fn hold_until_tracked(
     identity: Option<&Identity>,
 ) -> std::io::Result<()> {
     let last_error = std::io::Error::last_os_error;
-    // SAFETY (all below): plain syscalls on fds and buffers that outlive the calls.
+    // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u32;
     let bytes = pid.to_ne_bytes();
+    // SAFETY: a write of a live buffer of `bytes.len()` bytes.
     if unsafe { libc::write(ready_fd, bytes.as_ptr().cast(), bytes.len()) } != bytes.len() as isize
     {
         return Err(last_error());
     }
     let mut go = [0u8; 1];
+    // SAFETY: a read into a live one-byte buffer.
     if unsafe { libc::read(go_fd, go.as_mut_ptr().cast(), 1) } != 1 {
         // The tracer could not track us: do not run the command untraced.
         return Err(std::io::Error::other(
@@ -233,9 +236,11 @@ fn hold_until_tracked(
 /// async-signal-safe calls only.
 pub fn become_user(identity: &Identity) -> std::io::Result<()> {
     let groups: &[libc::gid_t] = &identity.groups;
-    // SAFETY: setgroups reads `groups.len()` ids from a live slice; setgid and setuid take ids.
+    // SAFETY: setgroups reads `groups.len()` ids from a live slice.
     if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0
+        // SAFETY: setgid takes an id.
         || unsafe { libc::setgid(identity.gid) } != 0
+        // SAFETY: setuid takes an id.
         || unsafe { libc::setuid(identity.uid) } != 0
     {
         return Err(std::io::Error::last_os_error());

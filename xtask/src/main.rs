@@ -60,20 +60,29 @@ enum Task {
             default_value = "host,trixie,bookworm,bullseye"
         )]
         kernels: Vec<String>,
+        /// Checks to run in each, comma-separated (all by default).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_parser = ["doctor", "ledger", "resident", "kernels", "proc-mode"],
+            default_value = "doctor,ledger,resident,kernels,proc-mode"
+        )]
+        checks: Vec<String>,
         /// Keep the initramfs tree (target/vmtest/initramfs) for debugging.
         #[arg(long)]
         keep: bool,
     },
 }
 
-/// Debian packages the build needs; `{llvm}` is the LLVM major of Debian's rustc.
-const PACKAGES: [&str; 5] = [
+/// Debian's Rust toolchain for the eBPF crate (a prebuilt BPF `core`, and clippy for it).
+const EBPF_PACKAGES: [&str; 4] = [
     "rustc-web",
     "cargo-web",
     "libstd-rust-web-dev-bpf",
-    "llvm-{llvm}-dev",
-    "libpolly-{llvm}-dev",
+    "rust-web-clippy",
 ];
+/// The LLVM that bpf-linker links; `{llvm}` is the LLVM major of Debian's rustc.
+const LLVM_PACKAGES: [&str; 2] = ["llvm-{llvm}-dev", "libpolly-{llvm}-dev"];
 /// Also installed: Chromium (the browser tests drive it), bpftrace (the benchmark's yardstick),
 /// GNU time (the benchmark times the worker with it) and Prometheus with promtool (the metrics
 /// test scrapes leaktrace with it; Debian's package does not start it where services are off,
@@ -181,7 +190,7 @@ fn scraper_fixture() -> Result<()> {
 
 fn setup() -> Result<()> {
     // rustc-web first: the LLVM packages follow its LLVM major.
-    let base: Vec<String> = ["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"]
+    let base: Vec<String> = EBPF_PACKAGES
         .into_iter()
         .chain(TOOLS)
         .filter(|p| !installed(p))
@@ -198,7 +207,7 @@ fn setup() -> Result<()> {
     apt_install(&node)?;
     let llvm = debian_llvm_major()
         .context("Debian's rustc (/usr/bin/rustc) does not report its LLVM version")?;
-    let llvm_packages: Vec<String> = PACKAGES
+    let llvm_packages: Vec<String> = LLVM_PACKAGES
         .iter()
         .map(|p| p.replace("{llvm}", &llvm))
         .filter(|p| !installed(p))
@@ -239,6 +248,33 @@ fn setup() -> Result<()> {
         .env("PATH", path))?;
     std::fs::write(&marker, &llvm)?;
     Ok(())
+}
+
+/// Clippy on the eBPF crate, which the workspace's clippy leaves out (it is not a default
+/// member): for its own target, with Debian's toolchain, as tracer/build.rs builds it. Debian's
+/// `cargo-clippy` is run by its path: `cargo clippy` would take rustup's from ~/.cargo/bin.
+fn ebpf_clippy() -> Result<()> {
+    let llvm = debian_llvm_major().context("Debian's rustc is missing: run `cargo xtask setup`")?;
+    run(Command::new("/usr/bin/cargo-clippy")
+        .current_dir(workspace())
+        .env_clear()
+        .env("PATH", format!("/usr/lib/llvm-{llvm}/bin:/usr/bin:/bin"))
+        .env(
+            "HOME",
+            env::var_os("HOME").unwrap_or_else(|| "/root".into()),
+        )
+        .envs(env::var_os("CARGO_HOME").map(|home| ("CARGO_HOME", home)))
+        .env("CARGO", "/usr/bin/cargo")
+        .env("RUSTC", "/usr/bin/rustc")
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["clippy", "--package", "tracer-ebpf", "--release"])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "--target-dir",
+            "target/ebpf",
+        ])
+        .args(["--", "-D", "warnings"]))
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -305,6 +341,7 @@ fn main() -> Result<()> {
         Task::Test { no_vm } => {
             cargo(&["fmt", "--all", "--check"])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            ebpf_clippy()?;
             // The integration tests run the leaktrace binary: build it first.
             cargo(&["build", "--package", "tracer", "--bins"])?;
             if !is_root() {
@@ -317,7 +354,8 @@ fn main() -> Result<()> {
             let vms = if no_vm {
                 Ok(true)
             } else {
-                vmtest::vmtest(&["trixie", "bookworm", "bullseye"].map(String::from), false)
+                let kernels = ["trixie", "bookworm", "bullseye"].map(String::from);
+                vmtest::vmtest(&kernels, &vmtest::all_checks(), false)
             };
             host?;
             if !vms? {
@@ -340,8 +378,12 @@ fn main() -> Result<()> {
             rounds,
             long_cycles,
         } => bench::run(&workspace(), rounds, &long_cycles)?,
-        Task::Vmtest { kernels, keep } => {
-            if !vmtest::vmtest(&kernels, keep)? {
+        Task::Vmtest {
+            kernels,
+            checks,
+            keep,
+        } => {
+            if !vmtest::vmtest(&kernels, &checks, keep)? {
                 std::process::exit(1);
             }
         }

@@ -58,7 +58,8 @@ struct Check {
     timeout: u32,
 }
 
-/// The checks, in the order they run; each runs whatever the others did.
+/// The checks, in the order they run; each runs whatever the others did. main.rs lists the same
+/// names for `--checks`.
 const CHECKS: [Check; 5] = [
     // Every hook the kernel supports really loads and attaches; on 5.10 it names what is off.
     Check {
@@ -93,6 +94,11 @@ const CHECKS: [Check; 5] = [
         timeout: 60,
     },
 ];
+
+/// Every check's name, for running them all.
+pub(crate) fn all_checks() -> Vec<String> {
+    CHECKS.iter().map(|c| c.name.to_string()).collect()
+}
 
 /// Kernels to boot, in table order: the host's, then Debian's newest first. main.rs lists the
 /// same names for `--kernels`.
@@ -174,7 +180,11 @@ impl Boot {
 /// Runs the task for `kernels` (names from `KERNELS`, which clap checks); true when every check
 /// passed wherever it could run. A host kernel without a readable image is shown and skipped, not
 /// a failure: the normal tests cover the host's kernel.
-pub(crate) fn vmtest(kernels: &[String], keep: bool) -> Result<bool> {
+pub(crate) fn vmtest(kernels: &[String], checks: &[String], keep: bool) -> Result<bool> {
+    let checks: Vec<&Check> = CHECKS
+        .iter()
+        .filter(|c| checks.iter().any(|n| n == c.name))
+        .collect();
     host_packages()?;
     let dir = workspace().join("target/vmtest");
     fs::create_dir_all(dir.join("logs"))?;
@@ -202,14 +212,13 @@ pub(crate) fn vmtest(kernels: &[String], keep: bool) -> Result<bool> {
             Ok(image) => {
                 println!("vmtest: booting {}", kernel.label);
                 let log = dir.join(format!("logs/{key}.log"));
-                let all: Vec<&Check> = CHECKS.iter().collect();
-                let mut first = boot(image, &initrd, &log, &all)?;
+                let mut first = boot(image, &initrd, &log, &checks)?;
                 println!("vmtest: {} done in {:.1} s", kernel.label, first.seconds);
-                let unfinished: Vec<&Check> = CHECKS
+                let unfinished: Vec<&Check> = checks
                     .iter()
                     .zip(&first.outcomes)
                     .filter(|(_, o)| !o.finished)
-                    .map(|(c, _)| c)
+                    .map(|(c, _)| *c)
                     .collect();
                 if !unfinished.is_empty() {
                     let names: Vec<&str> = unfinished.iter().map(|c| c.name).collect();
@@ -236,7 +245,7 @@ pub(crate) fn vmtest(kernels: &[String], keep: bool) -> Result<bool> {
         rows.push((kernel, boot));
     }
 
-    let (table, passed) = report(&rows);
+    let (table, passed) = report(&rows, &checks);
     print!("{table}");
     if keep {
         println!("initramfs kept in {}", root.display());
@@ -740,7 +749,7 @@ fn parse(console: &str, name: &str, why_missing: &str) -> Outcome {
 }
 
 /// The table, then each failure's first lines; and whether everything that ran passed.
-fn report(rows: &[(Kernel, Option<Boot>)]) -> (String, bool) {
+fn report(rows: &[(Kernel, Option<Boot>)], checks: &[&Check]) -> (String, bool) {
     let width = rows
         .iter()
         .map(|(k, _)| k.label.len())
@@ -749,7 +758,7 @@ fn report(rows: &[(Kernel, Option<Boot>)]) -> (String, bool) {
         .unwrap()
         + 2;
     let mut out = format!("\n{:<width$}", "kernel");
-    for check in &CHECKS {
+    for check in checks {
         let _ = write!(out, "{:<13}", check.name);
     }
     out.push_str("boot     download\n");
@@ -765,7 +774,7 @@ fn report(rows: &[(Kernel, Option<Boot>)]) -> (String, bool) {
         };
         match (boot, &kernel.image) {
             (Some(boot), _) => {
-                for (check, outcome) in CHECKS.iter().zip(&boot.outcomes) {
+                for (check, outcome) in checks.iter().zip(&boot.outcomes) {
                     let cell = match (outcome.ok, &outcome.first_boot) {
                         (true, None) => "ok",
                         (true, Some(_)) => "ok (again)",
@@ -795,7 +804,7 @@ fn report(rows: &[(Kernel, Option<Boot>)]) -> (String, bool) {
                 let _ = writeln!(out, "{boot:<9}{download}");
             }
             (None, image) => {
-                for _ in &CHECKS {
+                for _ in checks {
                     let _ = write!(out, "{:<13}", "n/a");
                 }
                 let _ = writeln!(out, "{:<9}{download}", "-");

@@ -169,6 +169,7 @@ fn main() {
         // SAFETY: reads and writes of one byte on the pipes.
         while unsafe { libc::read(to_child[0], byte.as_mut_ptr().cast(), 1) } == 1 {
             map_and_touch(MIB);
+            // SAFETY: a write of a live one-byte buffer.
             unsafe { libc::write(from_child[1], byte.as_ptr().cast(), 1) };
         }
         std::process::exit(0);
@@ -213,12 +214,14 @@ fn main() {
             }
         }
         worker.phase("cleanup");
-        // SAFETY: the second half of the block mapped above (all of it, `--fixed`).
+        // The second half of the block mapped above (all of it, `--fixed`).
         let (start, len) = if fixed {
             (block, 2 * MIB)
         } else {
+            // SAFETY: `block` is 2 MiB long, so one MiB in stays inside it.
             (unsafe { block.add(MIB) }, MIB)
         };
+        // SAFETY: unmaps part of the mapping this loop made, which nothing else uses.
         check(unsafe { libc::munmap(start.cast(), len) } == 0, "munmap");
         worker.phase("idle");
         if k == cycles && args.iter().any(|a| a == "--exit-at-once") {

@@ -79,6 +79,7 @@ impl Grower {
             "memfd" => {
                 // SAFETY: a NUL-terminated name and no flags.
                 let fd = unsafe { libc::memfd_create(c"leaktrace-fixture".as_ptr(), 0) };
+                // SAFETY: ftruncate of the fd just made.
                 if fd < 0 || unsafe { libc::ftruncate(fd, RESERVATION as i64) } != 0 {
                     fatal("memfd");
                 }
@@ -96,6 +97,7 @@ impl Grower {
                 for _ in 0..len / FRAME {
                     // SAFETY: malloc of a small block, touched within its size.
                     let block = unsafe { libc::malloc(FRAME) };
+                    // SAFETY: `block` is a live malloc block of FRAME bytes.
                     unsafe { touch(block.cast(), FRAME) };
                     blocks.push(block);
                 }
@@ -106,15 +108,18 @@ impl Grower {
             Grower::Reserved(base) => {
                 // SAFETY: the next part of our own reservation.
                 let part = unsafe { base.add(at) };
+                // SAFETY: `len` bytes of our own reservation, made readable and writable here.
                 if unsafe { libc::mprotect(part.cast(), len, RW) } != 0 {
                     fatal("mprotect");
                 }
+                // SAFETY: `part` is now `len` readable, writable bytes.
                 unsafe { touch(part, len) };
             }
             Grower::Stack(go, finished) => {
                 go.send(k * len / FRAME).unwrap();
                 finished.recv().unwrap();
             }
+            // SAFETY: the memfd mapping spans the whole reservation, and `at + len` stays inside it.
             Grower::Memfd(base) => unsafe { touch(base.add(at), len) },
         }
     }

@@ -72,6 +72,7 @@ fn main() {
         // SAFETY: memfd_create with a constant name.
         let fd = unsafe { libc::memfd_create(c"leaktrace-resident".as_ptr(), 0) };
         check(
+            // SAFETY: ftruncate of the fd just made.
             fd >= 0 && unsafe { libc::ftruncate(fd, shared as i64) } == 0,
             "memfd",
         );

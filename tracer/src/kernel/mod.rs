@@ -46,6 +46,10 @@ pub enum KernelError {
         "this kernel cannot follow a process tree with eBPF ({0}); `leaktrace doctor` says what is missing, --no-ebpf traces from /proc"
     )]
     Unsupported(String),
+    #[error(
+        "this leaktrace was built without its eBPF programs (the BPF toolchain was missing): run `cargo xtask setup`, rebuild, or pass --no-ebpf"
+    )]
+    NotBuilt,
     #[error("cannot load the eBPF object")]
     Load(#[source] aya::EbpfError),
     #[error("cannot attach {} ({})", .hook.program, .hook.description)]
@@ -170,6 +174,9 @@ impl Kernel {
     pub fn load() -> Result<Kernel, KernelError> {
         if !is_privileged() {
             return Err(KernelError::NotPrivileged);
+        }
+        if EBPF_OBJECT.is_empty() {
+            return Err(KernelError::NotBuilt);
         }
         let features = Features::probe(std::process::id())?;
         let essential_missing: Vec<String> = features
