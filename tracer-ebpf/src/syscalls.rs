@@ -146,10 +146,18 @@ fn enter<L: Lookup>(ctx: &TracePointContext) -> Option<()> {
     if L::TASK_PT_REGS && is_new_mapping(nr, walk.pending.args[3]) {
         return None;
     }
-    if on_enter::<L>(nr, &key, walk).is_some() && STASH.insert(pid_tgid, walk.pending, 0).is_err() {
+    if on_enter::<L>(nr, &key, walk).is_some() && stash(pid_tgid, &walk.pending).is_err() {
         count_lost(LostReason::StashFull);
     }
     None
+}
+
+/// Stashes `pending` for the call's return, copied from where it is: passed by value, the
+/// 200-byte record would be copied onto the stack first.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn stash(pid_tgid: u64, pending: &Pending) -> Result<(), i32> {
+    STASH.insert(pid_tgid, pending, 0)
 }
 
 /// mremap, or mmap without MAP_FIXED (which replaces what it lands on): only the new mapping
