@@ -644,7 +644,8 @@ const EXIT_CODES: &str = "Exit codes: 0 ok; 1 error (also an output that could n
 report was printed and the trace saved elsewhere); 2 usage error, before anything runs; 3 a \
 budget was given and the growth exceeded it.";
 
-/// The exit codes besides 0 (design.md's contract; `--help` lists them, [`EXIT_CODES`]).
+/// The exit codes besides 0 (a contract, see ARCHITECTURE.md; `--help` lists them,
+/// [`EXIT_CODES`]).
 mod exit {
     /// An error: a trace or report that could not be made or written whole.
     pub const ERROR: u8 = 1;

@@ -1,7 +1,7 @@
 //! Project tasks: `cargo xtask setup | build | test | demo | bench | vmtest`.
 //!
-//! `setup` installs what the eBPF build needs on a fresh Debian machine (see
-//! ../shared/ebpf-toolchain.md): Debian's rustc-web with the prebuilt BPF `core`, the LLVM that
+//! `setup` installs what the eBPF build needs on a fresh Debian machine (see ARCHITECTURE.md,
+//! "The kernel side's toolchain"): Debian's rustc-web with the prebuilt BPF `core`, the LLVM that
 //! rustc was built with, and bpf-linker linked against that same LLVM; and for the tests,
 //! Chromium, bpftrace and the scraper fixture's npm packages (Bun, puppeteer-core). It is
 //! idempotent and returns at once when everything is present. Every other task runs it first.

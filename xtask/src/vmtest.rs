@@ -5,7 +5,7 @@
 //! 5.10, bookworm 6.1, trixie 6.12; they have BTF built in) and, when its image is readable, the
 //! host's kernel, each in a throwaway qemu VM, and runs the same few checks inside each (the
 //! `CHECKS` table). It prints a table kernel × check, then the output of each failing check, and
-//! fails when any check failed. See ../shared/ebpf-toolchain.md, "Other kernels in a VM".
+//! fails when any check failed. The README's "Kernels" section says what each kernel lacks.
 //!
 //! - Kernels come from the Debian archive through apt itself, with a private sources list, lists
 //!   and cache per suite under target/vmtest/SUITE/, so the host's apt state is never touched.
