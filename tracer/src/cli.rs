@@ -503,6 +503,7 @@ fn run_trace(
     follow: Option<crate::target::Follow>,
 ) -> Result<ExitCode> {
     let outputs = check_before_start(args)?;
+    crate::diagnostics::init(args.quiet);
     if args.continuous && args.report_dir.is_none() && args.metrics_addr.is_none() && !args.quiet {
         eprintln!(
             "leaktrace: note: --continuous without --report-dir or --metrics-addr: nothing is \
@@ -518,7 +519,7 @@ fn run_trace(
         ebpf: !args.no_ebpf,
         as_root,
         announce,
-        warn: !args.quiet,
+        progress: !args.quiet,
         interval: args.interval,
         markers: session::MarkerOptions {
             cycle_regex: args.cycle_regex.clone(),

@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod browser;
 pub mod cli;
 pub mod compact_map;
+pub mod diagnostics;
 pub mod diff;
 pub mod doctor;
 pub mod html;

@@ -582,7 +582,7 @@ impl CycleCommand {
                         let _ = child.wait();
                         running.store(0, Ordering::SeqCst);
                     }
-                    Err(e) => eprintln!("leaktrace: warning: --cycle-cmd {command:?}: {e}"),
+                    Err(e) => tracing::warn!("--cycle-cmd {command:?}: {e}"),
                 }
                 let until = std::time::Instant::now() + CYCLE_CMD_RESTART;
                 while !stopping.load(Ordering::SeqCst) && std::time::Instant::now() < until {

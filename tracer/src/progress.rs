@@ -23,6 +23,7 @@ impl Progress {
                     .expect("a valid template"),
             );
             bar.enable_steady_tick(Duration::from_millis(250));
+            crate::diagnostics::around_bar(Some(bar.clone()));
             bar
         });
         Progress { bar, target_cycles }
@@ -66,6 +67,7 @@ impl Progress {
 
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
+            crate::diagnostics::around_bar(None);
             bar.finish_and_clear();
             let _ = std::io::stderr().flush();
         }

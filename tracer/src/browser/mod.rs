@@ -248,16 +248,14 @@ impl BrowserReader {
     }
 
     /// Says something once, in the trace's notes and on stderr.
-    fn note(&mut self, note: String, warn: bool) {
-        self.note_once(note.clone(), note, warn);
+    fn note(&mut self, note: String) {
+        self.note_once(note.clone(), note);
     }
 
     /// Says `note` the first time `key` comes up.
-    fn note_once(&mut self, key: String, note: String, warn: bool) {
+    fn note_once(&mut self, key: String, note: String) {
         if self.noted.insert(key) {
-            if warn {
-                eprintln!("leaktrace: {note}");
-            }
+            tracing::info!("{note}");
             self.summary.notes.push(note);
         }
     }
@@ -271,7 +269,6 @@ impl BrowserReader {
     pub async fn ensure_connected(
         &mut self,
         browsers: &[(u32, Vec<String>, Option<std::path::PathBuf>)],
-        warn: bool,
     ) {
         if self.is_connected() {
             return;
@@ -279,10 +276,7 @@ impl BrowserReader {
         if self.cdp.take().is_some() {
             self.summary.disconnects += 1;
             self.sessions.clear();
-            self.note(
-                "the DevTools connection dropped; leaktrace reconnects when it can".into(),
-                warn,
-            );
+            self.note("the DevTools connection dropped; leaktrace reconnects when it can".into());
         }
         let endpoint = match &self.mode {
             CdpMode::Off => return,
@@ -303,7 +297,6 @@ impl BrowserReader {
                                  `args: ['--remote-debugging-port=0']` to let leaktrace see them; the kernel and /proc view \
                                  goes on."
                             ),
-                            warn,
                         ),
                         Endpoint::NotYet | Endpoint::None => {}
                     }
@@ -326,7 +319,7 @@ impl BrowserReader {
                 (self.retry_at, self.backoff) = (None, FIRST_BACKOFF);
             }
             Err(e) => {
-                self.note(format!("DevTools endpoint {endpoint}: {e}"), warn);
+                self.note(format!("DevTools endpoint {endpoint}: {e}"));
                 self.back_off();
             }
         }
@@ -351,7 +344,7 @@ impl BrowserReader {
 
     /// [`Self::read`] within [`VIEW_DEADLINE`]: an endpoint that does not answer in time loses
     /// its connection (and is retried later, see `retry_at`), and this view is missing.
-    pub async fn read_within_deadline(&mut self, warn: bool) -> Option<BrowserView> {
+    pub async fn read_within_deadline(&mut self) -> Option<BrowserView> {
         if !self.is_connected() {
             return None;
         }
@@ -368,7 +361,6 @@ impl BrowserReader {
                         "DevTools did not answer within {VIEW_DEADLINE:?}: that cycle's browser view is missing, \
                          and leaktrace reconnects later; the kernel and /proc view goes on"
                     ),
-                    warn,
                 );
                 self.back_off();
                 None
@@ -379,10 +371,7 @@ impl BrowserReader {
     /// A memory-infra dump of every Chromium process, within [`VIEW_DEADLINE`]; None when not
     /// connected or when it failed (counted, and said once). The pids are the kernel's: the
     /// browser process reports its children's.
-    pub async fn memory_dump(
-        &mut self,
-        warn: bool,
-    ) -> Option<(f64, BTreeMap<u32, BTreeMap<String, u64>>)> {
+    pub async fn memory_dump(&mut self) -> Option<(f64, BTreeMap<u32, BTreeMap<String, u64>>)> {
         let cdp = self.cdp.as_mut().filter(|c| !c.is_closed())?;
         let started = std::time::Instant::now();
         let dumped = tokio::time::timeout(VIEW_DEADLINE, memory_dump(cdp)).await;
@@ -391,7 +380,7 @@ impl BrowserReader {
             Ok(Ok(processes)) => Some((seconds, processes)),
             Ok(Err(e)) => {
                 self.summary.failed_calls += 1;
-                self.note_once("dump".into(), format!("a memory dump failed: {e}"), warn);
+                self.note_once("dump".into(), format!("a memory dump failed: {e}"));
                 None
             }
             Err(_) => {
@@ -403,7 +392,6 @@ impl BrowserReader {
                 self.note_once(
                     "dump".into(),
                     format!("a memory dump took longer than {VIEW_DEADLINE:?}: left out"),
-                    warn,
                 );
                 None
             }
@@ -419,7 +407,11 @@ impl BrowserReader {
             Ok(targets) => targets.target_infos,
             Err(e) => {
                 self.summary.failed_calls += 1;
-                self.note(format!("Target.getTargets failed: {e}"), false);
+                // In the trace only: a failing call is counted, and the view just missing.
+                let note = format!("Target.getTargets failed: {e}");
+                if self.noted.insert(note.clone()) {
+                    self.summary.notes.push(note);
+                }
                 return None;
             }
         };

@@ -172,7 +172,6 @@ impl Collectors {
 pub(super) async fn follow_browser(
     collectors: &Collectors,
     browser: &mut BrowserReader,
-    warn: bool,
     read: bool,
 ) {
     let browsers: Vec<_> = collectors
@@ -184,9 +183,9 @@ pub(super) async fn follow_browser(
             Some((pid, id.cmdline, sampler::home_of(pid)))
         })
         .collect();
-    browser.ensure_connected(&browsers, warn).await;
+    browser.ensure_connected(&browsers).await;
     if read {
-        read_browser(collectors, browser, warn).await;
+        read_browser(collectors, browser).await;
     }
 }
 
@@ -195,9 +194,8 @@ pub(super) async fn follow_browser(
 pub(super) async fn read_browser(
     collectors: &Collectors,
     browser: &mut BrowserReader,
-    warn: bool,
 ) -> Option<BrowserView> {
-    let mut view = browser.read_within_deadline(warn).await?;
+    let mut view = browser.read_within_deadline().await?;
     for process in &mut view.processes {
         process.role = collectors.table.role_of_pid(process.pid);
     }

@@ -31,7 +31,6 @@ pub(super) struct Cutting {
     /// The tree's PSS at each cycle end, for the progress line.
     pub(super) owned_at_cycle_ends: crate::progress::CycleEnds,
     pub(super) progress: Progress,
-    pub(super) warn: bool,
     /// `--cycles`.
     pub(super) target: Option<u32>,
     pub(super) started: Instant,
@@ -64,12 +63,9 @@ const METRICS_ANALYSIS_EVERY: Duration = Duration::from_secs(2);
 const INTERIM_SHARE: f64 = 0.05;
 
 impl Cutting {
-    /// A line on stderr, unless quiet, in its own line below the progress line.
+    /// A line on stderr, unless quiet (see [`crate::diagnostics`]).
     pub(super) fn say(&self, line: String) {
-        if self.warn {
-            self.progress
-                .pass(true, format!("leaktrace: {line}\n").as_bytes());
-        }
+        tracing::info!("{line}");
     }
 
     /// Takes one marker event; true once `--cycles` complete cycles are in.
@@ -91,11 +87,8 @@ impl Cutting {
             MarkerEvent::Marker(marker) => marker,
             MarkerEvent::Malformed(reason) => {
                 self.summary.malformed += 1;
-                if self.summary.malformed == 1 && self.warn {
-                    let warning = format!(
-                        "leaktrace: warning: ignored a marker ({reason}); further ones are only counted\n"
-                    );
-                    self.progress.pass(true, warning.as_bytes());
+                if self.summary.malformed == 1 {
+                    tracing::warn!("ignored a marker ({reason}); further ones are only counted");
                 }
                 return false;
             }
@@ -145,8 +138,8 @@ impl Cutting {
         self.timeline
             .on_boundary(marker.boundary, boundary.t_s, boundary.snapshot, values);
         if cycle_end {
-            follow_browser(collectors, browser, self.warn, false).await;
-            if let Some(view) = read_browser(collectors, browser, self.warn).await {
+            follow_browser(collectors, browser, false).await;
+            if let Some(view) = read_browser(collectors, browser).await {
                 self.timeline.attach_browser(view);
             }
         }
@@ -164,7 +157,7 @@ impl Cutting {
         if cycle_end {
             let cycle = self.timeline.complete_cycles() as u32;
             self.dumps
-                .at_cycle_end(cycle, boundary.t_s, browser, &collectors.table, self.warn)
+                .at_cycle_end(cycle, boundary.t_s, browser, &collectors.table)
                 .await;
         }
         if let Some(metrics) = &self.metrics {
@@ -231,8 +224,9 @@ impl Cutting {
     /// the time since: a flood of markers cannot be made to spend its time on them.
     fn interim_analysis(&mut self) {
         let done = self.timeline.complete_cycles();
-        let line_due =
-            self.warn && self.analyze_every > 0 && done.is_multiple_of(self.analyze_every as usize);
+        let line_due = tracing::enabled!(tracing::Level::INFO)
+            && self.analyze_every > 0
+            && done.is_multiple_of(self.analyze_every as usize);
         let metrics_due = self.metrics.is_some()
             && self
                 .last_interim
@@ -252,12 +246,11 @@ impl Cutting {
         unsafe { libc::malloc_trim(0) };
         self.last_interim = Some((started, started.elapsed().as_secs_f64()));
         if line_due && let Some(tree) = analysis.tree() {
-            let line = format!(
-                "leaktrace: after {done} cycles: tree owned PSS {}; likely source: {}\n",
+            tracing::info!(
+                "after {done} cycles: tree owned PSS {}; likely source: {}",
                 crate::analysis::describe(tree),
                 analysis.verdict.source,
             );
-            self.progress.pass(true, line.as_bytes());
         }
         if let Some(metrics) = &self.metrics {
             metrics.update(|live| live.analysis = Some(analysis));

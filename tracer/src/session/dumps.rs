@@ -42,12 +42,11 @@ impl MemoryDumps {
         t_s: f64,
         browser: &mut BrowserReader,
         table: &ProcessTable,
-        warn: bool,
     ) {
         if !self.due(cycle) || !browser.is_connected() {
             return;
         }
-        let Some((seconds, by_pid)) = browser.memory_dump(warn).await else {
+        let Some((seconds, by_pid)) = browser.memory_dump().await else {
             return;
         };
         let processes = by_pid

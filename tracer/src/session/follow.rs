@@ -77,7 +77,7 @@ impl Following {
         }
         self.waiting = Some(Instant::now());
         if let Err(e) = self.attach_next(collectors, cutting, browser) {
-            cutting.say(format!("warning: the next instance: {e}"));
+            tracing::warn!("the next instance: {e}");
         }
     }
 

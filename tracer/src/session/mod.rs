@@ -121,8 +121,8 @@ pub struct Options {
     pub as_root: bool,
     /// Say on stderr when tracing has started (attach mode: the moment it is safe to go).
     pub announce: bool,
-    /// Warn on stderr about what the trace cannot see; draw the progress line.
-    pub warn: bool,
+    /// Draw the progress line (on a terminal). Warnings go through [`crate::diagnostics`].
+    pub progress: bool,
     /// Time between /proc samples.
     pub interval: Duration,
     pub markers: MarkerOptions,
@@ -154,7 +154,7 @@ impl Default for Options {
             ebpf: true,
             as_root: false,
             announce: false,
-            warn: true,
+            progress: true,
             interval: DEFAULT_INTERVAL,
             markers: MarkerOptions::default(),
             cdp: CdpMode::Auto,
@@ -225,11 +225,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
             None
         }
     };
-    if options.warn {
-        warnings
-            .iter()
-            .for_each(|w| eprintln!("leaktrace: warning: {w}"));
-    }
+    warnings.iter().for_each(|w| tracing::warn!("{w}"));
 
     let marker_options = &options.markers;
     let rules = LineRules::new(
@@ -238,7 +234,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         marker_options.figures_regex.as_deref(),
     )?;
     let (marker_tx, mut marker_rx) = mpsc::unbounded_channel();
-    let progress = Progress::new(options.warn, marker_options.cycles);
+    let progress = Progress::new(options.progress, marker_options.cycles);
     let mut browser = BrowserReader::new(
         options.cdp.clone(),
         options.redact_urls,
@@ -394,7 +390,6 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         summary,
         owned_at_cycle_ends: Default::default(),
         progress: progress.clone(),
-        warn: options.warn,
         target: marker_options.cycles,
         started,
         inspector,
@@ -474,7 +469,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                 // and leaves the budget to them.
                 let cutting_cycles = cutting.summary.cycles_seen > 0;
                 let sample = collectors.sample(if cutting_cycles { Depth::Counters } else { Depth::Budgeted });
-                follow_browser(&collectors, &mut browser, options.warn, cutting.summary.cycles_seen == 0).await;
+                follow_browser(&collectors, &mut browser, cutting.summary.cycles_seen == 0).await;
                 cutting.progress.update(started.elapsed(), sample.pss, &cutting.owned_at_cycle_ends);
                 if let Some(metrics) = &cutting.metrics {
                     metrics.sample(&sample);
@@ -545,7 +540,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
     cutting.check_teardown(&collectors);
     // The last view, if still connected: no reconnecting to a browser that is shutting down.
     if browser.is_connected() {
-        read_browser(&collectors, &mut browser, options.warn).await;
+        read_browser(&collectors, &mut browser).await;
     }
     browser.close().await;
     // The region growth is taken from the reading nearest the start of the fitted cycles (after
