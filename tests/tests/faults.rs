@@ -8,7 +8,7 @@ mod support;
 use std::{
     io::{BufRead, BufReader},
     path::Path,
-    process::Command,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -500,33 +500,64 @@ fn leaktrace_leaves_its_links_to_a_copy_that_exits_soon_after() {
     // SAFETY: prctl with an integer argument.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     let token = format!("links-holder-{}", std::process::id());
-    succeeded(Command::new(leaktrace()).args(["run", "-q", "--", "sh", "-c", "exit 0", &token]));
+    let mut tracer = Command::new(leaktrace())
+        .args(["run", "-q", "--", "sh", "-c", "exit 0", &token])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tracer_pid = tracer.id();
     // Detaching the eBPF links takes the kernel the better part of a second, which leaktrace
-    // does not wait for: the copy of it that holds them outlives it (its command line is
-    // leaktrace's, so it carries the token)...
+    // does not wait for: a copy of it (its command line is leaktrace's, so it carries the token)
+    // holds them until leaktrace has exited. The copy is forked as the trace ends and lives on
+    // for a moment only: it is looked for from the start, so that a busy machine, slow to look
+    // after leaktrace's exit, cannot miss it.
     let me = std::process::id();
-    let holder = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            leaktrace_tests::proc::ppid(*pid) == Some(me)
-                && std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == token.as_bytes()))
-        })
-        .expect("a copy of leaktrace holding the links, just after leaktrace exited");
-    // ...and exits on its own, soon.
+    let copy_of_tracer = |pid: u32| {
+        leaktrace_tests::proc::ppid(pid).is_some_and(|ppid| ppid == tracer_pid || ppid == me)
+            && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let mut args = c.split(|b| *b == 0);
+                args.next().is_some_and(|arg0| arg0.ends_with(b"leaktrace"))
+                    && args.any(|arg| arg == token.as_bytes())
+            })
+    };
+    // The first copies seen are the command's, before it execs.
+    let mut copies = std::collections::BTreeSet::new();
+    let mut exited = false;
+    loop {
+        copies.extend(
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| copy_of_tracer(*pid)),
+        );
+        if exited {
+            break;
+        }
+        if let Some(status) = tracer.try_wait().unwrap() {
+            assert!(status.success(), "leaktrace: {status}");
+            // Once more: the holder may have been forked since the last look.
+            exited = true;
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The holder outlived leaktrace, so it was handed to this process (its subreaper), and it
+    // exits on its own, soon.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut status = 0;
-        // SAFETY: waiting for a child of ours (inherited as its subreaper).
-        let reaped = unsafe { libc::waitpid(holder as i32, &mut status, libc::WNOHANG) };
-        if reaped == holder as i32 {
-            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        let holder_exited = copies.iter().any(|&pid| {
+            let mut status = 0;
+            // SAFETY: waiting for one pid; a process that is not our child gives -1 (ECHILD).
+            let reaped = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+            reaped == pid as i32 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+        });
+        if holder_exited {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the links' holder {holder} still runs 5 s after leaktrace exited"
+            "none of leaktrace's copies {copies:?} outlived it and exited within 5 s after it: \
+             no holder of the links"
         );
         std::thread::sleep(Duration::from_millis(20));
     }

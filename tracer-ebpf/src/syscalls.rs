@@ -138,14 +138,16 @@ fn enter<L: Lookup>(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let nr = record::<i32>(ctx, RECORD_NR) as u64;
+    let args = args::<L>(ctx, nr)?;
+    // A new mapping needs nothing from entry where the exit can read the arguments itself, not
+    // even a zeroed scratch walk.
+    if L::TASK_PT_REGS && is_new_mapping(nr, args[3]) {
+        return None;
+    }
     let walk = scratch_walk()?;
     walk.reset();
     walk.pending.generation = key.generation as u64;
-    walk.pending.args = args::<L>(ctx, nr)?;
-    // A new mapping needs nothing from entry where the exit can read the arguments itself.
-    if L::TASK_PT_REGS && is_new_mapping(nr, walk.pending.args[3]) {
-        return None;
-    }
+    walk.pending.args = args;
     if on_enter::<L>(nr, &key, walk).is_some() && stash(pid_tgid, &walk.pending).is_err() {
         count_lost(LostReason::StashFull);
     }
