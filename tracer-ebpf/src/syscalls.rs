@@ -279,8 +279,8 @@ fn exit<L: Lookup>(ctx: &TracePointContext) -> u32 {
     // Only a tracked thread's call was stashed at entry.
     match STASH.get_ptr(pid_tgid) {
         Some(pending) => {
-            // SAFETY: the stash's value for this thread, valid for this program's run; only this thread
-            // writes it (at its syscall's entry), and it is not inside a syscall now.
+            // SAFETY: the stash's value for this thread, valid for this program's run; only this
+            // thread writes it, at its syscall's entry, which is over.
             let pending = unsafe { &*pending };
             let key = ProcessKey {
                 tgid,

@@ -1,6 +1,6 @@
 //! What leaktrace says on stderr while it traces: warnings (`tracing::warn!`, printed as
-//! `leaktrace: warning: …`) and notes and interim lines (`tracing::info!`, `leaktrace: …`). `-q`
-//! keeps them off; errors that end the command are printed by [`crate::cli`] itself.
+//! `leaktrace: warning: …`) and notes and interim lines (`tracing::info!`, `leaktrace: …`).
+//! `-q` keeps them off; errors that end the command are printed by [`crate::cli`] itself.
 //!
 //! Every line is written with the progress bar out of the way ([`around_bar`]), so neither
 //! garbles the other, whichever part of leaktrace says it. Only leaktrace's own events are shown:

@@ -260,6 +260,13 @@ impl BrowserReader {
         }
     }
 
+    /// Keeps `note` in the trace only, the first time it comes up.
+    fn note_quietly(&mut self, note: String) {
+        if self.noted.insert(note.clone()) {
+            self.summary.notes.push(note);
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         self.cdp.as_ref().is_some_and(|c| !c.is_closed())
     }
@@ -407,11 +414,8 @@ impl BrowserReader {
             Ok(targets) => targets.target_infos,
             Err(e) => {
                 self.summary.failed_calls += 1;
-                // In the trace only: a failing call is counted, and the view just missing.
-                let note = format!("Target.getTargets failed: {e}");
-                if self.noted.insert(note.clone()) {
-                    self.summary.notes.push(note);
-                }
+                // A failing call is counted, and the view just missing: not worth a line.
+                self.note_quietly(format!("Target.getTargets failed: {e}"));
                 return None;
             }
         };

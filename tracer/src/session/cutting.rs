@@ -63,11 +63,6 @@ const METRICS_ANALYSIS_EVERY: Duration = Duration::from_secs(2);
 const INTERIM_SHARE: f64 = 0.05;
 
 impl Cutting {
-    /// A line on stderr, unless quiet (see [`crate::diagnostics`]).
-    pub(super) fn say(&self, line: String) {
-        tracing::info!("{line}");
-    }
-
     /// Takes one marker event; true once `--cycles` complete cycles are in.
     pub(super) async fn on_event(
         &mut self,

@@ -64,10 +64,10 @@ impl Following {
             if let Some(metrics) = &cutting.metrics {
                 metrics.update(|live| live.worker_exits = exits);
             }
-            cutting.say(format!(
+            tracing::info!(
                 "the worker (pid {pid}) exited; waiting for the next process {}",
                 self.rule.describe()
-            ));
+            );
             self.waiting = Some(Instant::now());
             cutting.between_instances = true;
             return;
@@ -117,11 +117,11 @@ impl Following {
             end_s: None,
             first_cycle: cutting.timeline.complete_cycles() as u32 + 1,
         });
-        cutting.say(format!(
+        tracing::info!(
             "following pid {} (instance {} of the worker)",
             next.pid,
             cutting.segments.len()
-        ));
+        );
         Ok(())
     }
 }
