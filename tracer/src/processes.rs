@@ -151,6 +151,20 @@ impl ProcessTable {
         Some(self.role_with(chromium, info.pid, info.ppid))
     }
 
+    /// Whether a later look at /proc may tell a process's role better: one that may still
+    /// change (see [`Role::may_change`]), or a browser under a browser, which cannot be (a
+    /// browser's fork reads as one until it execs, and is taken for one if the parent's own role
+    /// or the child's look at its exec was missed on a busy machine).
+    fn role_may_be_stale(&self, index: usize) -> bool {
+        let process = &self.processes[index];
+        let parent_role = || {
+            let parent = *self.live.get(&process.info.ppid)?;
+            Some(&self.processes[parent].role)
+        };
+        process.role.may_change()
+            || (process.role == Role::Browser && parent_role() == Some(&Role::Browser))
+    }
+
     /// Takes in one kernel event; an exiting process's counters are collected at once, before
     /// its pid can be reused.
     pub fn on_event(&mut self, event: &LifecycleEvent, kernel: &mut Kernel) {
@@ -332,7 +346,7 @@ impl ProcessTable {
             // Chromium's children can be told apart only once their command line is set (the
             // zygote's children never exec); other Chromium roles stay, and an exec is an
             // event of its own.
-            if self.processes[index].role.may_change()
+            if self.role_may_be_stale(index)
                 && let Some(role) = self.current_role(index)
             {
                 self.processes[index].role = role;
@@ -696,6 +710,42 @@ mod tests {
             assert_eq!(growth.brk_growth, 0, "{role}");
         }
         assert_eq!(table.live_pids(), [1], "the live index rebuilt");
+    }
+
+    /// A browser's child taken for a browser (its fork read before it exec'd, its look at the
+    /// exec missed) is read again at the next sample: here a real process whose command line
+    /// says `--type=gpu-process`.
+    #[test]
+    fn a_browser_under_a_browser_is_read_again() {
+        let mut gpu = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "read line",
+                "/usr/lib/chromium/chromium",
+                "--type=gpu-process",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (browser, child) = (4_100_000, gpu.id());
+        let mut table = ProcessTable::new(browser);
+        for (pid, ppid) in [(browser, 0), (child, browser)] {
+            let info = ProcInfo {
+                pid,
+                ppid,
+                comm: "chromium".into(),
+                start_time: 0.0,
+            };
+            table.add(info, 0);
+            table.processes.last_mut().unwrap().role = Role::Browser;
+        }
+        let mut reading = Reading::default();
+        reading.samples.insert(child, ProcSample::default());
+        table.sample_with(1.0, &reading);
+        let _ = gpu.kill();
+        let _ = gpu.wait();
+        let roles: Vec<&str> = table.processes.iter().map(|p| p.role.as_str()).collect();
+        assert_eq!(roles, ["browser", "gpu"]);
     }
 
     #[test]
