@@ -449,9 +449,9 @@ fn a_tracer_killed_with_sigkill_leaves_nothing_of_the_tree_behind() {
         "the worker never finished a cycle"
     );
     // Everything leaktrace started, the watchdog apart: its descendants in /proc.
-    let all = leaktrace::target::all_processes().unwrap();
-    let started = leaktrace::target::with_descendants(
-        vec![leaktrace::target::proc_info(tracer_pid).unwrap()],
+    let all = leaktrace::collect::target::all_processes().unwrap();
+    let started = leaktrace::collect::target::with_descendants(
+        vec![leaktrace::collect::target::proc_info(tracer_pid).unwrap()],
         &all,
     );
     let tree: Vec<_> = started[1..]
@@ -466,12 +466,12 @@ fn a_tracer_killed_with_sigkill_leaves_nothing_of_the_tree_behind() {
     let socket_dir = std::env::temp_dir().join(format!("leaktrace-{tracer_pid}"));
     assert!(socket_dir.is_dir(), "the marker socket's directory");
 
-    leaktrace::target::signal(tracer_pid, libc::SIGKILL);
+    leaktrace::collect::target::signal(tracer_pid, libc::SIGKILL);
     let _ = tracer.child().wait();
-    let alive = |p: &leaktrace::target::ProcInfo| {
-        leaktrace::target::proc_info(p.pid)
+    let alive = |p: &leaktrace::collect::target::ProcInfo| {
+        leaktrace::collect::target::proc_info(p.pid)
             .is_some_and(|now| (now.start_time - p.start_time).abs() < 0.05)
-            && leaktrace::target::is_alive(p.pid)
+            && leaktrace::collect::target::is_alive(p.pid)
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while tree.iter().any(alive) && Instant::now() < deadline {

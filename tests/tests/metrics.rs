@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use leaktrace::{roles::Role, trace::Trace};
+use leaktrace::{collect::roles::Role, trace::Trace};
 use serde_json::Value;
 use support::{CYCLER_REGEX, Scratch, fixture, free_port, leaktrace, require_root, spawn};
 

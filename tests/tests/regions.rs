@@ -6,7 +6,7 @@
 
 mod support;
 
-use leaktrace::{regions::RegionKind, trace::Role};
+use leaktrace::{collect::regions::RegionKind, trace::Role};
 use support::{Scratch, assert_evidence_mentions, fixture, leaktrace_run, require_root};
 
 const MIB: f64 = 1048576.0;

@@ -47,8 +47,8 @@ fn status(pid: u32) -> (u64, u64, u64) {
 fn counter_slack() -> u64 {
     let cpus = std::thread::available_parallelism().unwrap().get() as u64;
     let per_cpu = cpus * 32.max(2 * cpus) * 4096;
-    let split =
-        leaktrace::kernel::btf::Btf::from_sys_fs().is_ok_and(|btf| btf.has_struct("task_rss_stat"));
+    let split = leaktrace::collect::kernel::btf::Btf::from_sys_fs()
+        .is_ok_and(|btf| btf.has_struct("task_rss_stat"));
     per_cpu + if split { 64 * 64 * 1024 } else { 0 }
 }
 

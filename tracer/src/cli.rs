@@ -15,9 +15,11 @@ use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::{
-    diff, doctor,
-    markers::LineRules,
-    report, session,
+    collect::markers::LineRules,
+    doctor,
+    render::diff,
+    render::report,
+    session,
     trace::{ReportFile, Trace},
 };
 
@@ -219,7 +221,7 @@ struct TraceArgs {
     /// (--remote-debugging-port, DevToolsActivePort), `off`, or a ws:// or http://host:port URL.
     /// leaktrace only reads: pages, contexts, URLs, JS heaps, Chromium's process list.
     #[arg(long, value_name = "auto|off|URL", default_value = "auto")]
-    cdp: crate::browser::CdpMode,
+    cdp: crate::collect::browser::CdpMode,
     /// Record page URLs without their query strings and fragments.
     #[arg(long)]
     redact_urls: bool,
@@ -269,8 +271,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn parse_endpoint(text: &str) -> Result<String, String> {
-    match text.parse::<crate::browser::CdpMode>() {
-        Ok(crate::browser::CdpMode::Url(url)) => Ok(url),
+    match text.parse::<crate::collect::browser::CdpMode>() {
+        Ok(crate::collect::browser::CdpMode::Url(url)) => Ok(url),
         _ => Err(format!("{text:?}: expected a ws:// or http:// URL")),
     }
 }
@@ -346,7 +348,7 @@ struct Outputs {
     json: Option<ReportFile>,
     trace_events: Option<ReportFile>,
     html: Option<ReportFile>,
-    metrics: Option<crate::metrics::Endpoint>,
+    metrics: Option<crate::render::metrics::Endpoint>,
 }
 
 /// Where a long trace's older cycles wait on disk: beside the JSON they will be copied into
@@ -395,7 +397,7 @@ fn check_before_start(args: &TraceArgs) -> Result<Outputs, UsageError> {
         metrics: args
             .metrics_addr
             .as_deref()
-            .map(crate::metrics::Endpoint::bind)
+            .map(crate::render::metrics::Endpoint::bind)
             .transpose()
             .map_err(UsageError)?,
     })
@@ -460,8 +462,8 @@ fn write_or_save(trace: &Trace, file: ReportFile, verbose: bool) -> bool {
 fn follow_rule(
     name: Option<&str>,
     cmdline: Option<&str>,
-) -> Result<Option<crate::target::Follow>, UsageError> {
-    use crate::target::Follow;
+) -> Result<Option<crate::collect::target::Follow>, UsageError> {
+    use crate::collect::target::Follow;
     let compile = |option: &str, re: &str| {
         regex::Regex::new(re).map_err(|e| UsageError(format!("{option}: {e}")))
     };
@@ -474,7 +476,7 @@ fn follow_rule(
 
 /// The pid of the one worker instance `rule` finds running now: none, or several, is a usage
 /// error (the user says which with --pid).
-fn the_one_instance(rule: &crate::target::Follow) -> Result<u32> {
+fn the_one_instance(rule: &crate::collect::target::Follow) -> Result<u32> {
     let found = rule.instances()?;
     match found.as_slice() {
         [one] => Ok(one.pid),
@@ -482,7 +484,13 @@ fn the_one_instance(rule: &crate::target::Follow) -> Result<u32> {
         several => {
             let list: Vec<String> = several
                 .iter()
-                .map(|p| format!("{} ({})", p.pid, crate::target::cmdline(p.pid).join(" ")))
+                .map(|p| {
+                    format!(
+                        "{} ({})",
+                        p.pid,
+                        crate::collect::target::cmdline(p.pid).join(" ")
+                    )
+                })
                 .collect();
             Err(UsageError(format!(
                 "{} processes {}: {}; give the one to start from with --pid",
@@ -500,7 +508,7 @@ fn run_trace(
     target: session::Target,
     args: &TraceArgs,
     as_root: bool,
-    follow: Option<crate::target::Follow>,
+    follow: Option<crate::collect::target::Follow>,
 ) -> Result<ExitCode> {
     let outputs = check_before_start(args)?;
     crate::diagnostics::init(args.quiet);
@@ -558,13 +566,13 @@ fn run_trace(
     // One output failing never stops the others, nor the report.
     let mut written = true;
     if let Some(file) = outputs.trace_events
-        && let Err(error) = crate::trace_events::write_into(&trace, file)
+        && let Err(error) = crate::render::trace_events::write_into(&trace, file)
     {
         eprintln!("leaktrace: error: {}", with_causes(&error));
         written = false;
     }
     if let Some(file) = outputs.html
-        && let Err(error) = file.write_all(crate::html::render_html(&trace).as_bytes())
+        && let Err(error) = file.write_all(crate::render::html::render_html(&trace).as_bytes())
     {
         eprintln!("leaktrace: error: {}", with_causes(&error));
         written = false;
@@ -619,7 +627,7 @@ fn demo(leak: &str, cycles: u32, dir: &Path) -> Result<ExitCode> {
     trace.analysis = crate::analysis::analyze(&trace, None, None);
     print_report(false, &trace, false)?;
     let mut written = write_or_save(&trace, json, false);
-    if let Err(error) = html.write_all(crate::html::render_html(&trace).as_bytes()) {
+    if let Err(error) = html.write_all(crate::render::html::render_html(&trace).as_bytes()) {
         eprintln!("leaktrace: error: {}", with_causes(&error));
         written = false;
     }
@@ -706,10 +714,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => {
             let trace = Trace::read(&trace)?;
             if let Some(path) = html {
-                crate::trace::write_file(&path, crate::html::render_html(&trace).as_bytes())?;
+                crate::trace::write_file(
+                    &path,
+                    crate::render::html::render_html(&trace).as_bytes(),
+                )?;
             }
             if let Some(path) = trace_events {
-                crate::trace_events::write(&trace, &path)?;
+                crate::render::trace_events::write(&trace, &path)?;
             }
             if markdown {
                 print(

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::kernel::{
+use crate::collect::kernel::{
     self, AttachPoint, Features, Kernel, KernelError,
     btf::VMLINUX_BTF,
     features::{HookSupport, Support},

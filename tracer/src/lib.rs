@@ -1,30 +1,25 @@
 //! leaktrace: which process, and which kind of memory in it, keeps growing.
 //!
-//! The pipeline, in the order data flows: [`target`] (launch or attach) -> [`kernel`] (eBPF
-//! programs and their maps) -> [`sampler`] (/proc) and [`roles`] -> [`processes`] (what is known
-//! of each process) -> [`session`] (follow the tree until the trace ends) -> [`trace`] (the JSON
-//! document) -> [`report`] (the terminal view) -> [`cli`]. [`doctor`] checks the machine.
+//! The folders are the pipeline's stages, in the order data flows; each imports only from the
+//! stages before it (see ARCHITECTURE.md):
+//!
+//! - [`collect`]: what is read of the traced tree: the kernel's programs and counters, /proc,
+//!   the browser over DevTools, the worker's markers.
+//! - [`trace`]: the trace document those readings become: cycles and phases cut at the
+//!   markers, and the JSON written with `-o`.
+//! - [`analysis`]: fits, answers and the verdict, from a trace.
+//! - [`render`]: what people read: the text and Markdown report, HTML, diff, Trace Event
+//!   Format, the progress line and the metrics endpoint.
+//! - [`session`]: drives the stages while a trace runs; [`cli`] parses the command line,
+//!   [`doctor`] checks the machine, [`diagnostics`] writes warnings and notes, [`units`]
+//!   formats and parses sizes for every stage.
 
 pub mod analysis;
-pub mod browser;
 pub mod cli;
-pub mod compact_map;
+pub mod collect;
 pub mod diagnostics;
-pub mod diff;
 pub mod doctor;
-pub mod html;
-pub mod kernel;
-pub mod markers;
-pub mod metrics;
-pub mod processes;
-pub mod progress;
-pub mod regions;
-pub mod report;
-pub mod roles;
-pub mod sampler;
+pub mod render;
 pub mod session;
-pub mod spill;
-pub mod target;
-pub mod timeline;
 pub mod trace;
-pub mod trace_events;
+pub mod units;

@@ -92,7 +92,7 @@ fn by_role(dump: &MemoryDump) -> BTreeMap<(String, String), u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{browser::DumpedProcess, roles::Role};
+    use crate::{collect::browser::DumpedProcess, collect::roles::Role};
 
     fn dump(cycle: u32, renderers: &[(u64, u64)]) -> MemoryDump {
         MemoryDump {

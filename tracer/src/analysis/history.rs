@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 
 use super::{Distribution, SegmentFit, fit::median, fit_segment};
 use crate::{
-    browser::origin,
+    collect::browser::origin,
     trace::{Cycle, Role, RoleTotals},
 };
 

@@ -45,7 +45,7 @@ impl std::str::FromStr for Budget {
         let (amount, per) = text
             .split_once('/')
             .ok_or("expected AMOUNT/day, AMOUNT/hour or AMOUNT/cycle")?;
-        let bytes = crate::markers::parse_amount(amount).ok_or_else(|| {
+        let bytes = crate::collect::markers::parse_amount(amount).ok_or_else(|| {
             format!("{amount:?} is not an amount (use a number with B, KiB, MiB, GiB, KB, MB, GB)")
         })?;
         if !(bytes >= 0.0 && bytes.is_finite()) {
@@ -108,9 +108,9 @@ pub struct Analysis {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<SegmentFit>,
     /// The regions that grew most, summed per role over its processes (see
-    /// [`crate::regions`]).
+    /// [`crate::collect::regions`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub regions: Vec<crate::regions::RoleRegion>,
+    pub regions: Vec<crate::collect::regions::RoleRegion>,
     /// With `--memory-dumps`: Chromium's allocators that changed most per role, between the
     /// dump nearest the start of the fitted cycles and the last (see [`allocators`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -163,7 +163,7 @@ impl Analysis {
 /// A fit in words, for a line that has no room for caveats: a per-day figure only where the
 /// series grows (a flat one's slope is noise, and a day of noise is not a figure to quote).
 pub fn describe(fit: &SeriesFit) -> String {
-    let bytes = |b: f64| crate::report::bytes(b as i64, true);
+    let bytes = |b: f64| crate::units::bytes(b as i64, true);
     match fit.shape {
         Some(Shape::Linear | Shape::Accelerating) => format!(
             "grows {}/cycle, about {}/day if it went on ({}, trend p {:.3})",
@@ -195,7 +195,7 @@ pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> 
     let mut analysis = analyze_history(&trace.cycles.history(), warmup, budget);
     // Of a followed worker, the latest instance's processes, as every other figure here.
     let since = trace.segments.last().map_or(0, |s| s.first_cycle);
-    analysis.regions = crate::regions::by_role(
+    analysis.regions = crate::collect::regions::by_role(
         trace
             .processes
             .iter()
@@ -329,18 +329,21 @@ fn fit_segment(history: &History) -> SegmentFit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{roles::Role, trace::RoleTotals};
+    use crate::{collect::roles::Role, trace::RoleTotals};
 
     const MIB: f64 = 1048576.0;
 
     #[test]
     fn sites_are_origins() {
         assert_eq!(
-            crate::browser::origin("https://shop.example:8443/p/1?x=2"),
+            crate::collect::browser::origin("https://shop.example:8443/p/1?x=2"),
             "https://shop.example:8443"
         );
-        assert_eq!(crate::browser::origin("data:text/html,<p>hi</p>"), "data:");
-        assert_eq!(crate::browser::origin("about:blank"), "about:");
+        assert_eq!(
+            crate::collect::browser::origin("data:text/html,<p>hi</p>"),
+            "data:"
+        );
+        assert_eq!(crate::collect::browser::origin("about:blank"), "about:");
     }
 
     #[test]

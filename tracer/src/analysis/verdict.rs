@@ -130,7 +130,7 @@ pub fn worker_by_regions(verdict: &mut Verdict, trace: &crate::trace::Trace) {
         .processes
         .iter()
         .any(|p| p.role == Role::Worker && !p.regions.is_empty() && p.comm == "node");
-    let grown: Vec<&crate::regions::RegionGrowth> = trace
+    let grown: Vec<&crate::collect::regions::RegionGrowth> = trace
         .processes
         .iter()
         .filter(|p| p.role == Role::Worker)
@@ -143,7 +143,7 @@ pub fn worker_by_regions(verdict: &mut Verdict, trace: &crate::trace::Trace) {
     }
     let in_heap: i64 = grown
         .iter()
-        .filter(|r| r.label() == crate::regions::V8_HEAP_PAGES)
+        .filter(|r| r.label() == crate::collect::regions::V8_HEAP_PAGES)
         .map(|r| r.growth)
         .sum();
     let share = in_heap as f64 / total as f64;

@@ -7,12 +7,12 @@ use tracer_common::GENERATION_OF_LOADER;
 
 use super::{SessionError, watchdog::Watchdog};
 use crate::{
-    browser::{BrowserReader, BrowserView},
-    kernel::{Kernel, RssIndices},
-    processes::{self, ProcessTable, SampleSeries, Snapshot},
-    roles::Role,
-    sampler::{self, Depth, Reading, TreeReader},
-    target,
+    collect::browser::{BrowserReader, BrowserView},
+    collect::kernel::{Kernel, RssIndices},
+    collect::processes::{self, ProcessTable, SampleSeries, Snapshot},
+    collect::roles::Role,
+    collect::sampler::{self, Depth, Reading, TreeReader},
+    collect::target,
     trace::TreeSample,
 };
 

@@ -9,13 +9,13 @@ use super::{
     collectors::{Collectors, follow_browser, read_browser},
 };
 use crate::{
-    browser::{BrowserReader, VIEW_DEADLINE, WorkerInspector},
-    markers::{LineRules, MarkerEvent},
-    metrics::{Published, resident_by_role},
-    progress::Progress,
-    regions::RegionSampler,
-    sampler,
-    timeline::{Boundary, Timeline},
+    collect::browser::{BrowserReader, VIEW_DEADLINE, WorkerInspector},
+    collect::markers::{LineRules, MarkerEvent},
+    collect::regions::RegionSampler,
+    collect::sampler,
+    render::metrics::{Published, resident_by_role},
+    render::progress::Progress,
+    trace::timeline::{Boundary, Timeline},
     trace::{MarkerSummary, Segment},
 };
 
@@ -29,7 +29,7 @@ pub(super) struct Cutting {
     pub(super) timeline: Timeline,
     pub(super) summary: MarkerSummary,
     /// The tree's PSS at each cycle end, for the progress line.
-    pub(super) owned_at_cycle_ends: crate::progress::CycleEnds,
+    pub(super) owned_at_cycle_ends: crate::render::progress::CycleEnds,
     pub(super) progress: Progress,
     /// `--cycles`.
     pub(super) target: Option<u32>,

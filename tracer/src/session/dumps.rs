@@ -10,7 +10,7 @@
 //! 2, 4, 8, ...: a trace of N cycles takes about log2(N) of them, and the latest is never older
 //! than half the trace.
 
-use crate::{browser::BrowserReader, processes::ProcessTable, trace::MemoryDump};
+use crate::{collect::browser::BrowserReader, collect::processes::ProcessTable, trace::MemoryDump};
 
 #[derive(Default)]
 pub(super) struct MemoryDumps {
@@ -52,7 +52,7 @@ impl MemoryDumps {
         let processes = by_pid
             .into_iter()
             .filter(|(_, allocators)| !allocators.is_empty())
-            .map(|(pid, allocators)| crate::browser::DumpedProcess {
+            .map(|(pid, allocators)| crate::collect::browser::DumpedProcess {
                 pid,
                 role: table.role_of_pid(pid),
                 allocators,

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::{SessionError, collectors::Collectors, cutting::Cutting};
 use crate::{
-    browser::BrowserReader,
-    target::{self, Follow},
+    collect::browser::BrowserReader,
+    collect::target::{self, Follow},
     trace::Segment,
 };
 

@@ -45,14 +45,16 @@ use self::{
     watchdog::Watchdog,
 };
 use crate::{
-    browser::{BrowserReader, CdpMode, WorkerInspector},
-    kernel::{self, Kernel, KernelError},
-    markers::{self, CycleCommand, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket},
-    processes::{ProcessTable, SampleSeries},
-    progress::Progress,
-    sampler::Depth,
-    target::{self, Identity, LaunchIo, ProcInfo, TargetError},
-    timeline::{Boundary, Timeline},
+    collect::browser::{BrowserReader, CdpMode, WorkerInspector},
+    collect::kernel::{self, Kernel, KernelError},
+    collect::markers::{
+        self, CycleCommand, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket,
+    },
+    collect::processes::{ProcessTable, SampleSeries},
+    collect::sampler::Depth,
+    collect::target::{self, Identity, LaunchIo, ProcInfo, TargetError},
+    render::progress::Progress,
+    trace::timeline::{Boundary, Timeline},
     trace::{self, EndReason, MarkerSummary, SCHEMA, Trace},
 };
 
@@ -137,10 +139,10 @@ pub struct Options {
     /// A Node worker's inspector (`--worker-inspect`), for its own heap at every cycle end.
     pub worker_inspect: Option<String>,
     /// Where a long trace's older cycles are written while it runs (an unnamed file, see
-    /// [`crate::spill`]): the output's directory, else the temporary directory.
+    /// [`crate::trace::spill`]): the output's directory, else the temporary directory.
     pub spill_dir: PathBuf,
     /// The metrics endpoint (`--metrics-addr`), already bound.
-    pub metrics: Option<crate::metrics::Endpoint>,
+    pub metrics: Option<crate::render::metrics::Endpoint>,
     /// Reports written while the trace goes on (`--report-dir`, `--report-every`, SIGUSR1).
     pub reports: Option<ReportSchedule>,
     /// Attach mode: the next instance to follow when the attached process exits.
@@ -412,7 +414,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         _ => None,
     };
     if let Some(endpoint) = &options.metrics {
-        let published = crate::metrics::Published::default();
+        let published = crate::render::metrics::Published::default();
         endpoint
             .serve(published.clone())
             .map_err(SessionError::Metrics)?;
@@ -457,7 +459,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                     boundary: Boundary::CycleEnd,
                     values: BTreeMap::new(),
                     ack: None,
-                    at_ns: crate::sampler::boot_ns(),
+                    at_ns: crate::collect::sampler::boot_ns(),
                     reading: None,
                 };
                 if cutting.on_event(&mut collectors, &mut browser, MarkerEvent::Marker(marker)).await {
@@ -473,7 +475,7 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
                 cutting.progress.update(started.elapsed(), sample.pss, &cutting.owned_at_cycle_ends);
                 if let Some(metrics) = &cutting.metrics {
                     metrics.sample(&sample);
-                    let top = collectors.table.top_owned(crate::metrics::TOP_PROCESSES);
+                    let top = collectors.table.top_owned(crate::render::metrics::TOP_PROCESSES);
                     metrics.update(|live| live.top = top);
                     if let Some(kernel) = collectors.kernel.as_mut() {
                         let lost = kernel.lost();
@@ -611,7 +613,7 @@ impl Collectors {
         head: &Head,
         warnings: Vec<String>,
         ended_by: EndReason,
-        cycles: crate::spill::Cycles,
+        cycles: crate::trace::spill::Cycles,
         compacted: Option<trace::CompactedCycles>,
     ) -> Trace {
         let mut events_lost = BTreeMap::new();

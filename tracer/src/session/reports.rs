@@ -119,7 +119,7 @@ fn write_atomically(trace: &Trace, path: &Path, html: bool, old: &[PathBuf]) -> 
     };
     let mut files = Vec::new();
     if html {
-        let page = crate::html::render_html(trace);
+        let page = crate::render::html::render_html(trace);
         files.push(unnamed(&path.with_extension("html"), &|file| {
             file.write_all(page.as_bytes()).map_err(|e| with_causes(&e))
         })?);

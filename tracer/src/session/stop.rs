@@ -4,7 +4,7 @@
 use std::process::ExitStatus;
 
 use super::{KILL_GRACE, TICK, collectors::Collectors, status_code};
-use crate::{target, trace::EndReason};
+use crate::{collect::target, trace::EndReason};
 
 /// SIGTERM to every traced process still alive, SIGKILL to those alive after the grace period.
 pub(super) async fn stop_leftovers(collectors: &mut Collectors) {

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::target::{self, ProcInfo};
+use crate::collect::target::{self, ProcInfo};
 
 /// The hidden subcommand that runs [`watch`].
 pub const SUBCOMMAND: &str = "__watchdog";

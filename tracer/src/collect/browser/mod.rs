@@ -96,7 +96,7 @@ pub struct BrowserProcess {
     /// Chromium's own type: browser, renderer, GPU, network.mojom.NetworkService, ...
     pub cdp_type: String,
     /// leaktrace's role for the pid, if it traces it.
-    pub role: Option<crate::roles::Role>,
+    pub role: Option<crate::collect::roles::Role>,
 }
 
 /// What the browser holds at one moment.
@@ -171,7 +171,7 @@ pub struct MemoryDump {
 pub struct DumpedProcess {
     pub pid: u32,
     /// leaktrace's role for the pid, if it traces it.
-    pub role: Option<crate::roles::Role>,
+    pub role: Option<crate::collect::roles::Role>,
     /// Bytes per allocator, by Chromium's top-level name: v8, blink_gc, partition_alloc,
     /// malloc, cc, gpu, shared_memory, ...
     pub allocators: BTreeMap<String, u64>,

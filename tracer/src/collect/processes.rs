@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use tracer_common::{LifecycleEvent, LifecycleKind, ProcessFlows, ProcessKey, Resident};
 
 use crate::{
-    kernel::{Kernel, RssIndices},
-    roles::{self, Role},
-    sampler::{self, ProcSample, Reading},
-    target::ProcInfo,
+    collect::kernel::{Kernel, RssIndices},
+    collect::roles::{self, Role},
+    collect::sampler::{self, ProcSample, Reading},
+    collect::target::ProcInfo,
     trace::{Process, ResidentBytes, RoleTotals, TreeSample},
 };
 
@@ -228,12 +228,12 @@ impl ProcessTable {
 
     /// Live processes with their start time (seconds since boot) and what they run, for the
     /// region readings.
-    pub fn live_for_regions(&self) -> Vec<(u32, f64, crate::regions::Runtime)> {
+    pub fn live_for_regions(&self) -> Vec<(u32, f64, crate::collect::regions::Runtime)> {
         self.live
             .iter()
             .map(|(&pid, &i)| {
                 let p = &self.processes[i];
-                let runtime = crate::regions::Runtime::of(&p.role, &p.info.comm);
+                let runtime = crate::collect::regions::Runtime::of(&p.role, &p.info.comm);
                 (pid, p.info.start_time, runtime)
             })
             .collect()
@@ -704,7 +704,7 @@ mod tests {
             (0, 600 - KEEP_EXITED as u32)
         );
         assert_eq!(total(&processes), all, "the trace's flows are all there");
-        let growth = crate::timeline::growth(&before, &after);
+        let growth = crate::trace::timeline::growth(&before, &after);
         for (role, growth) in growth.iter() {
             assert!(growth.address_space.is_empty(), "{role}: {growth:?}");
             assert_eq!(growth.brk_growth, 0, "{role}");

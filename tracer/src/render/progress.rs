@@ -6,7 +6,7 @@ use std::{io::Write, time::Duration};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::report::bytes;
+use crate::units::bytes;
 
 #[derive(Clone)]
 pub struct Progress {
@@ -33,9 +33,9 @@ impl Progress {
     pub fn pass(&self, to_stderr: bool, bytes: &[u8]) {
         let write = || {
             if to_stderr {
-                crate::markers::write_stream(&mut std::io::stderr().lock(), bytes);
+                crate::collect::markers::write_stream(&mut std::io::stderr().lock(), bytes);
             } else {
-                crate::markers::write_stream(&mut std::io::stdout().lock(), bytes);
+                crate::collect::markers::write_stream(&mut std::io::stdout().lock(), bytes);
             }
         };
         match &self.bar {

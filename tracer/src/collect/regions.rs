@@ -130,8 +130,8 @@ pub enum Runtime {
 
 impl Runtime {
     /// From the role leaktrace gave the process and its name (`/proc/PID/comm`).
-    pub fn of(role: &crate::roles::Role, comm: &str) -> Runtime {
-        use crate::roles::Role;
+    pub fn of(role: &crate::collect::roles::Role, comm: &str) -> Runtime {
+        use crate::collect::roles::Role;
         match role {
             Role::Worker | Role::Other if comm == "node" || comm == "nodejs" => Runtime::Node,
             Role::Worker | Role::Other => Runtime::Other,

@@ -12,8 +12,9 @@ use std::fmt::Write as _;
 use plotters::prelude::*;
 
 use crate::{
-    report::{answers, bytes, render_full},
+    render::report::{answers, render_full},
     trace::{Cycle, Role, RoleTotals, Trace},
+    units::bytes,
 };
 
 const WIDTH: u32 = 640;

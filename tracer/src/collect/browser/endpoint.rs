@@ -46,7 +46,7 @@ pub enum Endpoint {
 /// any N) resolved through `<user-data-dir>/DevToolsActivePort` (line 1 the port, line 2 the
 /// path), as puppeteer's default launch needs.
 pub fn endpoint_of(cmdline: &[String], home: Option<&Path>) -> Endpoint {
-    let args = crate::roles::split_args(cmdline);
+    let args = crate::collect::roles::split_args(cmdline);
     let flag = |prefix: &str| args.iter().find_map(|a| a.strip_prefix(prefix));
     if args.contains(&"--remote-debugging-pipe") && flag("--remote-debugging-port=").is_none() {
         return Endpoint::Pipe;

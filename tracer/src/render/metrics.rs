@@ -29,8 +29,8 @@ use prometheus_client::{
 
 use crate::{
     analysis::{Analysis, Series},
-    processes::Snapshot,
-    roles::Role,
+    collect::processes::Snapshot,
+    collect::roles::Role,
     trace::{Cycle, ResidentBytes, RoleTotals, TreeSample},
 };
 

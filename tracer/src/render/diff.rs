@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::{
     analysis::{Series, SeriesFit, Shape},
-    report::bytes,
     trace::Trace,
+    units::bytes,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

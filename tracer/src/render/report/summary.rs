@@ -14,12 +14,13 @@ use anstyle::{AnsiColor, Style};
 
 use super::{
     answers::{self, RateUnit},
-    bytes, duration, size, truncate,
+    truncate,
 };
 use crate::{
     analysis::{Series, SeriesFit, Shape},
-    roles::Role,
+    collect::roles::Role,
     trace::{Process, RoleTotals, Trace},
+    units::{bytes, duration, size},
 };
 
 /// The widest line the short report prints.

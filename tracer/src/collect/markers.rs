@@ -43,9 +43,9 @@ use tokio::{
 };
 
 use crate::{
-    sampler::{self, Reading, TreeReader},
-    target::{Identity, become_user},
-    timeline::Boundary,
+    collect::sampler::{self, Reading, TreeReader},
+    collect::target::{Identity, become_user},
+    trace::timeline::Boundary,
 };
 
 #[derive(Debug, Error)]

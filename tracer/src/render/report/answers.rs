@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::bytes;
+use crate::units::bytes;
 use crate::{
     analysis::{SeriesFit, Shape},
     trace::Trace,
@@ -49,7 +49,7 @@ pub fn view(trace: &Trace) -> Option<AnswersView> {
     let if_it_went_on = if unit.extrapolated {
         format!(
             " if it went on (a {} trace)",
-            super::duration(trace.duration_s)
+            crate::units::duration(trace.duration_s)
         )
     } else {
         String::new()

@@ -1,7 +1,10 @@
 //! The trace document (schema `leaktrace/1`): what a session saw, as written with `-o` and read
 //! back by `leaktrace report`. Its keys are a contract others script against: add, never rename.
 
-use crate::{compact_map::CompactMap, spill::Cycles};
+pub mod compact_map;
+pub mod spill;
+pub mod timeline;
+
 use std::{
     collections::BTreeMap,
     fs::OpenOptions,
@@ -15,10 +18,12 @@ use thiserror::Error;
 pub use tracer_common::ClassFlow;
 use tracer_common::{ProcessFlows, RegionClass};
 
+use self::{compact_map::CompactMap, spill::Cycles};
+
 pub use crate::analysis::Analysis;
-pub use crate::browser::{BrowserSummary, BrowserView, MemoryDump};
-pub use crate::roles::Role;
-pub use crate::sampler::{ProcSample, RollupCost};
+pub use crate::collect::browser::{BrowserSummary, BrowserView, MemoryDump};
+pub use crate::collect::roles::Role;
+pub use crate::collect::sampler::{ProcSample, RollupCost};
 
 pub const SCHEMA: &str = "leaktrace/1";
 
@@ -364,7 +369,7 @@ pub struct TracerCost {
     pub smaps_rollup: RollupCost,
     /// Reading regions: what the smaps readings at cycle ends cost.
     #[serde(default)]
-    pub regions: crate::regions::RegionCost,
+    pub regions: crate::collect::regions::RegionCost,
 }
 
 impl TracerCost {
@@ -460,10 +465,10 @@ pub struct Process {
     /// trace's memory: how many, of this role. Their flows are its flows.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub folded: u32,
-    /// Its top-growing regions (mappings grouped as they grow: see [`crate::regions`]), between
+    /// Its top-growing regions (mappings grouped as they grow: see [`crate::collect::regions`]), between
     /// two readings of its smaps at cycle ends; only those that grew.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub regions: Vec<crate::regions::RegionGrowth>,
+    pub regions: Vec<crate::collect::regions::RegionGrowth>,
 }
 
 /// Resident memory by kind, in bytes.

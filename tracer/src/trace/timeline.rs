@@ -15,11 +15,11 @@ use tracer_common::{ClassFlow, RegionClass};
 
 use crate::{
     analysis::History,
-    browser::BrowserView,
-    compact_map::CompactMap,
-    processes::{ProcessState, Snapshot},
-    sampler::{Depth, ProcSample},
-    spill::{Cycles, Spill},
+    collect::browser::BrowserView,
+    collect::processes::{ProcessState, Snapshot},
+    collect::sampler::{Depth, ProcSample},
+    trace::compact_map::CompactMap,
+    trace::spill::{Cycles, Spill},
     trace::{CompactedCycles, Cycle, Growth, Phase, Role, RoleTotals},
 };
 
@@ -64,7 +64,7 @@ struct OpenCycle {
 
 /// How many of the latest cycles keep every detail; older ones are compacted (see
 /// [`Cycle::compact`]), so a trace of 100,000 cycles stays small in memory and on disk. Past
-/// a sixteenth more in memory, the older ones are spilled to disk (see [`crate::spill`]).
+/// a sixteenth more in memory, the older ones are spilled to disk (see [`crate::trace::spill`]).
 pub const FULL_CYCLES: usize = 1000;
 
 /// Compacted cycles kept in memory before they go to disk together, as a share of the full
