@@ -266,7 +266,7 @@ fn a_flood_of_markers_is_taken_in_whole() {
     // flood seconds behind the worker, and what it reads after the exit is left out.
     let measured = trace.cycles.iter().filter(|c| c.is_measured()).count();
     let bin = std::iter::successors(Some(1), |k| Some(k * 3))
-        .find(|k| measured.div_ceil(*k) <= leaktrace::analysis::history::MAX_FIT_POINTS)
+        .find(|k| measured.div_ceil(*k) <= leaktrace::trace::digest::MAX_FIT_POINTS)
         .unwrap();
     assert!(bin >= 27, "{measured} measured cycles");
     assert_eq!(trace.analysis.tree().map(|t| t.bin_cycles), Some(bin));

@@ -16,9 +16,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::{
     collect::markers::LineRules,
+    diagnostics::with_causes,
     doctor,
-    render::diff,
-    render::report,
+    render::{diff, report},
     session,
     trace::{ReportFile, Trace},
 };
@@ -331,17 +331,6 @@ fn terminal_width(fd: i32) -> usize {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct UsageError(String);
-
-/// An error and its causes, on one line.
-pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text += &format!(": {cause}");
-        source = cause.source();
-    }
-    text
-}
 
 /// What `run` and `attach` write, opened before the trace starts.
 struct Outputs {

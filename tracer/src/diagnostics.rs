@@ -94,3 +94,14 @@ impl Write for AroundBar {
         io::stderr().flush()
     }
 }
+
+/// An error and its causes, on one line.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
+}

@@ -4,24 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-use crate::trace::MemoryDump;
-
-/// One allocator of one role between two dumps: the sums over the role's processes in each
-/// (processes that came or went between them count where they were).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AllocatorGrowth {
-    pub role: String,
-    /// Chromium's name: v8, blink_gc, partition_alloc, malloc, cc, gpu, shared_memory, ...
-    pub allocator: String,
-    pub from_cycle: u32,
-    pub to_cycle: u32,
-    pub from: u64,
-    pub to: u64,
-    pub growth: i64,
-}
+use crate::trace::{MemoryDump, findings::AllocatorGrowth};
 
 /// Rows kept: the largest changes.
 const TOP: usize = 12;

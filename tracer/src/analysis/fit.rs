@@ -33,9 +33,10 @@
 //!   Sen-slope rise before it exceeds `significant` and three times the rise after it. Prefix
 //!   and suffix costs come from a sorted insertion each: O(n²), cheap for a few thousand cycles.
 
-use serde::{Deserialize, Serialize};
-
-use super::{Series, history::Binned};
+use crate::trace::{
+    digest::{Binned, median},
+    findings::{Series, SeriesFit, Shape},
+};
 
 /// Fewer complete cycles than this after warm-up give no trustworthy fit.
 pub const MIN_CYCLES: usize = 5;
@@ -45,64 +46,6 @@ const ALPHA: f64 = 0.01;
 pub const TREND_MIN_CYCLES: usize = 6;
 pub(crate) const SECONDS_PER_DAY: f64 = 86_400.0;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Shape {
-    Flat,
-    /// Grows during warm-up, then flat.
-    Plateau,
-    Linear,
-    Accelerating,
-    /// Too few cycles to say.
-    Unknown,
-}
-
-/// One fitted series.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SeriesFit {
-    pub name: Series,
-    /// Growth per cycle after warm-up (Theil–Sen), in the series' unit (bytes or counts).
-    pub per_cycle: f64,
-    /// `per_cycle` over a day of cycles as long as the median measured one.
-    pub per_day: f64,
-    /// Least squares over the same cycles: how well a line explains them (0..1). A figure only:
-    /// growth is decided by `trend_p`.
-    pub r2: f64,
-    /// Mann–Kendall Z over the same cycles (tie- and autocorrelation-corrected): above 0 when
-    /// later cycles tend to be higher.
-    pub trend_z: f64,
-    /// The two-sided p-value of `trend_z`: the series grows only below 0.01. 1 when not fitted.
-    pub trend_p: f64,
-    pub shape: Option<Shape>,
-    pub warmup_cycles: usize,
-    /// Complete cycles used after warm-up.
-    pub cycles: usize,
-    /// False when there were fewer than MIN_CYCLES cycles: the numbers are not to be trusted.
-    pub trustworthy: bool,
-    /// Cycles per fitted point: 1, or on a long trace the k consecutive cycles each point
-    /// stands for (see [`super::history`]); the trend test then speaks of those points.
-    pub bin_cycles: usize,
-}
-
-impl Default for SeriesFit {
-    /// Written out so that a fit without a trend test (or an older trace) reads p = 1, no trend.
-    fn default() -> SeriesFit {
-        SeriesFit {
-            name: Series::default(),
-            per_cycle: 0.0,
-            per_day: 0.0,
-            r2: 0.0,
-            trend_z: 0.0,
-            trend_p: 1.0,
-            shape: None,
-            warmup_cycles: 0,
-            cycles: 0,
-            trustworthy: false,
-            bin_cycles: 1,
-        }
-    }
-}
 /// Theil–Sen slope and intercept of `ys` against 0, 1, 2, ...
 pub fn theil_sen(ys: &[f64]) -> Option<(f64, f64)> {
     if ys.len() < 2 {
@@ -145,19 +88,6 @@ pub fn least_squares(ys: &[f64]) -> Option<(f64, f64, f64)> {
         (sxy * sxy) / (sxx * syy)
     };
     Some((slope, mean_y - slope * mean_x, r2))
-}
-
-pub(crate) fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    })
 }
 
 /// A Mann–Kendall trend: the statistic S, its variance under no trend (tie-corrected, before the

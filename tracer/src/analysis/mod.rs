@@ -13,23 +13,24 @@
 
 pub mod allocators;
 mod fit;
-pub mod history;
-mod series;
 mod verdict;
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
-use self::fit::{SECONDS_PER_DAY, median};
-use self::history::{Bin, Binned, PhaseSums};
+use self::fit::SECONDS_PER_DAY;
 pub use self::{
-    fit::{MIN_CYCLES, SeriesFit, Shape, detect_warmup, fit, fit_binned, least_squares, theil_sen},
-    history::History,
-    series::Series,
-    verdict::{Answers, IN_PAGE_SHARE, Source, Verdict},
+    fit::{MIN_CYCLES, detect_warmup, fit, fit_binned, least_squares, theil_sen},
+    verdict::IN_PAGE_SHARE,
 };
-use crate::trace::{Cycle, Trace};
+use crate::trace::{
+    Cycle, Trace,
+    digest::{Bin, Binned, PhaseSums, median},
+};
+pub use crate::trace::{
+    digest::History,
+    findings::{
+        AllocatorGrowth, Analysis, Answers, BudgetCheck, Distribution, SegmentFit, Series,
+        SeriesFit, Shape, Source, Verdict,
+    },
+};
 
 /// A budget: so many bytes per day or per cycle.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,15 +63,6 @@ impl std::str::FromStr for Budget {
     }
 }
 
-/// A budget checked against the tree's growth after warm-up.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct BudgetCheck {
-    pub limit_per_day: f64,
-    pub measured_per_day: f64,
-    pub pass: bool,
-}
-
 impl Budget {
     pub fn check(self, tree: &SeriesFit, cycle_s: f64) -> BudgetCheck {
         let limit_per_day = match self {
@@ -89,48 +81,6 @@ impl Budget {
     }
 }
 
-/// The fits of a trace.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Analysis {
-    /// The median length of a complete cycle, in seconds.
-    pub cycle_s: f64,
-    pub series: Vec<SeriesFit>,
-    /// Mean change of the tree's owned PSS in each phase, over complete cycles past warm-up.
-    pub phase_growth: BTreeMap<String, f64>,
-    /// How the tree's owned PSS changed from one cycle end to the next: the distribution.
-    pub cycle_growth: Option<Distribution>,
-    pub answers: Answers,
-    pub verdict: Verdict,
-    pub budget: Option<BudgetCheck>,
-    /// With a followed worker that restarted: each instance fitted on its own cycles, oldest
-    /// first, the last being the one every other figure here is of. Empty otherwise.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub segments: Vec<SegmentFit>,
-    /// The regions that grew most, summed per role over its processes (see
-    /// [`crate::collect::regions`]).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub regions: Vec<crate::collect::regions::RoleRegion>,
-    /// With `--memory-dumps`: Chromium's allocators that changed most per role, between the
-    /// dump nearest the start of the fitted cycles and the last (see [`allocators`]).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub allocators: Vec<allocators::AllocatorGrowth>,
-}
-
-/// One instance of a followed worker, fitted on its own cycles (a restart gives its memory
-/// back, so a fit across instances would measure the restarts, not the worker).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SegmentFit {
-    /// The index into the trace's `segments`.
-    pub segment: u32,
-    /// Its measured cycles.
-    pub cycles: usize,
-    /// The tree's owned PSS over them.
-    pub tree: Option<SeriesFit>,
-    pub verdict: Verdict,
-}
-
 impl SegmentFit {
     fn of(segment: u32, cycles: usize, analysis: &Analysis) -> SegmentFit {
         SegmentFit {
@@ -139,24 +89,6 @@ impl SegmentFit {
             tree: analysis.tree().cloned(),
             verdict: analysis.verdict.clone(),
         }
-    }
-}
-
-/// Quantiles of a distribution of signed byte changes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Distribution {
-    pub count: u64,
-    pub min: i64,
-    pub p50: i64,
-    pub p90: i64,
-    pub p99: i64,
-    pub max: i64,
-}
-
-impl Analysis {
-    pub fn tree(&self) -> Option<&SeriesFit> {
-        self.series.iter().find(|s| s.name == Series::TreeOwned)
     }
 }
 
@@ -203,14 +135,14 @@ pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> 
             .map(|p| (p.role.as_str(), p.regions.as_slice())),
         TOP_REGIONS,
     );
-    if analysis.verdict.source == verdict::Source::Worker {
+    if analysis.verdict.source == Source::Worker {
         verdict::worker_by_regions(&mut analysis.verdict, trace);
     }
     let fitted_from = since + analysis.tree().map_or(0, |t| t.warmup_cycles) as u32;
     analysis.allocators = allocators::growth(&trace.memory_dumps, since, fitted_from);
     verdict::renderer_by_allocators(&mut analysis.verdict, &analysis.allocators);
     if let Some(top) = analysis.regions.first()
-        && analysis.verdict.source != verdict::Source::None
+        && analysis.verdict.source != Source::None
     {
         analysis.verdict.evidence.push(format!(
             "the region that grew most: {} of the {} ({} process(es)), +{} B ({})",
@@ -313,14 +245,18 @@ pub fn analyze_history(
     analysis.answers = verdict::answers(&analysis, history);
     analysis.verdict = verdict::verdict(&analysis);
     if !history.earlier.is_empty() {
-        analysis.segments = history.earlier.clone();
+        analysis.segments = history
+            .earlier
+            .iter()
+            .map(|done| done.fit.get_or_init(|| fit_segment(&done.digest)).clone())
+            .collect();
         let current = SegmentFit::of(history.segment, history.cycles(), &analysis);
         analysis.segments.push(current);
     }
     analysis
 }
 
-/// The fit of one finished segment's history, as [`History`] keeps it when the next begins.
+/// The fit of one finished segment, from the digest [`History`] keeps of it.
 fn fit_segment(history: &History) -> SegmentFit {
     let analysis = analyze_history(history, None, None);
     SegmentFit::of(history.segment, history.cycles(), &analysis)

@@ -1,114 +1,10 @@
 //! The six answers and the verdict: what a user reads first, derived from the fits.
 
-use serde::{Deserialize, Serialize};
-
 use super::{
-    Analysis, History, Series,
-    fit::{SeriesFit, Shape, TREND_MIN_CYCLES},
+    AllocatorGrowth, Analysis, Answers, History, Series, SeriesFit, Shape, Source, Verdict,
+    fit::TREND_MIN_CYCLES,
 };
 use crate::trace::Role;
-
-/// The six questions of an investigation, answered with numbers.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Answers {
-    /// 1. The growth of the PSS the tree owns, per cycle and per day, with R² and whether the
-    ///    fit is trustworthy.
-    pub growth_per_cycle: f64,
-    pub growth_per_day: f64,
-    pub r2: f64,
-    pub trustworthy: bool,
-    /// 2. The series that grow, fastest first.
-    pub growing: Vec<Series>,
-    /// 3. The phase with the largest mean growth of owned PSS, if it grows.
-    pub growth_phase: Option<String>,
-    /// 4. The tree's shape, and its warm-up.
-    pub shape: Option<Shape>,
-    pub warmup_cycles: usize,
-    /// 5. The mean owned-PSS change of the cleanup phase (negative: it gives memory back), and
-    ///    of the other phases together.
-    pub cleanup_change: Option<f64>,
-    pub cleanup_helps: Option<bool>,
-    pub other_phases_change: Option<f64>,
-    /// 6. The mean owned-PSS change of cycles where pages or contexts were recreated (their count
-    ///    dropped), against the others.
-    pub recreation_change: Option<f64>,
-    pub other_cycles_change: Option<f64>,
-    pub recreation_helps: Option<bool>,
-    /// Browser instances (browser processes) alive at the end of the last measured cycle, and
-    /// at the end of the first: relaunched browsers that are never closed pile up.
-    pub browsers_alive: Option<u64>,
-    pub browsers_at_start: Option<u64>,
-}
-
-/// Where the growth most likely comes from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Source {
-    /// The worker's JS heap: its own heap figure explains the growth.
-    WorkerHeap,
-    /// The worker's memory outside its JS heap: its external / arrayBuffers figure grows.
-    WorkerExternal,
-    /// The worker's own processes grow, and no figure of its own says whether in its heap.
-    Worker,
-    PageAccumulation,
-    ContextAccumulation,
-    /// Browser instances accumulate: relaunched without closing the old ones.
-    BrowserAccumulation,
-    /// The pages' JS heaps grow and explain most of the renderers' growth.
-    InPageJs,
-    /// Renderers grow beyond what their JS heaps explain.
-    RendererNative,
-    /// Chromium's browser process (or another of its non-renderer processes) grows.
-    BrowserProcess,
-    #[default]
-    None,
-    /// Too few measured cycles after warm-up to tell growth from noise (see
-    /// `fit::TREND_MIN_CYCLES`): no source is named, whatever the figures say.
-    TooFewCycles,
-    /// A source this leaktrace does not know (a trace written by another version).
-    #[serde(other)]
-    Unknown,
-}
-
-impl Source {
-    pub fn name(self) -> &'static str {
-        match self {
-            Source::WorkerHeap => "worker-heap",
-            Source::WorkerExternal => "worker-external",
-            Source::Worker => "worker",
-            Source::PageAccumulation => "page-accumulation",
-            Source::ContextAccumulation => "context-accumulation",
-            Source::BrowserAccumulation => "browser-accumulation",
-            Source::InPageJs => "in-page-js",
-            Source::RendererNative => "renderer-native",
-            Source::BrowserProcess => "browser-process",
-            Source::None => "none",
-            Source::TooFewCycles => "too-few-cycles",
-            Source::Unknown => "unknown",
-        }
-    }
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl PartialEq<&str> for Source {
-    fn eq(&self, other: &&str) -> bool {
-        self.name() == *other
-    }
-}
-
-/// The most likely source of the growth, with the numbers behind it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Verdict {
-    pub source: Source,
-    pub evidence: Vec<String>,
-}
 
 /// The worker's figures that measure its JS heap, and those that measure memory outside it,
 /// by the keys `process.memoryUsage()`, the socket and `--worker-inspect` give them.
@@ -174,10 +70,7 @@ pub fn worker_by_regions(verdict: &mut Verdict, trace: &crate::trace::Trace) {
 /// allocator (blink_gc for DOM, partition_alloc for ArrayBuffers and strings, malloc, cc, ...)
 /// is memory outside JS (`renderer-native`). It overrides the JS-heap rule, which can only tell
 /// what the pages' heaps explain.
-pub(super) fn renderer_by_allocators(
-    verdict: &mut Verdict,
-    allocators: &[super::allocators::AllocatorGrowth],
-) {
+pub(super) fn renderer_by_allocators(verdict: &mut Verdict, allocators: &[AllocatorGrowth]) {
     if !matches!(verdict.source, Source::InPageJs | Source::RendererNative) {
         return;
     }

@@ -43,9 +43,8 @@ use tokio::{
 };
 
 use crate::{
-    collect::sampler::{self, Reading, TreeReader},
+    collect::sampler::{self, Depth, Reading, TreeReader},
     collect::target::{Identity, become_user},
-    trace::timeline::Boundary,
 };
 
 #[derive(Debug, Error)]
@@ -72,6 +71,26 @@ pub enum MarkerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What a marker says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Boundary {
+    /// The end of the current cycle.
+    CycleEnd,
+    /// The start of a phase with this name (the previous phase ends).
+    PhaseStart(String),
+}
+
+impl Boundary {
+    /// How deep the tree is read at this boundary: PSS at cycle ends (within the budget), the
+    /// resident counters alone at phase boundaries (PSS estimated from them).
+    pub fn depth(&self) -> Depth {
+        match self {
+            Boundary::CycleEnd => Depth::Budgeted,
+            Boundary::PhaseStart(_) => Depth::Counters,
+        }
+    }
 }
 
 /// A marker as the session receives it.

@@ -10,12 +10,12 @@ use super::{
 };
 use crate::{
     collect::browser::{BrowserReader, VIEW_DEADLINE, WorkerInspector},
-    collect::markers::{LineRules, MarkerEvent},
+    collect::markers::{Boundary, LineRules, MarkerEvent},
     collect::regions::RegionSampler,
     collect::sampler,
     render::metrics::{Published, resident_by_role},
     render::progress::Progress,
-    trace::timeline::{Boundary, Timeline},
+    trace::timeline::Timeline,
     trace::{MarkerSummary, Segment},
 };
 

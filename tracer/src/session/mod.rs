@@ -48,13 +48,13 @@ use crate::{
     collect::browser::{BrowserReader, CdpMode, WorkerInspector},
     collect::kernel::{self, Kernel, KernelError},
     collect::markers::{
-        self, CycleCommand, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket,
+        self, Boundary, CycleCommand, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket,
     },
     collect::processes::{ProcessTable, SampleSeries},
     collect::sampler::Depth,
     collect::target::{self, Identity, LaunchIo, ProcInfo, TargetError},
     render::progress::Progress,
-    trace::timeline::{Boundary, Timeline},
+    trace::timeline::Timeline,
     trace::{self, EndReason, MarkerSummary, SCHEMA, Trace},
 };
 

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     analysis::Budget,
-    cli::with_causes,
+    diagnostics::with_causes,
     trace::{ReportFile, Trace, publish},
 };
 

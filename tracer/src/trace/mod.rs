@@ -2,6 +2,9 @@
 //! back by `leaktrace report`. Its keys are a contract others script against: add, never rename.
 
 pub mod compact_map;
+pub mod digest;
+pub mod findings;
+pub mod series;
 pub mod spill;
 pub mod timeline;
 
@@ -20,8 +23,9 @@ use tracer_common::{ProcessFlows, RegionClass};
 
 use self::{compact_map::CompactMap, spill::Cycles};
 
-pub use crate::analysis::Analysis;
+pub use self::findings::Analysis;
 pub use crate::collect::browser::{BrowserSummary, BrowserView, MemoryDump};
+pub use crate::collect::processes::{Process, ResidentBytes, RoleTotals, TreeSample};
 pub use crate::collect::roles::Role;
 pub use crate::collect::sampler::{ProcSample, RollupCost};
 
@@ -432,105 +436,6 @@ pub struct MarkerSummary {
 
 fn is_zero_u64(n: &u64) -> bool {
     *n == 0
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Process {
-    pub pid: u32,
-    pub ppid: u32,
-    /// Seconds since boot; with `pid`, the identity of a process (pids are reused).
-    pub start_time: f64,
-    pub comm: String,
-    /// worker, browser, zygote, renderer, gpu, utility:<sub-type>, crashpad or other.
-    #[serde(default)]
-    pub role: Role,
-    pub exited: bool,
-    pub exit_code: Option<i32>,
-    /// Per region class: mapped, unmapped, committed, uncommitted, released, calls.
-    pub address_space: BTreeMap<String, ClassFlow>,
-    /// Signed sum of break movements, in bytes.
-    pub brk_growth: i64,
-    /// Resident memory when last seen (at exit for an exited process).
-    #[serde(default)]
-    pub resident: ResidentBytes,
-    #[serde(default)]
-    pub resident_peak: ResidentBytes,
-    /// Proportional set size at the last /proc sample (0 if never sampled).
-    #[serde(default)]
-    pub pss: u64,
-    /// The last /proc sample, if any.
-    #[serde(default)]
-    pub smaps_rollup: Option<ProcSample>,
-    /// For the entry (pid 0) that stands for exited processes folded together to bound a long
-    /// trace's memory: how many, of this role. Their flows are its flows.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub folded: u32,
-    /// Its top-growing regions (mappings grouped as they grow: see [`crate::collect::regions`]), between
-    /// two readings of its smaps at cycle ends; only those that grew.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub regions: Vec<crate::collect::regions::RegionGrowth>,
-}
-
-/// Resident memory by kind, in bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ResidentBytes {
-    pub anon: u64,
-    pub file: u64,
-    pub shmem: u64,
-    pub swap: u64,
-}
-
-/// The live processes of one role at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RoleTotals {
-    /// Sum of PSS.
-    pub pss: u64,
-    /// Sum of Pss_Anon.
-    pub anon: u64,
-    /// Sum of Pss_Shmem.
-    pub shmem: u64,
-    /// Sum of Pss_File.
-    pub file: u64,
-    pub count: u64,
-}
-
-impl RoleTotals {
-    /// Counts one live process.
-    pub fn add(&mut self, sample: &ProcSample) {
-        self.pss += sample.pss;
-        self.anon += sample.pss_anon;
-        self.shmem += sample.pss_shmem;
-        self.file += sample.pss_file;
-        self.count += 1;
-    }
-
-    /// The PSS of the memory the processes made: anonymous and shared-memory pages. Growth is
-    /// judged on this. File-backed pages are left out: they are reclaimable page cache, and
-    /// their PSS share moves whenever a process outside the tree maps the same files (another
-    /// Chromium starting takes a hundred megabytes off this tree's PSS, and gives it back when
-    /// it exits).
-    pub fn owned(&self) -> u64 {
-        self.anon + self.shmem
-    }
-}
-
-/// The whole tree at one /proc sample.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TreeSample {
-    /// Seconds since the trace started.
-    pub t_s: f64,
-    pub pss: u64,
-    pub by_role: BTreeMap<Role, RoleTotals>,
-}
-
-impl TreeSample {
-    /// The PSS the whole tree owns (see `RoleTotals::owned`).
-    pub fn owned(&self) -> u64 {
-        self.by_role.values().map(RoleTotals::owned).sum()
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

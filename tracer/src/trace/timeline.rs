@@ -13,35 +13,18 @@ use std::{
 
 use tracer_common::{ClassFlow, RegionClass};
 
-use crate::{
-    analysis::History,
-    collect::browser::BrowserView,
-    collect::processes::{ProcessState, Snapshot},
-    collect::sampler::{Depth, ProcSample},
-    trace::compact_map::CompactMap,
-    trace::spill::{Cycles, Spill},
-    trace::{CompactedCycles, Cycle, Growth, Phase, Role, RoleTotals},
+use super::{
+    CompactedCycles, Cycle, Growth, Phase, Role, RoleTotals,
+    compact_map::CompactMap,
+    digest::History,
+    spill::{Cycles, Spill},
 };
-
-/// What a marker says.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Boundary {
-    /// The end of the current cycle.
-    CycleEnd,
-    /// The start of a phase with this name (the previous phase ends).
-    PhaseStart(String),
-}
-
-impl Boundary {
-    /// How deep the tree is read at this boundary: PSS at cycle ends (within the budget), the
-    /// resident counters alone at phase boundaries (PSS estimated from them).
-    pub fn depth(&self) -> Depth {
-        match self {
-            Boundary::CycleEnd => Depth::Budgeted,
-            Boundary::PhaseStart(_) => Depth::Counters,
-        }
-    }
-}
+use crate::collect::{
+    browser::BrowserView,
+    markers::Boundary,
+    processes::{ProcessState, Snapshot},
+    sampler::ProcSample,
+};
 
 /// The shortest stub (without a phase or figures) kept as a cut cycle: a worker whose cycles
 /// take milliseconds (socket markers answered at once) still needs a moment to exit after its

@@ -10,20 +10,37 @@
 //! summed rather than fitted (the phases' changes, the recreation answer, the distribution of
 //! per-cycle changes) is kept exactly.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, OnceLock},
+};
 
 use hdrhistogram::Histogram;
 
-use super::{Distribution, SegmentFit, fit::median, fit_segment};
-use crate::{
-    collect::browser::origin,
-    trace::{Cycle, Role, RoleTotals},
+use super::{
+    Cycle, Role, RoleTotals,
+    findings::{Distribution, SegmentFit},
 };
+use crate::collect::browser::origin;
 
 /// The most points a series is fitted on. Theil–Sen, Mann–Kendall and the warm-up search are
 /// O(n²); past this, cycles are binned (see the module), so a 100,000-cycle trace fits in
 /// milliseconds.
 pub const MAX_FIT_POINTS: usize = 1000;
+
+/// The median of `values` (the mean of the middle two of an even count), sorting them.
+pub fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
 
 /// How many bins become one when a series has too many.
 const MERGED: usize = 3;
@@ -305,45 +322,55 @@ impl Mean {
 pub struct History {
     /// Measured cycles taken in.
     cycles: usize,
-    pub(super) lengths: Binned<f64>,
+    pub(crate) lengths: Binned<f64>,
     /// The tree: owned PSS, PSS, and the shared-memory and file-backed parts.
-    pub(super) tree_owned: Binned<f64>,
-    pub(super) tree_pss: Binned<f64>,
-    pub(super) tree_shmem: Binned<f64>,
-    pub(super) tree_file: Binned<f64>,
+    pub(crate) tree_owned: Binned<f64>,
+    pub(crate) tree_pss: Binned<f64>,
+    pub(crate) tree_shmem: Binned<f64>,
+    pub(crate) tree_file: Binned<f64>,
     /// Per role, owned PSS (0 while the role has no process).
-    pub(super) roles: BTreeMap<Role, Binned<f64>>,
-    pub(super) browsers: Binned<f64>,
-    pub(super) processes: Binned<f64>,
-    pub(super) worker: BTreeMap<String, Complete>,
+    pub(crate) roles: BTreeMap<Role, Binned<f64>>,
+    pub(crate) browsers: Binned<f64>,
+    pub(crate) processes: Binned<f64>,
+    pub(crate) worker: BTreeMap<String, Complete>,
     /// The browser's view, over the cycles it was read at.
-    pub(super) views: usize,
-    pub(super) pages: Binned<f64>,
-    pub(super) contexts: Binned<f64>,
-    pub(super) js_heap: Binned<f64>,
+    pub(crate) views: usize,
+    pub(crate) pages: Binned<f64>,
+    pub(crate) contexts: Binned<f64>,
+    pub(crate) js_heap: Binned<f64>,
     /// Per origin, the JS heap of its pages: origins open at every view.
-    pub(super) sites: BTreeMap<String, Complete>,
+    pub(crate) sites: BTreeMap<String, Complete>,
     /// Each phase's change of the tree's owned PSS, binned like the tree's series so that the
     /// fitted warm-up can be left out.
-    pub(super) phases: Binned<PhaseSums>,
+    pub(crate) phases: Binned<PhaseSums>,
     changes: Changes,
     last_owned: Option<i64>,
     /// The page and context counts of the last measured cycle, if it had a view.
     last_counts: Option<(u32, u32)>,
     recreated: Mean,
     others: Mean,
-    pub(super) browsers_at_start: Option<u64>,
-    pub(super) browsers_alive: Option<u64>,
+    pub(crate) browsers_at_start: Option<u64>,
+    pub(crate) browsers_alive: Option<u64>,
     /// The segment (instance of a followed worker) this digest is of: a cycle of a later one
     /// starts the digest over, since a restart gives the worker's memory back.
-    pub(super) segment: u32,
-    /// The fits of the segments before it, the latest [`MAX_EARLIER_SEGMENTS`].
-    pub(super) earlier: Vec<SegmentFit>,
+    pub(crate) segment: u32,
+    /// The segments before it, the latest [`MAX_EARLIER_SEGMENTS`].
+    pub(crate) earlier: Vec<FinishedSegment>,
 }
 
-/// Earlier segments whose fits are kept: a worker restarting every few minutes for days has
+/// Earlier segments that are kept: a worker restarting every few minutes for days has
 /// thousands, and the latest say how it behaves now.
 const MAX_EARLIER_SEGMENTS: usize = 64;
+
+/// A segment that ended: its digest, and its fit once an analysis has made it. The fit is
+/// shared by every copy of the digest (a report during the trace, the interim analyses), so
+/// each segment is fitted once however often the trace is analysed; the fitting is the
+/// analysis's, which the trace does not call.
+#[derive(Clone, Debug)]
+pub struct FinishedSegment {
+    pub digest: Arc<History>,
+    pub fit: Arc<OnceLock<SegmentFit>>,
+}
 
 impl History {
     /// The digest of a list of cycles.
@@ -431,12 +458,15 @@ impl History {
         }
     }
 
-    /// Fits the segment so far and starts over with `segment`.
+    /// Puts the segment so far with the earlier ones and starts over with `segment`.
     fn start_segment(&mut self, segment: u32) {
         let mut done = std::mem::take(self);
         self.earlier = std::mem::take(&mut done.earlier);
         if done.cycles > 0 {
-            self.earlier.push(fit_segment(&done));
+            self.earlier.push(FinishedSegment {
+                digest: Arc::new(done),
+                fit: Arc::default(),
+            });
         }
         let over = self.earlier.len().saturating_sub(MAX_EARLIER_SEGMENTS);
         self.earlier.drain(..over);
@@ -449,12 +479,12 @@ impl History {
     }
 
     /// How the tree's owned PSS changed from one measured cycle end to the next.
-    pub(super) fn cycle_growth(&self) -> Option<Distribution> {
+    pub(crate) fn cycle_growth(&self) -> Option<Distribution> {
         self.changes.distribution()
     }
 
     /// The mean owned-PSS change of cycles that recreated pages or contexts, and of the others.
-    pub(super) fn recreation(&self) -> (Option<f64>, Option<f64>) {
+    pub(crate) fn recreation(&self) -> (Option<f64>, Option<f64>) {
         (self.recreated.get(), self.others.get())
     }
 }
