@@ -107,6 +107,19 @@ pub struct Marker {
     pub reading: Option<Reading>,
 }
 
+impl Marker {
+    /// A cycle end now, from leaktrace's own clock (`--cycle-every`).
+    pub fn cycle_end_now() -> Marker {
+        Marker {
+            boundary: Boundary::CycleEnd,
+            values: BTreeMap::new(),
+            ack: None,
+            at_ns: sampler::boot_ns(),
+            reading: None,
+        }
+    }
+}
+
 /// What a source sends the session.
 #[derive(Debug)]
 pub enum MarkerEvent {

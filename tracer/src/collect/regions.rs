@@ -686,6 +686,14 @@ impl RegionSampler {
 
     /// The top-growing regions of a process since the reading nearest `from_cycle` (see
     /// [`top_of`]).
+    /// [`RegionSampler::top`] of every process read, by [`key`].
+    pub fn tops(&self, from_cycle: u32) -> HashMap<(u32, u64), Vec<RegionGrowth>> {
+        self.processes
+            .iter()
+            .map(|(key, history)| (*key, top_of(history.growth(from_cycle))))
+            .collect()
+    }
+
     pub fn top(&self, pid: u32, start_time: f64, from_cycle: u32) -> Vec<RegionGrowth> {
         top_of(
             self.processes

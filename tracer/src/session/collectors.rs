@@ -12,7 +12,7 @@ use crate::{
     collect::processes::{self, ProcessTable, SampleSeries, Snapshot},
     collect::roles::Role,
     collect::sampler::{self, Depth, Reading, TreeReader},
-    collect::target,
+    collect::target::{self, ProcInfo},
     trace::TreeSample,
 };
 
@@ -41,6 +41,39 @@ pub(super) struct BoundarySnapshot {
 }
 
 impl Collectors {
+    /// No tree yet: [`Collectors::launched`] or [`Collectors::attach`] gives it its root.
+    pub(super) fn new(kernel: Option<Kernel>, started: Instant) -> Collectors {
+        Collectors {
+            kernel,
+            table: ProcessTable::new(0),
+            series: SampleSeries::default(),
+            last_alive: None,
+            started,
+            root_pid: 0,
+            tree: Default::default(),
+            read_until_ns: 0,
+            watchdog: None,
+        }
+    }
+
+    /// Run mode: the command leaktrace launched is the root, with the watchdog that guards it.
+    pub(super) fn launched(&mut self, root: ProcInfo, generation: u32, watchdog: Watchdog) {
+        self.root_pid = root.pid;
+        self.table = ProcessTable::new(root.pid);
+        self.table.add(root, generation);
+        self.watchdog = Some(watchdog);
+        self.follow();
+    }
+
+    /// Attach mode: the process and its live descendants.
+    pub(super) fn attach(&mut self, pid: u32) -> Result<(), SessionError> {
+        self.root_pid = pid;
+        self.table = ProcessTable::new(pid);
+        self.seed_tree()?;
+        // A child forked while we were seeding: look once more.
+        self.seed_tree()
+    }
+
     pub(super) fn elapsed(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }

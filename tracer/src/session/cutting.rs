@@ -4,19 +4,25 @@
 
 use std::time::{Duration, Instant};
 
+use tracer_common::LostReason;
+
 use super::{
-    MarkerOptions,
+    MarkerOptions, Options,
     collectors::{Collectors, follow_browser, read_browser},
+    dumps::MemoryDumps,
 };
 use crate::{
     collect::browser::{BrowserReader, VIEW_DEADLINE, WorkerInspector},
     collect::markers::{Boundary, LineRules, MarkerEvent},
     collect::regions::RegionSampler,
     collect::sampler,
+    collect::{browser::CdpMode, processes::Snapshot, regions::RegionGrowth, sampler::Depth},
     render::metrics::{Published, resident_by_role},
     render::progress::Progress,
-    trace::timeline::Timeline,
-    trace::{MarkerSummary, Segment},
+    trace::{
+        CompactedCycles, MarkerSummary, MemoryDump, Segment, Trace, spill::Cycles,
+        timeline::Timeline,
+    },
 };
 
 /// How soon after an asynchronous marker's reading the tree's teardown makes its boundary a
@@ -55,6 +61,35 @@ pub(super) struct Cutting {
     pub(super) dumps: super::dumps::MemoryDumps,
 }
 
+/// What the cutting adds to a trace: the cycles, the markers' summary, the instances of a
+/// followed worker, the memory dumps, and each process's regions that grew.
+pub(super) struct Cut {
+    cycles: Cycles,
+    compacted: Option<CompactedCycles>,
+    markers: MarkerSummary,
+    segments: Vec<Segment>,
+    memory_dumps: Vec<MemoryDump>,
+    /// Per process (see [`crate::collect::regions::key`]), from the fitted cycles' start.
+    regions: std::collections::HashMap<(u32, u64), Vec<RegionGrowth>>,
+    region_cost: crate::collect::regions::RegionCost,
+}
+
+impl Cut {
+    /// Fills the trace's parts that come from the cutting.
+    pub(super) fn fill(self, trace: &mut Trace) {
+        trace.cycles = self.cycles;
+        trace.compacted = self.compacted;
+        for process in &mut trace.processes {
+            let key = crate::collect::regions::key(process.pid, process.start_time);
+            process.regions = self.regions.get(&key).cloned().unwrap_or_default();
+        }
+        trace.tracer.regions = self.region_cost;
+        trace.markers = self.markers;
+        trace.segments = self.segments;
+        trace.memory_dumps = self.memory_dumps;
+    }
+}
+
 /// How often the metrics endpoint's fits are brought up to date, at most (within
 /// [`INTERIM_SHARE`] of the time like the interim line).
 const METRICS_ANALYSIS_EVERY: Duration = Duration::from_secs(2);
@@ -63,6 +98,124 @@ const METRICS_ANALYSIS_EVERY: Duration = Duration::from_secs(2);
 const INTERIM_SHARE: f64 = 0.05;
 
 impl Cutting {
+    pub(super) fn new(
+        timeline: Timeline,
+        summary: MarkerSummary,
+        progress: Progress,
+        options: &Options,
+        started: Instant,
+    ) -> Cutting {
+        let markers = &options.markers;
+        Cutting {
+            timeline,
+            summary,
+            owned_at_cycle_ends: Default::default(),
+            progress,
+            target: markers.cycles,
+            started,
+            inspector: options.worker_inspect.clone().map(WorkerInspector::new),
+            analyze_every: markers.analyze_every,
+            warmup: markers.warmup,
+            watch: None,
+            last_interim: None,
+            metrics: None,
+            between_instances: false,
+            segments: Vec::new(),
+            regions: Default::default(),
+            dumps: MemoryDumps::new(options.memory_dumps && !matches!(options.cdp, CdpMode::Off)),
+        }
+    }
+
+    /// Publishes the figures to the metrics endpoint from now on.
+    pub(super) fn publish_to(&mut self, metrics: Published) {
+        self.metrics = Some(metrics);
+    }
+
+    /// Markers left unread when the trace ended (see `DRAIN_LIMIT`).
+    pub(super) fn count_dropped(&mut self, dropped: u64) {
+        self.summary.dropped = dropped;
+    }
+
+    /// At each `--interval`: the tree's counters (with PSS only while no cycle is cut: cycle
+    /// ends read PSS within the budget), the browser found, the progress line and the
+    /// metrics.
+    pub(super) async fn on_sample(
+        &mut self,
+        collectors: &mut Collectors,
+        browser: &mut BrowserReader,
+    ) {
+        let cutting_cycles = self.summary.cycles_seen > 0;
+        let sample = collectors.sample(if cutting_cycles {
+            Depth::Counters
+        } else {
+            Depth::Budgeted
+        });
+        follow_browser(collectors, browser, !cutting_cycles).await;
+        self.progress.update(
+            self.started.elapsed(),
+            sample.pss,
+            &self.owned_at_cycle_ends,
+        );
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        metrics.sample(&sample);
+        let top = collectors
+            .table
+            .top_owned(crate::render::metrics::TOP_PROCESSES);
+        metrics.update(|live| live.top = top);
+        if let Some(kernel) = collectors.kernel.as_mut() {
+            let lost = kernel.lost();
+            metrics.update(|live| {
+                live.lost = LostReason::ALL
+                    .iter()
+                    .map(|&reason| (reason.name().to_string(), lost[reason as usize]))
+                    .collect()
+            });
+        }
+    }
+
+    /// The first cycle whose end the tree's fit takes (past its warm-up, in the latest
+    /// segment): the regions' growth is taken from the reading nearest it.
+    fn fitted_from(&self) -> u32 {
+        let warmup = (self.warmup > 0).then_some(self.warmup as usize);
+        let analysis = crate::analysis::analyze_history(&self.timeline.history(), warmup, None);
+        let skipped = analysis.tree().map_or(0, |t| t.warmup_cycles) as u32;
+        self.timeline.segment_first() + skipped
+    }
+
+    /// The complete cycles so far and the rest, for a report while the trace goes on.
+    pub(super) fn so_far(&self) -> std::io::Result<Cut> {
+        let (cycles, compacted) = self.timeline.so_far()?;
+        Ok(Cut {
+            cycles,
+            compacted,
+            markers: self.summary.clone(),
+            segments: self.segments.clone(),
+            memory_dumps: self.dumps.taken.clone(),
+            regions: self.regions.tops(self.fitted_from()),
+            region_cost: self.regions.cost(),
+        })
+    }
+
+    /// Ends the trace at `end_s`: the open cycle is cut there. The worker inspector's failed
+    /// calls are the browser's to count.
+    pub(super) fn finish(self, end_s: f64, end: Snapshot, browser: &mut BrowserReader) -> Cut {
+        // The fits take a moment on a long trace: after the last snapshot.
+        let fitted_from = self.fitted_from();
+        browser.count_failed_calls(self.inspector.map_or(0, |i| i.failed_calls));
+        let (cycles, compacted) = self.timeline.finish(end_s, end);
+        Cut {
+            cycles,
+            compacted,
+            markers: self.summary,
+            segments: self.segments,
+            memory_dumps: self.dumps.taken,
+            regions: self.regions.tops(fitted_from),
+            region_cost: self.regions.cost(),
+        }
+    }
+
     /// Takes one marker event; true once `--cycles` complete cycles are in.
     pub(super) async fn on_event(
         &mut self,

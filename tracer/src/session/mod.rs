@@ -13,7 +13,6 @@
 //! [`watchdog`]: not even when leaktrace is killed.
 
 use std::{
-    collections::BTreeMap,
     path::PathBuf,
     process::ExitStatus,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -21,11 +20,13 @@ use std::{
 
 use thiserror::Error;
 use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    signal::unix::{Signal, SignalKind, signal},
+    sync::{mpsc, oneshot},
+    time::Interval,
 };
-use tracer_common::{GENERATION_OF_LOADER, LostReason};
+use tracer_common::GENERATION_OF_LOADER;
 
+mod assemble;
 mod collectors;
 mod cutting;
 mod dumps;
@@ -37,7 +38,8 @@ pub mod watchdog;
 pub use self::reports::ReportSchedule;
 
 use self::{
-    collectors::{Collectors, follow_browser, read_browser},
+    assemble::Head,
+    collectors::{Collectors, read_browser},
     cutting::{Cutting, marker_sources},
     follow::Following,
     reports::Reports,
@@ -45,17 +47,14 @@ use self::{
     watchdog::Watchdog,
 };
 use crate::{
-    collect::browser::{BrowserReader, CdpMode, WorkerInspector},
-    collect::kernel::{self, Kernel, KernelError},
-    collect::markers::{
-        self, Boundary, CycleCommand, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket,
+    collect::{
+        browser::{BrowserReader, CdpMode},
+        kernel::{self, Kernel, KernelError},
+        markers::{self, CycleCommand, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket},
+        target::{self, Identity, LaunchIo, ProcInfo, TargetError},
     },
-    collect::processes::{ProcessTable, SampleSeries},
-    collect::sampler::Depth,
-    collect::target::{self, Identity, LaunchIo, ProcInfo, TargetError},
     render::progress::Progress,
-    trace::timeline::Timeline,
-    trace::{self, EndReason, MarkerSummary, SCHEMA, Trace},
+    trace::{EndReason, MarkerSummary, Trace, timeline::Timeline},
 };
 
 /// How often the ring buffer is drained (and, without eBPF, /proc searched for new processes).
@@ -185,7 +184,11 @@ pub fn trace(target: Target, options: Options) -> Result<Trace, SessionError> {
         .enable_all()
         .build()
         .map_err(SessionError::Signals)?;
-    runtime.block_on(run_session(target, options))
+    runtime.block_on(async {
+        let (mut session, mut clocks) = Session::start(target, options)?;
+        let ended_by = session.run(&mut clocks).await?;
+        Ok(session.finish(ended_by).await)
+    })
 }
 
 /// Why eBPF is off, if it is.
@@ -199,19 +202,10 @@ fn ebpf_off_reason(options: &Options) -> Option<&'static str> {
     }
 }
 
-async fn run_session(target: Target, options: Options) -> Result<Trace, SessionError> {
-    let started = Instant::now();
-    let started_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(SessionError::Signals)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(SessionError::Signals)?;
-    // SIGUSR1 writes a report now: caught always, so that it never kills a trace (its default).
-    let mut usr1 = signal(SignalKind::user_defined1()).map_err(SessionError::Signals)?;
-
+/// The kernel side, loaded unless eBPF is off, and the warnings it gives.
+fn load_kernel(options: &Options) -> Result<(Option<Kernel>, Vec<String>), SessionError> {
     let mut warnings = Vec::new();
-    let kernel = match ebpf_off_reason(&options) {
+    let kernel = match ebpf_off_reason(options) {
         None => {
             let kernel = Kernel::load()?;
             warnings.extend(kernel.losses.iter().cloned());
@@ -228,500 +222,545 @@ async fn run_session(target: Target, options: Options) -> Result<Trace, SessionE
         }
     };
     warnings.iter().for_each(|w| tracing::warn!("{w}"));
+    Ok((kernel, warnings))
+}
 
-    let marker_options = &options.markers;
-    let rules = LineRules::new(
-        marker_options.cycle_regex.as_deref(),
-        marker_options.phase_regex.as_deref(),
-        marker_options.figures_regex.as_deref(),
-    )?;
-    let (marker_tx, mut marker_rx) = mpsc::unbounded_channel();
-    let progress = Progress::new(options.progress, marker_options.cycles);
-    let mut browser = BrowserReader::new(
-        options.cdp.clone(),
-        options.redact_urls,
-        options.page_renderers,
-    );
-    let inspector = options.worker_inspect.clone().map(WorkerInspector::new);
-    let mut summary = MarkerSummary {
-        warmup: marker_options.warmup,
-        ..MarkerSummary::default()
+/// A session under way: every collector, the cutting into cycles, and what ends the trace.
+struct Session {
+    options: Options,
+    head: Head,
+    warnings: Vec<String>,
+    collectors: Collectors,
+    cutting: Cutting,
+    browser: BrowserReader,
+    progress: Progress,
+    inputs: MarkerInputs,
+    /// The launched command's exit status, from the blocking thread that waits for it.
+    status: oneshot::Receiver<std::io::Result<ExitStatus>>,
+    exit_status: Option<i32>,
+    reports: Option<Reports>,
+    following: Option<Following>,
+}
+
+/// Where the markers come from: the channel every source sends on, and the sources that
+/// must be waited for or stopped at the end.
+struct MarkerInputs {
+    events: mpsc::UnboundedReceiver<MarkerEvent>,
+    open: bool,
+    /// The threads reading the command's output.
+    readers: Vec<std::thread::JoinHandle<()>>,
+    /// The socket (run mode), removed when the session ends.
+    socket: Option<MarkerSocket>,
+    /// `--cycle-cmd`, stopped when the trace ends.
+    cycle_cmd: Option<CycleCommand>,
+}
+
+/// The signals that end a trace or ask for a report, caught before anything starts.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    /// SIGUSR1 writes a report now: caught always, so that it never kills a trace (its
+    /// default).
+    usr1: Signal,
+}
+
+impl Signals {
+    fn catch() -> Result<Signals, SessionError> {
+        let listen = |kind| signal(kind).map_err(SessionError::Signals);
+        Ok(Signals {
+            interrupt: listen(SignalKind::interrupt())?,
+            terminate: listen(SignalKind::terminate())?,
+            usr1: listen(SignalKind::user_defined1())?,
+        })
+    }
+}
+
+/// What the event loop waits for besides markers and the command's exit.
+struct Clocks {
+    signals: Signals,
+    deadline: Option<tokio::time::Instant>,
+    /// Drains the kernel's events (see [`TICK`]).
+    tick: Interval,
+    /// Samples /proc (`--interval`).
+    sample_tick: Interval,
+    /// `--cycle-every`: a cycle end at every period.
+    every: Option<Interval>,
+    /// `--report-every`.
+    report_every: Option<Interval>,
+}
+
+impl Clocks {
+    /// Started now, once the trace is under way.
+    fn start(signals: Signals, options: &Options, report_every: Option<Duration>) -> Clocks {
+        let now = tokio::time::Instant::now();
+        let period = |period: Duration| tokio::time::interval_at(now + period, period);
+        Clocks {
+            signals,
+            deadline: options.duration.map(|d| now + d),
+            tick: tokio::time::interval(TICK),
+            sample_tick: tokio::time::interval(options.interval),
+            every: options.markers.cycle_every.map(period),
+            report_every: report_every.map(period),
+        }
+    }
+}
+
+/// The invoking user under sudo, whom launched commands run as, unless `--as-root`.
+fn invoking_user(options: &Options) -> Result<Option<Identity>, SessionError> {
+    Ok(if options.as_root {
+        None
+    } else {
+        Identity::from_sudo()?
+    })
+}
+
+/// A launched command, its output read for markers by `readers`.
+struct Launch {
+    child: std::process::Child,
+    socket: Option<MarkerSocket>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Launches the command with the marker socket in its environment, its output read for
+/// markers, and every process it starts tracked from its first moment.
+fn launch(
+    command: &[String],
+    options: &Options,
+    rules: &LineRules,
+    marker_tx: &mpsc::UnboundedSender<MarkerEvent>,
+    progress: &Progress,
+    collectors: &mut Collectors,
+) -> Result<Launch, SessionError> {
+    let identity = invoking_user(options)?;
+    let owner = identity.as_ref().map(|i| (i.uid, i.gid));
+    let socket = MarkerSocket::serve(owner, marker_tx.clone())?;
+    let io = LaunchIo {
+        env: vec![("LEAKTRACE_MARKER".into(), socket.path.display().to_string())],
+        capture_output: rules.reads_lines(),
     };
-    let mut socket = None;
-    // The threads reading the command's output, for markers.
+    // Before the command, so that no moment of its life is unguarded.
+    let mut watchdog = Watchdog::spawn().map_err(SessionError::Watchdog)?;
+    watchdog.remove_on_death(socket.dir());
+    // Orphans of the command's tree come to leaktrace rather than to init (which may not reap
+    // them, as in containers), so none is left a zombie.
+    // SAFETY: prctl with an integer argument.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let kernel = &mut collectors.kernel;
+    let mut launched = target::launch(command, identity, io, |pid| match kernel.as_mut() {
+        Some(kernel) => kernel.track(pid).map(drop).map_err(SessionError::from),
+        None => Ok(()),
+    })?;
     let mut readers = Vec::new();
-
-    let mut collectors = Collectors {
-        kernel,
-        table: ProcessTable::new(0),
-        series: SampleSeries::default(),
-        last_alive: None,
-        started,
-        root_pid: 0,
-        tree: Default::default(),
-        read_until_ns: 0,
-        watchdog: None,
-    };
-    let (mode, command, child) = match &target {
-        Target::Run(command) => {
-            let identity = if options.as_root {
-                None
-            } else {
-                Identity::from_sudo()?
-            };
-            let owner = identity.as_ref().map(|i| (i.uid, i.gid));
-            let served = MarkerSocket::serve(owner, marker_tx.clone())?;
-            summary.socket = Some(served.path.display().to_string());
-            let io = LaunchIo {
-                env: vec![("LEAKTRACE_MARKER".into(), served.path.display().to_string())],
-                capture_output: rules.reads_lines(),
-            };
-            // Before the command, so that no moment of its life is unguarded.
-            let mut watchdog = Watchdog::spawn().map_err(SessionError::Watchdog)?;
-            watchdog.remove_on_death(served.dir());
-            socket = Some(served);
-            // Orphans of the command's tree come to leaktrace rather than to init (which may
-            // not reap them, as in containers), so none is left a zombie.
-            // SAFETY: prctl with an integer argument.
-            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-            let kernel = &mut collectors.kernel;
-            let mut launched =
-                target::launch(command, identity, io, |pid| match kernel.as_mut() {
-                    Some(kernel) => kernel.track(pid).map(drop).map_err(SessionError::from),
-                    None => Ok(()),
-                })?;
-            if let Some(stdout) = launched.child.stdout.take() {
-                let progress = progress.clone();
-                readers.push(markers::pass_through(
-                    stdout,
-                    move |b| progress.pass(false, b),
-                    rules.clone(),
-                    marker_tx.clone(),
-                    collectors.tree.clone(),
-                ));
-            }
-            if let Some(stderr) = launched.child.stderr.take() {
-                let progress = progress.clone();
-                readers.push(markers::pass_through(
-                    stderr,
-                    move |b| progress.pass(true, b),
-                    rules.clone(),
-                    marker_tx.clone(),
-                    collectors.tree.clone(),
-                ));
-            }
-            collectors.root_pid = launched.pid;
-            collectors.table = ProcessTable::new(launched.pid);
-            // Not in the fork event stream: leaktrace forked it before it was tracked.
-            let root = target::proc_info(launched.pid).unwrap_or(ProcInfo {
-                pid: launched.pid,
-                ppid: std::process::id(),
-                comm: command[0].clone(),
-                start_time: 0.0,
-            });
-            collectors.table.add(root, GENERATION_OF_LOADER);
-            collectors.watchdog = Some(watchdog);
-            collectors.follow();
-            ("run", command.clone(), Some(launched.child))
+    let outputs = [
+        (
+            launched
+                .child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            false,
+        ),
+        (
+            launched
+                .child
+                .stderr
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            true,
+        ),
+    ];
+    for (output, is_stderr) in outputs {
+        if let Some(output) = output {
+            let progress = progress.clone();
+            readers.push(markers::pass_through(
+                output,
+                move |b| progress.pass(is_stderr, b),
+                rules.clone(),
+                marker_tx.clone(),
+                collectors.tree.clone(),
+            ));
         }
-        Target::Attach(pid) => {
-            collectors.root_pid = *pid;
-            collectors.table = ProcessTable::new(*pid);
-            collectors.seed_tree()?;
-            // A child forked while we were seeding: look once more.
-            collectors.seed_tree()?;
-            ("attach", target::cmdline(*pid), None)
-        }
-    };
-    let root_pid = collectors.root_pid;
-    let head = Head {
-        command,
-        mode,
-        root_pid,
-        started_at: trace::rfc3339(started_at),
-        started,
-        interval_s: options.interval.as_secs_f64(),
-    };
-    let mut reports = options
-        .reports
-        .clone()
-        .map(|schedule| Reports::new(schedule, &head.started_at));
-    let mut report_every = reports
-        .as_ref()
-        .and_then(Reports::every)
-        .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
-    summary.sources = marker_sources(&rules, marker_options, socket.is_some());
-    if let Some(log) = &marker_options.cycle_log {
-        markers::follow_log(log, rules.clone().or_protocol(), marker_tx.clone())?;
     }
-    // As the invoking user, as a launched command is.
-    let cycle_cmd = match &marker_options.cycle_cmd {
-        Some(command) => Some(CycleCommand::start(
+    // Not in the fork event stream: leaktrace forked it before it was tracked.
+    let root = target::proc_info(launched.pid).unwrap_or(ProcInfo {
+        pid: launched.pid,
+        ppid: std::process::id(),
+        comm: command[0].clone(),
+        start_time: 0.0,
+    });
+    collectors.launched(root, GENERATION_OF_LOADER, watchdog);
+    Ok(Launch {
+        child: launched.child,
+        socket: Some(socket),
+        readers,
+    })
+}
+
+impl MarkerInputs {
+    /// The command's readers and socket, `--cycle-log` and `--cycle-cmd`; the channel's last
+    /// sender goes with them, so it closes when they are all done.
+    fn start(
+        events: mpsc::UnboundedReceiver<MarkerEvent>,
+        marker_tx: mpsc::UnboundedSender<MarkerEvent>,
+        launched: Option<&mut Launch>,
+        rules: &LineRules,
+        options: &Options,
+        collectors: &Collectors,
+    ) -> Result<MarkerInputs, SessionError> {
+        if let Some(log) = &options.markers.cycle_log {
+            markers::follow_log(log, rules.clone().or_protocol(), marker_tx.clone())?;
+        }
+        // As the invoking user, as a launched command is.
+        let cycle_cmd = match &options.markers.cycle_cmd {
+            Some(command) => Some(CycleCommand::start(
+                command,
+                invoking_user(options)?,
+                rules.clone().or_protocol(),
+                marker_tx,
+                collectors.tree.clone(),
+            )),
+            None => None,
+        };
+        let (readers, socket) = match launched {
+            Some(launched) => (
+                std::mem::take(&mut launched.readers),
+                launched.socket.take(),
+            ),
+            None => (Vec::new(), None),
+        };
+        Ok(MarkerInputs {
+            events,
+            open: true,
+            readers,
+            socket,
+            cycle_cmd,
+        })
+    }
+}
+
+impl Session {
+    /// Loads the kernel side, launches the command or attaches to the process, and starts
+    /// every source of markers. Signals are caught first, so that none is missed.
+    fn start(target: Target, options: Options) -> Result<(Session, Clocks), SessionError> {
+        let started = Instant::now();
+        let started_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let signals = Signals::catch()?;
+        let (kernel, warnings) = load_kernel(&options)?;
+        let marker_options = &options.markers;
+        let rules = LineRules::new(
+            marker_options.cycle_regex.as_deref(),
+            marker_options.phase_regex.as_deref(),
+            marker_options.figures_regex.as_deref(),
+        )?;
+        let (marker_tx, events) = mpsc::unbounded_channel();
+        let progress = Progress::new(options.progress, marker_options.cycles);
+        let mut collectors = Collectors::new(kernel, started);
+        let (mode, command, mut launched) = match &target {
+            Target::Run(command) => {
+                let launched = launch(
+                    command,
+                    &options,
+                    &rules,
+                    &marker_tx,
+                    &progress,
+                    &mut collectors,
+                )?;
+                ("run", command.clone(), Some(launched))
+            }
+            Target::Attach(pid) => {
+                collectors.attach(*pid)?;
+                ("attach", target::cmdline(*pid), None)
+            }
+        };
+        let head = Head::new(
             command,
-            if options.as_root {
-                None
-            } else {
-                Identity::from_sudo()?
-            },
-            rules.clone().or_protocol(),
-            marker_tx.clone(),
-            collectors.tree.clone(),
-        )),
-        None => None,
-    };
-    drop(marker_tx);
-    if options.announce {
-        let others = collectors.table.len().saturating_sub(1);
-        eprintln!(
-            "leaktrace: tracing pid {root_pid} and {others} other processes (Ctrl-C to stop)"
+            mode,
+            collectors.root_pid,
+            started,
+            started_at,
+            &options,
         );
+        let summary = MarkerSummary {
+            warmup: marker_options.warmup,
+            socket: launched
+                .as_ref()
+                .and_then(|l| l.socket.as_ref())
+                .map(|s| s.path.display().to_string()),
+            sources: marker_sources(&rules, marker_options, launched.is_some()),
+            ..MarkerSummary::default()
+        };
+        let inputs = MarkerInputs::start(
+            events,
+            marker_tx,
+            launched.as_mut(),
+            &rules,
+            &options,
+            &collectors,
+        )?;
+        if options.announce {
+            let (root_pid, others) = (head.root_pid, collectors.table.len().saturating_sub(1));
+            eprintln!(
+                "leaktrace: tracing pid {root_pid} and {others} other processes (Ctrl-C to stop)"
+            );
+        }
+        let status = wait_for(launched.map(|l| l.child));
+        let (t0, start, _) = collectors.snapshot();
+        let timeline = Timeline::new(marker_options.warmup, t0, start)
+            .with_spill_dir(options.spill_dir.clone());
+        let cutting = Cutting::new(timeline, summary, progress.clone(), &options, started);
+        let mut session = Session {
+            browser: BrowserReader::new(
+                options.cdp.clone(),
+                options.redact_urls,
+                options.page_renderers,
+            ),
+            reports: (options.reports.clone()).map(|s| Reports::new(s, &head.started_at)),
+            options,
+            head,
+            warnings,
+            collectors,
+            cutting,
+            progress,
+            inputs,
+            status,
+            exit_status: None,
+            following: None,
+        };
+        session.serve_metrics_and_follow(&target)?;
+        let report_every = session.reports.as_ref().and_then(Reports::every);
+        let clocks = Clocks::start(signals, &session.options, report_every);
+        Ok((session, clocks))
     }
 
-    // The command's wait() runs on a blocking thread; its status arrives here.
-    let (status_tx, mut status_rx) = tokio::sync::oneshot::channel();
+    /// `--metrics-addr` served, and `--follow-name`/`--follow-cmdline`'s first segment.
+    fn serve_metrics_and_follow(&mut self, target: &Target) -> Result<(), SessionError> {
+        if let Some(endpoint) = &self.options.metrics {
+            let published = crate::render::metrics::Published::default();
+            endpoint
+                .serve(published.clone())
+                .map_err(SessionError::Metrics)?;
+            self.cutting.publish_to(published);
+        }
+        if let (Target::Attach(_), Some(rule)) = (target, &self.options.follow) {
+            self.following = Some(Following::new(
+                rule.clone(),
+                &self.collectors,
+                &mut self.cutting,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Follows the tree until something ends the trace, and says what did.
+    async fn run(&mut self, clocks: &mut Clocks) -> Result<EndReason, SessionError> {
+        let run_mode = self.head.mode == "run";
+        loop {
+            tokio::select! {
+                // Signals first, so a flood of markers cannot hold them off; then markers, so
+                // one that arrived before the command's exit belongs to the trace.
+                biased;
+                _ = clocks.signals.interrupt.recv() => return Ok(EndReason::Interrupted),
+                _ = clocks.signals.terminate.recv() => return Ok(EndReason::Terminated),
+                event = self.inputs.events.recv(), if self.inputs.open => match event {
+                    None => self.inputs.open = false,
+                    Some(event) => {
+                        if self.on_marker(event).await {
+                            return Ok(EndReason::CyclesDone);
+                        }
+                    }
+                },
+                status = &mut self.status, if run_mode => {
+                    let status = status.expect("waiter thread").map_err(SessionError::Wait)?;
+                    self.exit_status = Some(status_code(status));
+                    return Ok(EndReason::CommandExited);
+                }
+                _ = sleep_until(clocks.deadline) => return Ok(EndReason::Duration),
+                _ = clocks.signals.usr1.recv() => self.report_so_far(true).await,
+                _ = tick_every(&mut clocks.report_every) => self.report_so_far(false).await,
+                _ = tick_every(&mut clocks.every) => {
+                    if self.on_marker(MarkerEvent::Marker(Marker::cycle_end_now())).await {
+                        return Ok(EndReason::CyclesDone);
+                    }
+                }
+                _ = clocks.sample_tick.tick() => {
+                    self.cutting.on_sample(&mut self.collectors, &mut self.browser).await;
+                }
+                _ = clocks.tick.tick() => {
+                    if let Some(ended_by) = self.on_tick() {
+                        return Ok(ended_by);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_marker(&mut self, event: MarkerEvent) -> bool {
+        self.cutting
+            .on_event(&mut self.collectors, &mut self.browser, event)
+            .await
+    }
+
+    /// Takes in the kernel's events; in attach mode, notices the root's exit (and follows the
+    /// next instance, if asked to).
+    fn on_tick(&mut self) -> Option<EndReason> {
+        self.collectors.follow();
+        self.cutting.check_teardown(&self.collectors);
+        if self.head.mode == "attach" && !target::is_alive(self.collectors.root_pid) {
+            match self.following.as_mut() {
+                Some(following) => following.on_root_gone(
+                    &mut self.collectors,
+                    &mut self.cutting,
+                    &mut self.browser,
+                ),
+                None => return Some(EndReason::TargetExited),
+            }
+        }
+        None
+    }
+
+    /// Ends the trace: no flow after this moment belongs to it; the markers already sent are
+    /// taken in; the last snapshot and browser view are read; what leaktrace started is
+    /// stopped; and the whole trace is returned.
+    async fn finish(mut self, ended_by: EndReason) -> Trace {
+        if let Some(command) = self.inputs.cycle_cmd.take() {
+            let _ = tokio::task::spawn_blocking(move || command.stop()).await;
+        }
+        if let Some(kernel) = self.collectors.kernel.as_mut()
+            && let Err(e) = kernel.stop_flows()
+        {
+            self.warnings.push(format!(
+                "address-space flows may include the trace's last moments: {e}"
+            ));
+        }
+        self.take_last_markers(ended_by).await;
+        self.progress.finish();
+        // The last sample, of the tree as it is now, before anything is stopped.
+        let (end_s, end, _) = self.collectors.snapshot();
+        self.cutting.check_teardown(&self.collectors);
+        // The last view, if still connected: no reconnecting to a browser that is shutting
+        // down.
+        if self.browser.is_connected() {
+            read_browser(&self.collectors, &mut self.browser).await;
+        }
+        self.browser.close().await;
+        if self.head.mode == "run" {
+            self.stop_what_we_started(ended_by).await;
+        }
+        self.collectors.follow();
+        self.collectors.table.reap();
+        drop(self.inputs.socket.take());
+        // The last report written on the way is whole before leaktrace goes on to the final one.
+        if let Some(reports) = &mut self.reports
+            && let Some(Err(e)) = reports.collect().await
+        {
+            self.warnings
+                .push(format!("a report during the trace was not written: {e}"));
+        }
+        let cut = self.cutting.finish(end_s, end, &mut self.browser);
+        let warnings = std::mem::take(&mut self.warnings);
+        let mut trace = self.collectors.trace(&self.head, warnings, ended_by, cut);
+        trace.exit_code = self.exit_status;
+        trace.browser = self.browser.summary;
+        trace
+    }
+
+    /// The command's last lines, and the markers queued when the trace ended.
+    async fn take_last_markers(&mut self, ended_by: EndReason) {
+        // The command's last lines may still be in its readers, each taking its reading before
+        // it hands its marker on: wait for them to reach the end of the output, a moment at
+        // most (a daemonized grandchild can hold the pipe open).
+        if ended_by == EndReason::CommandExited {
+            let deadline = Instant::now() + OUTPUT_GRACE;
+            while self.inputs.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        // Markers already sent when the trace ended still count, as many as [`DRAIN_LIMIT`]
+        // allows: a flood queued faster than it could be taken in must not hold the trace for
+        // minutes.
+        if ended_by == EndReason::CyclesDone {
+            return;
+        }
+        let until = Instant::now() + DRAIN_LIMIT;
+        while let Ok(event) = self.inputs.events.try_recv() {
+            if Instant::now() > until {
+                let left = std::iter::from_fn(|| self.inputs.events.try_recv().ok()).count();
+                self.cutting.count_dropped(1 + left as u64);
+                break;
+            }
+            if self.on_marker(event).await {
+                break;
+            }
+        }
+    }
+
+    /// Run mode: the command (if it still runs) and every descendant that outlived it.
+    async fn stop_what_we_started(&mut self, ended_by: EndReason) {
+        if self.exit_status.is_none() {
+            self.exit_status = stop_command(self.head.root_pid, &mut self.status, ended_by).await;
+        }
+        // Descendants that outlived the command (Chromium's crashpad handlers daemonize):
+        // leaktrace started them, so it does not leave them behind.
+        self.collectors.follow();
+        stop_leftovers(&mut self.collectors).await;
+        if let Some(watchdog) = self.collectors.watchdog.take() {
+            watchdog.release();
+        }
+        reap_children().await;
+    }
+
+    /// Writes the trace so far as a report, in the background, if reports are asked for and
+    /// the last one is done (`asked`: SIGUSR1, which says what became of it).
+    async fn report_so_far(&mut self, asked: bool) {
+        let say = |line: String| {
+            self.progress
+                .pass(true, format!("leaktrace: {line}\n").as_bytes())
+        };
+        let Some(reports) = &mut self.reports else {
+            if asked {
+                say("SIGUSR1: no --report-dir to write a report into".into());
+            }
+            return;
+        };
+        if reports.busy() {
+            if asked {
+                say("SIGUSR1: the last report is still being written; skipped".into());
+            }
+            return;
+        }
+        let cut = match self.cutting.so_far() {
+            Ok(cut) => cut,
+            Err(e) => {
+                say(format!(
+                    "warning: no report written: the spilled cycles: {e}"
+                ));
+                return;
+            }
+        };
+        let warnings = self.warnings.clone();
+        let mut trace = self
+            .collectors
+            .trace(&self.head, warnings, EndReason::Running, cut);
+        trace.browser = self.browser.summary.clone();
+        if let Some(Err(e)) = reports.write(trace).await {
+            say(format!("warning: a report was not written: {e}"));
+        }
+    }
+}
+
+/// The launched command's exit status, from a blocking thread that waits for it (never, in
+/// attach mode: the sender is dropped, and the loop does not wait on it).
+fn wait_for(child: Option<std::process::Child>) -> oneshot::Receiver<std::io::Result<ExitStatus>> {
+    let (status_tx, status) = oneshot::channel();
     if let Some(mut child) = child {
         tokio::task::spawn_blocking(move || {
             let _ = status_tx.send(child.wait());
         });
     }
-
-    let (t0, start, _) = collectors.snapshot();
-    let mut cutting = Cutting {
-        timeline: Timeline::new(marker_options.warmup, t0, start)
-            .with_spill_dir(options.spill_dir.clone()),
-        summary,
-        owned_at_cycle_ends: Default::default(),
-        progress: progress.clone(),
-        target: marker_options.cycles,
-        started,
-        inspector,
-        analyze_every: marker_options.analyze_every,
-        warmup: marker_options.warmup,
-        watch: None,
-        last_interim: None,
-        metrics: None,
-        between_instances: false,
-        segments: Vec::new(),
-        regions: Default::default(),
-        dumps: dumps::MemoryDumps::new(
-            options.memory_dumps && !matches!(options.cdp, CdpMode::Off),
-        ),
-    };
-    let mut following = match (&target, &options.follow) {
-        (Target::Attach(_), Some(rule)) => {
-            Some(Following::new(rule.clone(), &collectors, &mut cutting))
-        }
-        _ => None,
-    };
-    if let Some(endpoint) = &options.metrics {
-        let published = crate::render::metrics::Published::default();
-        endpoint
-            .serve(published.clone())
-            .map_err(SessionError::Metrics)?;
-        cutting.metrics = Some(published);
-    }
-    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(TICK);
-    let mut sample_tick = tokio::time::interval(options.interval);
-    let mut every = marker_options
-        .cycle_every
-        .map(|period| tokio::time::interval_at(tokio::time::Instant::now() + period, period));
-    let mut markers_open = true;
-    let mut exit_status = None;
-    let ended_by = loop {
-        tokio::select! {
-            // Signals first, so a flood of markers cannot hold them off; then markers, so one
-            // that arrived before the command's exit belongs to the trace.
-            biased;
-            _ = interrupt.recv() => break EndReason::Interrupted,
-            _ = terminate.recv() => break EndReason::Terminated,
-            event = marker_rx.recv(), if markers_open => match event {
-                None => markers_open = false,
-                Some(event) => {
-                    if cutting.on_event(&mut collectors, &mut browser, event).await {
-                        break EndReason::CyclesDone;
-                    }
-                }
-            },
-            status = &mut status_rx, if head.mode == "run" => {
-                exit_status = Some(status_code(status.expect("waiter thread").map_err(SessionError::Wait)?));
-                break EndReason::CommandExited;
-            }
-            _ = sleep_until(deadline) => break EndReason::Duration,
-            _ = usr1.recv() => {
-                report_so_far(&mut reports, &mut collectors, &head, &cutting, &browser, &warnings, true).await;
-            }
-            _ = tick_every(&mut report_every) => {
-                report_so_far(&mut reports, &mut collectors, &head, &cutting, &browser, &warnings, false).await;
-            }
-            _ = tick_every(&mut every) => {
-                let marker = Marker {
-                    boundary: Boundary::CycleEnd,
-                    values: BTreeMap::new(),
-                    ack: None,
-                    at_ns: crate::collect::sampler::boot_ns(),
-                    reading: None,
-                };
-                if cutting.on_event(&mut collectors, &mut browser, MarkerEvent::Marker(marker)).await {
-                    break EndReason::CyclesDone;
-                }
-            }
-            _ = sample_tick.tick() => {
-                // While cycles are cut, their ends read PSS: a sample only reads the counters,
-                // and leaves the budget to them.
-                let cutting_cycles = cutting.summary.cycles_seen > 0;
-                let sample = collectors.sample(if cutting_cycles { Depth::Counters } else { Depth::Budgeted });
-                follow_browser(&collectors, &mut browser, cutting.summary.cycles_seen == 0).await;
-                cutting.progress.update(started.elapsed(), sample.pss, &cutting.owned_at_cycle_ends);
-                if let Some(metrics) = &cutting.metrics {
-                    metrics.sample(&sample);
-                    let top = collectors.table.top_owned(crate::render::metrics::TOP_PROCESSES);
-                    metrics.update(|live| live.top = top);
-                    if let Some(kernel) = collectors.kernel.as_mut() {
-                        let lost = kernel.lost();
-                        metrics.update(|live| live.lost = LostReason::ALL
-                            .iter()
-                            .map(|&reason| (reason.name().to_string(), lost[reason as usize]))
-                            .collect());
-                    }
-                }
-            }
-            _ = tick.tick() => {
-                collectors.follow();
-                cutting.check_teardown(&collectors);
-                if head.mode == "attach" && !target::is_alive(collectors.root_pid) {
-                    match following.as_mut() {
-                        Some(following) => {
-                            following.on_root_gone(&mut collectors, &mut cutting, &mut browser);
-                        }
-                        None => break EndReason::TargetExited,
-                    }
-                }
-            }
-        }
-    };
-    if let Some(command) = cycle_cmd {
-        let _ = tokio::task::spawn_blocking(move || command.stop()).await;
-    }
-    // No flow after this moment belongs to the trace: the syscall hooks stop counting.
-    if let Some(kernel) = collectors.kernel.as_mut()
-        && let Err(e) = kernel.stop_flows()
-    {
-        warnings.push(format!(
-            "address-space flows may include the trace's last moments: {e}"
-        ));
-    }
-    // The command's last lines may still be in its readers, each taking its reading before it
-    // hands its marker on: wait for them to reach the end of the output, a moment at most (a
-    // daemonized grandchild can hold the pipe open).
-    if ended_by == EndReason::CommandExited {
-        let deadline = Instant::now() + OUTPUT_GRACE;
-        while readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    // Markers already sent when the trace ended still count, as many as [`DRAIN_LIMIT`] allows:
-    // a flood queued faster than it could be taken in must not hold the trace for minutes.
-    if ended_by != EndReason::CyclesDone {
-        let until = Instant::now() + DRAIN_LIMIT;
-        while let Ok(event) = marker_rx.try_recv() {
-            if Instant::now() > until {
-                cutting.summary.dropped =
-                    1 + std::iter::from_fn(|| marker_rx.try_recv().ok()).count() as u64;
-                break;
-            }
-            if cutting.on_event(&mut collectors, &mut browser, event).await {
-                break;
-            }
-        }
-    }
-    progress.finish();
-
-    // The last sample, of the tree as it is now, before anything is stopped.
-    let (end_s, end, _) = collectors.snapshot();
-    cutting.check_teardown(&collectors);
-    // The last view, if still connected: no reconnecting to a browser that is shutting down.
-    if browser.is_connected() {
-        read_browser(&collectors, &mut browser).await;
-    }
-    browser.close().await;
-    // The region growth is taken from the reading nearest the start of the fitted cycles (after
-    // the last snapshot: the fits take a moment on a long trace).
-    let fitted_from = fitted_from(&cutting.timeline, marker_options.warmup);
-    let Cutting {
-        timeline,
-        summary,
-        inspector,
-        segments,
-        regions,
-        dumps,
-        ..
-    } = cutting;
-    browser.summary.failed_calls += inspector.map_or(0, |i| i.failed_calls);
-    let (cycles, compacted) = timeline.finish(end_s, end);
-    if head.mode == "run" {
-        if exit_status.is_none() {
-            exit_status = stop_command(root_pid, &mut status_rx, ended_by).await;
-        }
-        // Descendants that outlived the command (Chromium's crashpad handlers daemonize):
-        // leaktrace started them, so it does not leave them behind.
-        collectors.follow();
-        stop_leftovers(&mut collectors).await;
-        if let Some(watchdog) = collectors.watchdog.take() {
-            watchdog.release();
-        }
-        reap_children().await;
-    }
-    collectors.follow();
-    collectors.table.reap();
-    drop(socket);
-    // The last report written on the way is whole before leaktrace goes on to the final one.
-    if let Some(reports) = &mut reports
-        && let Some(Err(e)) = reports.collect().await
-    {
-        warnings.push(format!("a report during the trace was not written: {e}"));
-    }
-    let mut trace = collectors.trace(&head, warnings, ended_by, cycles, compacted);
-    trace.exit_code = exit_status;
-    trace.segments = segments;
-    trace.memory_dumps = dumps.taken;
-    for process in &mut trace.processes {
-        process.regions = regions.top(process.pid, process.start_time, fitted_from);
-    }
-    trace.tracer.regions = regions.cost();
-    trace.markers = summary;
-    trace.browser = browser.summary;
-    Ok(trace)
-}
-
-/// What a trace says of itself that is fixed once the tree is found.
-struct Head {
-    command: Vec<String>,
-    mode: &'static str,
-    root_pid: u32,
-    started_at: String,
-    started: Instant,
-    interval_s: f64,
-}
-
-impl Collectors {
-    /// The trace as far as it has gone, for the end or for a report on the way: every
-    /// process with the kernel's figures now, the samples, and the cycles given. Its markers,
-    /// browser and exit code are the caller's to fill.
-    fn trace(
-        &mut self,
-        head: &Head,
-        warnings: Vec<String>,
-        ended_by: EndReason,
-        cycles: crate::trace::spill::Cycles,
-        compacted: Option<trace::CompactedCycles>,
-    ) -> Trace {
-        let mut events_lost = BTreeMap::new();
-        let rss = self.rss();
-        if let Some(kernel) = self.kernel.as_mut() {
-            self.table.collect_kernel(kernel);
-            let lost = kernel.lost();
-            for reason in LostReason::ALL {
-                events_lost.insert(reason.name().to_string(), lost[reason as usize]);
-            }
-        }
-        let processes = self.table.processes(rss);
-        Trace {
-            schema: SCHEMA.to_string(),
-            command: head.command.clone(),
-            mode: head.mode.to_string(),
-            root_pid: head.root_pid,
-            started_at: head.started_at.clone(),
-            duration_s: head.started.elapsed().as_secs_f64(),
-            ebpf: self.kernel.is_some(),
-            flows: self.kernel.as_ref().is_some_and(|k| k.flows),
-            resident_source: if rss.is_some() { "kernel" } else { "proc" }.to_string(),
-            interval_s: head.interval_s,
-            warnings,
-            ended_by,
-            exit_code: None,
-            events_lost,
-            totals: trace::totals(&processes, self.last_alive.as_ref()),
-            processes,
-            samples: self.series.points().to_vec(),
-            cycles,
-            compacted,
-            segments: Vec::new(),
-            memory_dumps: Vec::new(),
-            markers: MarkerSummary::default(),
-            browser: Default::default(),
-            analysis: Default::default(),
-            tracer: trace::TracerCost::of_self(self.tree.cost()),
-        }
-    }
-}
-
-/// Writes the trace so far as a report, in the background, if reports are asked for and the
-/// last one is done (`asked`: SIGUSR1, which says what became of it).
-async fn report_so_far(
-    reports: &mut Option<Reports>,
-    collectors: &mut Collectors,
-    head: &Head,
-    cutting: &Cutting,
-    browser: &BrowserReader,
-    warnings: &[String],
-    asked: bool,
-) {
-    let say = |line: String| {
-        cutting
-            .progress
-            .pass(true, format!("leaktrace: {line}\n").as_bytes())
-    };
-    let Some(reports) = reports else {
-        if asked {
-            say("SIGUSR1: no --report-dir to write a report into".into());
-        }
-        return;
-    };
-    if reports.busy() {
-        if asked {
-            say("SIGUSR1: the last report is still being written; skipped".into());
-        }
-        return;
-    }
-    let (cycles, compacted) = match cutting.timeline.so_far() {
-        Ok(so_far) => so_far,
-        Err(e) => {
-            say(format!(
-                "warning: no report written: the spilled cycles: {e}"
-            ));
-            return;
-        }
-    };
-    let mut trace = collectors.trace(
-        head,
-        warnings.to_vec(),
-        EndReason::Running,
-        cycles,
-        compacted,
-    );
-    trace.markers = cutting.summary.clone();
-    trace.segments = cutting.segments.clone();
-    trace.memory_dumps = cutting.dumps.taken.clone();
-    let fitted_from = fitted_from(&cutting.timeline, cutting.warmup);
-    for process in &mut trace.processes {
-        process.regions = cutting
-            .regions
-            .top(process.pid, process.start_time, fitted_from);
-    }
-    trace.tracer.regions = cutting.regions.cost();
-    trace.browser = browser.summary.clone();
-    if let Some(Err(e)) = reports.write(trace).await {
-        say(format!("warning: a report was not written: {e}"));
-    }
-}
-
-/// The first cycle whose end the tree's fit takes (past its warm-up, in the latest segment).
-fn fitted_from(timeline: &Timeline, warmup: u32) -> u32 {
-    let warmup = (warmup > 0).then_some(warmup as usize);
-    let analysis = crate::analysis::analyze_history(&timeline.history(), warmup, None);
-    let skipped = analysis.tree().map_or(0, |t| t.warmup_cycles) as u32;
-    timeline.segment_first() + skipped
+    status
 }
 
 async fn tick_every(every: &mut Option<tokio::time::Interval>) {

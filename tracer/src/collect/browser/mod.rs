@@ -225,6 +225,11 @@ const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
 pub const VIEW_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl BrowserReader {
+    /// Calls that failed elsewhere (the worker's inspector) are counted with the browser's.
+    pub fn count_failed_calls(&mut self, failed: u64) {
+        self.summary.failed_calls += failed;
+    }
+
     pub fn new(mode: CdpMode, redact_urls: bool, page_renderers: bool) -> BrowserReader {
         let label = match &mode {
             CdpMode::Auto => "auto",
