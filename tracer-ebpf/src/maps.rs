@@ -9,11 +9,9 @@ use tracer_common::{
     KernelConfig, LOST_REASON_COUNT, LostReason, ProcessFlows, ProcessKey, RSS_COUNTERS, Resident,
 };
 
-use crate::{syscalls::Pending, vma::Walk};
-
 /// Processes (tgids) and threads followed at once.
 const MAX_PROCESSES: u32 = 65_536;
-const MAX_THREADS: u32 = 65_536;
+pub const MAX_THREADS: u32 = 65_536;
 
 /// Set by the loader before load (`.rodata`), so the verifier treats every field as a constant.
 #[unsafe(no_mangle)]
@@ -80,24 +78,10 @@ pub static FLOWS: PerCpuHashMap<ProcessKey, ProcessFlows> =
 #[map]
 static ZERO_FLOWS: PerCpuArray<ProcessFlows> = PerCpuArray::with_max_entries(1, 0);
 
-/// What a thread's memory syscall looked like at entry, until its return: pid_tgid -> Pending.
-#[map]
-pub static STASH: HashMap<u64, Pending> = HashMap::with_max_entries(MAX_THREADS, 0);
-
 /// Resident counters per tracked tgid, from kmem:rss_stat. Not per CPU: each update stores the
 /// kernel's absolute counter value, so the last writer is right.
 #[map]
 pub static RESIDENT: HashMap<ProcessKey, Resident> = HashMap::with_max_entries(MAX_PROCESSES, 0);
-
-/// Scratch space for one VMA walk per CPU: a walk is too large for the 512-byte stack.
-#[map]
-static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
-
-pub fn scratch_walk() -> Option<&'static mut Walk> {
-    // SAFETY: the pointer is this CPU's slot of a map this program owns, valid for its run, and
-    // programs do not nest on one CPU.
-    WALK.get_ptr_mut(0).map(|walk| unsafe { &mut *walk })
-}
 
 /// Set to 1 by the loader when the trace ends: from then on the syscall hooks count nothing,
 /// at once, though detaching them takes the kernel the better part of a second (see the

@@ -23,7 +23,8 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    macros::tracepoint,
+    macros::{map, tracepoint},
+    maps::HashMap,
     programs::TracePointContext,
 };
 use tracer_common::{
@@ -31,12 +32,14 @@ use tracer_common::{
     syscall_record::{ARGS as RECORD_ARGS, NR as RECORD_NR, RET as RECORD_RET},
 };
 
-use crate::mappings;
-use crate::maps::{
-    STASH, btf_field, config, count_lost, flows_of, flows_stopped, read_kernel, scratch_walk,
-    tracked,
+use crate::{
+    mappings,
+    maps::{
+        MAX_THREADS, btf_field, config, count_lost, flows_of, flows_stopped, read_kernel, tracked,
+    },
+    pending::{Pending, bounded},
+    vma::{self, FindVma, Lookup, NO_PROT, PAGE_SIZE, RbTree, Walk, page_align, scratch_walk},
 };
-use crate::vma::{self, FindVma, Lookup, NO_PROT, PAGE_SIZE, RbTree, Walk, bounded, page_align};
 
 const MAP_TYPE: u64 = 0x03;
 const MAP_PRIVATE: u64 = 0x02;
@@ -50,50 +53,9 @@ const MADV_DONTNEED: u64 = 4;
 const MADV_FREE: u64 = 8;
 const MADV_REMOVE: u64 = 9;
 
-/// One thread's memory syscall between entry and return.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Pending {
-    /// The call's first four arguments.
-    args: [u64; 4],
-    /// Page-aligned length (the old length for mremap).
-    len: u64,
-    /// The break before brk; total_vm (pages) before munmap and MAP_FIXED mmap.
-    before: u64,
-    out_mask: u64,
-    into_mask: u64,
-    /// Bytes per class the call removes (munmap, MAP_FIXED), releases (madvise), or moves out (mprotect).
-    out: [u64; CLASS_COUNT],
-    /// Bytes per class mprotect moves in.
-    into: [u64; CLASS_COUNT],
-    /// The calling process's generation in the tracked set, found at entry.
-    generation: u64,
-    /// 1 when the range is a whole mapping the process made (see `mappings`), attributed
-    /// without a walk.
-    recorded: u64,
-}
-
-impl Pending {
-    pub fn add_out(&mut self, class: usize, bytes: u64) {
-        let class = bounded(class);
-        self.out[class] += bytes;
-        self.out_mask |= 1 << class;
-    }
-
-    pub fn add_into(&mut self, class: usize, bytes: u64) {
-        let class = bounded(class);
-        self.into[class] += bytes;
-        self.into_mask |= 1 << class;
-    }
-
-    fn out_total(&self) -> u64 {
-        let mut total = 0;
-        for bytes in self.out {
-            total += bytes;
-        }
-        total
-    }
-}
+/// What a thread's memory syscall looked like at entry, until its return: pid_tgid -> Pending.
+#[map]
+static STASH: HashMap<u64, Pending> = HashMap::with_max_entries(MAX_THREADS, 0);
 
 /// A field of the tracepoint's record, at a constant offset: a plain load from the context.
 #[inline(always)]

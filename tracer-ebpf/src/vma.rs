@@ -19,11 +19,17 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_loop};
-use tracer_common::{CLASS_COUNT, LostReason, RegionClass};
+use aya_ebpf::{
+    helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_loop},
+    macros::map,
+    maps::PerCpuArray,
+};
+use tracer_common::{LostReason, RegionClass};
 
-use crate::maps::{btf_field, config, count_lost, current_task, read_kernel};
-use crate::syscalls::Pending;
+use crate::{
+    maps::{btf_field, config, count_lost, current_task, read_kernel},
+    pending::Pending,
+};
 
 pub const PAGE_SIZE: u64 = 4096;
 /// `Walk::run`'s `new_prot` for calls other than mprotect.
@@ -317,6 +323,16 @@ pub fn class_at<L: Lookup>(addr: u64) -> Option<usize> {
     L::find(addr).map(|vma| classify(vma.flags, vma.file_kind, vma.start, vma.end, &heap))
 }
 
+/// Scratch space for one VMA walk per CPU: a walk is too large for the 512-byte stack.
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+pub fn scratch_walk() -> Option<&'static mut Walk> {
+    // SAFETY: the pointer is this CPU's slot of a map this program owns, valid for its run, and
+    // programs do not nest on one CPU.
+    WALK.get_ptr_mut(0).map(|walk| unsafe { &mut *walk })
+}
+
 /// A walk over `[cur, end)`, one VMA per step, adding into `pending`.
 #[repr(C)]
 pub struct Walk {
@@ -394,14 +410,5 @@ impl Walk {
         }
         self.cur = seg_end;
         true
-    }
-}
-
-/// Keeps a class index provably inside the per-class arrays for the verifier.
-pub fn bounded(class: usize) -> usize {
-    if class < CLASS_COUNT {
-        class
-    } else {
-        CLASS_COUNT - 1
     }
 }

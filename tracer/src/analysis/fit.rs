@@ -45,6 +45,14 @@ const ALPHA: f64 = 0.01;
 /// Mann–Kendall cannot reach ALPHA on fewer cycles: a strictly increasing 5 has p = 0.028.
 pub const TREND_MIN_CYCLES: usize = 6;
 pub(crate) const SECONDS_PER_DAY: f64 = 86_400.0;
+/// A lag's autocorrelation counts in Hamed–Rao's correction when |r_k| exceeds this over √n:
+/// the two-sided 5% point of the normal distribution.
+const AUTOCORRELATION_Z: f64 = 1.96;
+/// A warm-up's knee counts when the rise before it is more than this many times the rise after.
+const WARMUP_RISE_RATIO: f64 = 3.0;
+/// Accelerating: the second half's slope more than this many times the first half's (Chromium's
+/// own creep can tilt a linear leak's second half by half again).
+const ACCELERATION_RATIO: f64 = 2.0;
 
 /// Theil–Sen slope and intercept of `ys` against 0, 1, 2, ...
 pub fn theil_sen(ys: &[f64]) -> Option<(f64, f64)> {
@@ -179,7 +187,7 @@ fn hamed_rao_factor(ys: &[f64], sen_slope: f64) -> f64 {
         return 1.0;
     }
     let nf = n as f64;
-    let bound = 1.96 / nf.sqrt();
+    let bound = AUTOCORRELATION_Z / nf.sqrt();
     let mut sum = 0.0;
     // Lags n − 2 and beyond weigh (n−k)(n−k−1)(n−k−2) = 0.
     for k in 1..n - 2 {
@@ -276,7 +284,7 @@ pub fn detect_warmup(ys: &[f64], significant: f64) -> usize {
     let rise = |part: &[f64]| theil_sen(part).map_or(0.0, |f| f.0) * (part.len() - 1) as f64;
     let (before, after) = (rise(&ys[..=knee]), rise(&ys[knee..]));
     // A warm-up grows clearly, and more than everything after it.
-    if before > significant && before > 3.0 * after.max(0.0) {
+    if before > significant && before > WARMUP_RISE_RATIO * after.max(0.0) {
         knee
     } else {
         0
@@ -377,10 +385,9 @@ fn fit_points(
             let first = theil_sen(&post[..=half]).map_or(0.0, |f| f.0);
             let second = theil_sen(&post[half..]).map_or(0.0, |f| f.0);
             let increments: Vec<f64> = post.windows(2).map(|w| w[1] - w[0]).collect();
-            // Twice the slope: Chromium's own creep can tilt a linear leak's second half by half
-            // again. The increments must trend up as well: one outlier can drag a short half's
-            // median, but its high and low increments cancel in Mann–Kendall's S.
-            if second > 2.0 * first.max(0.0)
+            // The increments must trend up as well: one outlier can drag a short half's median,
+            // but its high and low increments cancel in Mann–Kendall's S.
+            if second > ACCELERATION_RATIO * first.max(0.0)
                 && (second - first) * (post.len() - half) as f64 > significant
                 && rises(&increments)
             {

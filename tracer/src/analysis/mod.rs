@@ -152,12 +152,52 @@ pub fn analyze(trace: &Trace, warmup: Option<usize>, budget: Option<Budget>) -> 
     analysis
 }
 
+/// The cycles the tree's fit takes: the measured cycles of the latest segment past its warm-up.
+/// On a trace of more than [`crate::trace::digest::MAX_FIT_POINTS`] cycles, the fit's warm-up
+/// ends on a whole point, so the fits' cycles may start up to a point's width later.
+pub fn fitted_cycles(trace: &Trace) -> impl Iterator<Item = &Cycle> {
+    let segment = trace.cycles.last().map_or(0, |c| c.segment);
+    let warmup = trace.analysis.tree().map_or(0, |t| t.warmup_cycles);
+    trace
+        .cycles
+        .iter()
+        .filter(move |c| c.segment == segment && c.is_measured())
+        .skip(warmup)
+}
+
 /// The same over a list of cycles (the interim analysis of a trace still running).
 pub fn analyze_cycles(cycles: &[Cycle], warmup: Option<usize>, budget: Option<Budget>) -> Analysis {
     analyze_history(&History::of(cycles), warmup, budget)
 }
 
-/// The same over the digest of the cycles (see [`history`]): a long trace's.
+/// What counts as growth over the fitted cycles of a series in bytes: [`MIN_GROWTH_BYTES`] or
+/// [`MIN_GROWTH_SHARE`] of the series' level, whichever is more. Real workers wander by more
+/// than a smaller floor suggests, in CI's busy runs: a healthy Chromium tree (the zoo's `none`)
+/// creeps by 3% of its owned PSS over some 60 cycles until V8's memory reducer gives it back (at
+/// 0.5%, a 30-cycle trace of it read as a renderer-native leak), and a healthy Bun + puppeteer
+/// scraper's tree rose 4.7% over 20 cycles once (at 2%, read as a worker leak). A slow leak
+/// still shows once the trace is long enough: the floor is on the change over all the fitted
+/// cycles, not per cycle.
+const MIN_GROWTH_BYTES: f64 = 256.0 * 1024.0;
+const MIN_GROWTH_SHARE: f64 = 0.08;
+/// A warm-up is found by a smaller rise: a browser's start-up (17 MB of a 175 MB tree) is a
+/// warm-up to leave out of the fit, though not growth to call a leak.
+const WARMUP_SHARE: f64 = 0.02;
+/// What counts as growth of a count (pages, contexts, browsers, processes): half of one.
+const MIN_GROWTH_COUNT: f64 = 0.5;
+/// The browser's series are fitted when it was read at four in five cycles at least, as
+/// (views, cycles): a read can fail while the browser is busy, and with too many missing the
+/// series would not be the cycles'.
+const MIN_VIEWS_SHARE: (usize, usize) = (4, 5);
+
+/// What a series measures, for its floor of growth.
+#[derive(Clone, Copy)]
+enum Unit {
+    Bytes,
+    Count,
+}
+
+/// The same over the digest of the cycles (see [`crate::trace::digest`]): a long trace's.
 pub fn analyze_history(
     history: &History,
     warmup: Option<usize>,
@@ -171,65 +211,7 @@ pub fn analyze_history(
     if history.cycles() == 0 {
         return analysis;
     }
-    // What counts as growth over the fitted cycles: for bytes, 256 KiB or 8% of the series'
-    // level, whichever is more; for counts, half a page or context. Real workers wander by
-    // more than that floor suggests, in CI's busy runs: a healthy Chromium tree (the zoo's
-    // `none`) creeps by 3% of its owned PSS over some 60 cycles until V8's memory reducer gives
-    // it back (at 0.5%, a 30-cycle trace of it read as a renderer-native leak), and a healthy
-    // Bun + puppeteer scraper's tree rose 4.7% over 20 cycles once (at 2%, read as a worker
-    // leak). A slow leak still shows once the trace is long enough: the floor is on the change
-    // over all the fitted cycles, not per cycle.
-    // A warm-up is found by a smaller rise, 2% of the level: a browser's start-up (17 MB of a
-    // 175 MB tree) is a warm-up to leave out of the fit, though not growth to call a leak.
-    const BYTES: f64 = 256.0 * 1024.0;
-    const BYTES_SHARE_OF_LEVEL: f64 = 0.08;
-    const WARMUP_SHARE_OF_LEVEL: f64 = 0.02;
-    let mut add = |name: Series, binned: &Binned<f64>, floor: f64| {
-        let ys = binned.points();
-        let level = ys.iter().map(|y| y.abs()).sum::<f64>() / ys.len().max(1) as f64;
-        let (significant, knee) = if floor == BYTES {
-            (
-                floor.max(BYTES_SHARE_OF_LEVEL * level),
-                floor.max(WARMUP_SHARE_OF_LEVEL * level),
-            )
-        } else {
-            (floor, floor)
-        };
-        let warmup = warmup.unwrap_or_else(|| detect_warmup(ys, knee) * binned.width());
-        analysis
-            .series
-            .push(fit_binned(name, binned, Some(warmup), cycle_s, significant));
-    };
-    // The tree: its PSS as people know it, the part it owns (what growth is judged on, see
-    // `RoleTotals::owned`), and the shared-memory and file-backed parts for question 2.
-    add(Series::TreeOwned, &history.tree_owned, BYTES);
-    add(Series::TreePss, &history.tree_pss, BYTES);
-    add(Series::TreeShmem, &history.tree_shmem, BYTES);
-    add(Series::TreeFile, &history.tree_file, BYTES);
-    for (role, owned) in &history.roles {
-        add(Series::RoleOwned(role.clone()), owned, BYTES);
-    }
-    // Process counts: relaunched browsers that are never closed pile up, each with its tree.
-    add(Series::Browsers, &history.browsers, 0.5);
-    add(Series::Processes, &history.processes, 0.5);
-    for (key, figure) in &history.worker {
-        if let Some(figure) = figure.binned() {
-            add(Series::worker(key), figure, BYTES);
-        }
-    }
-    // The browser's view, over the cycles it was read at (a read can fail while the browser is
-    // busy); with too many missing, the series would not be the cycles'.
-    if history.views > 0 && history.views * 5 >= history.cycles() * 4 {
-        add(Series::Pages, &history.pages, 0.5);
-        add(Series::Contexts, &history.contexts, 0.5);
-        add(Series::JsHeap, &history.js_heap, BYTES);
-        // Per site: the JS heap of every page of an origin, for origins open in every view.
-        for (site, heap) in &history.sites {
-            if let Some(heap) = heap.binned() {
-                add(Series::SiteJsHeap(site.clone()), heap, BYTES);
-            }
-        }
-    }
+    analysis.series = fit_every_series(history, warmup, cycle_s);
     analysis.cycle_growth = history.cycle_growth();
     // Per phase, the mean over the points past the tree's warm-up (a whole number of points).
     let tree_warmup = analysis.tree().map_or(0, |t| t.warmup_cycles);
@@ -254,6 +236,56 @@ pub fn analyze_history(
         analysis.segments.push(current);
     }
     analysis
+}
+
+/// Fits every series the digest holds: the tree, each role, the process counts, the worker's
+/// figures and the browser's view.
+fn fit_every_series(history: &History, warmup: Option<usize>, cycle_s: f64) -> Vec<SeriesFit> {
+    let mut fits = Vec::new();
+    let mut add = |name: Series, binned: &Binned<f64>, unit: Unit| {
+        let ys = binned.points();
+        let level = ys.iter().map(|y| y.abs()).sum::<f64>() / ys.len().max(1) as f64;
+        let (significant, knee) = match unit {
+            Unit::Bytes => (
+                MIN_GROWTH_BYTES.max(MIN_GROWTH_SHARE * level),
+                MIN_GROWTH_BYTES.max(WARMUP_SHARE * level),
+            ),
+            Unit::Count => (MIN_GROWTH_COUNT, MIN_GROWTH_COUNT),
+        };
+        let warmup = warmup.unwrap_or_else(|| detect_warmup(ys, knee) * binned.width());
+        fits.push(fit_binned(name, binned, Some(warmup), cycle_s, significant));
+    };
+    // The tree: its PSS as people know it, the part it owns (what growth is judged on, see
+    // `RoleTotals::owned`), and the shared-memory and file-backed parts for question 2.
+    add(Series::TreeOwned, &history.tree_owned, Unit::Bytes);
+    add(Series::TreePss, &history.tree_pss, Unit::Bytes);
+    add(Series::TreeShmem, &history.tree_shmem, Unit::Bytes);
+    add(Series::TreeFile, &history.tree_file, Unit::Bytes);
+    for (role, owned) in &history.roles {
+        add(Series::RoleOwned(role.clone()), owned, Unit::Bytes);
+    }
+    // Process counts: relaunched browsers that are never closed pile up, each with its tree.
+    add(Series::Browsers, &history.browsers, Unit::Count);
+    add(Series::Processes, &history.processes, Unit::Count);
+    for (key, figure) in &history.worker {
+        if let Some(figure) = figure.binned() {
+            add(Series::worker(key), figure, Unit::Bytes);
+        }
+    }
+    // The browser's view, over the cycles it was read at.
+    let (views, per_cycles) = MIN_VIEWS_SHARE;
+    if history.views > 0 && history.views * per_cycles >= history.cycles() * views {
+        add(Series::Pages, &history.pages, Unit::Count);
+        add(Series::Contexts, &history.contexts, Unit::Count);
+        add(Series::JsHeap, &history.js_heap, Unit::Bytes);
+        // Per site: the JS heap of every page of an origin, for origins open in every view.
+        for (site, heap) in &history.sites {
+            if let Some(heap) = heap.binned() {
+                add(Series::SiteJsHeap(site.clone()), heap, Unit::Bytes);
+            }
+        }
+    }
+    fits
 }
 
 /// The fit of one finished segment, from the digest [`History`] keeps of it.

@@ -6,6 +6,10 @@ use super::{
 };
 use crate::trace::Role;
 
+/// Browsers, contexts or pages accumulate when their count grows by at least this per cycle:
+/// half of one (a count that rises by one every other cycle).
+const MIN_COUNT_GROWTH: f64 = 0.5;
+
 /// The worker's figures that measure its JS heap, and those that measure memory outside it,
 /// by the keys `process.memoryUsage()`, the socket and `--worker-inspect` give them.
 const HEAP_FIGURES: [&str; 3] = ["heapUsed", "inspect.heapUsed", "heap_used"];
@@ -205,7 +209,7 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
         (Series::Contexts, Source::ContextAccumulation),
         (Series::Pages, Source::PageAccumulation),
     ] {
-        if let Some(fit) = series(&name).filter(|f| f.per_cycle >= 0.5 && grows(f)) {
+        if let Some(fit) = series(&name).filter(|f| f.per_cycle >= MIN_COUNT_GROWTH && grows(f)) {
             return found(source, vec![evidence(fit, "")]);
         }
     }

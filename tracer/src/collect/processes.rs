@@ -681,6 +681,17 @@ pub struct Process {
     pub regions: Vec<RegionGrowth>,
 }
 
+impl Process {
+    /// `running`, `exit 3`, or `exited` (the code unknown), as every table writes it.
+    pub fn state(&self) -> String {
+        match (self.exited, self.exit_code) {
+            (false, _) => "running".into(),
+            (true, Some(code)) => format!("exit {code}"),
+            (true, None) => "exited".into(),
+        }
+    }
+}
+
 /// Resident memory by kind, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -39,8 +39,15 @@ fn grows(fit: Option<&SeriesFit>) -> bool {
     })
 }
 
+/// Between two growths, the after/before ratio of the per-day rates below which it improved,
+/// and above which it regressed: a fifth less or more (a rate measured twice on the same
+/// worker moves by less).
+const IMPROVED_BELOW: f64 = 0.8;
+const REGRESSED_ABOVE: f64 = 1.2;
+
 /// How one series changed: growth that stopped is fixed, growth that started is new; between two
-/// growths, a fifth less or more per day is the line between unchanged and better or worse.
+/// growths, [`IMPROVED_BELOW`] and [`REGRESSED_ABOVE`] are the lines between unchanged and better
+/// or worse.
 pub fn change(before: Option<&SeriesFit>, after: Option<&SeriesFit>) -> Change {
     match (grows(before), grows(after)) {
         (true, false) => Change::Fixed,
@@ -51,9 +58,9 @@ pub fn change(before: Option<&SeriesFit>, after: Option<&SeriesFit>) -> Change {
                 before.map_or(0.0, |f| f.per_day),
                 after.map_or(0.0, |f| f.per_day),
             );
-            if a < 0.8 * b {
+            if a < IMPROVED_BELOW * b {
                 Change::Improved
-            } else if a > 1.2 * b {
+            } else if a > REGRESSED_ABOVE * b {
                 Change::Regressed
             } else {
                 Change::Unchanged

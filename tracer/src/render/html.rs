@@ -147,13 +147,16 @@ fn figure(out: &mut String, series: &str, svg: &str) {
     );
 }
 
-/// Cycles where the page or context count fell: recreation points.
+/// Cycles that recreated pages or contexts (against the cycle before): recreation points.
 fn recreations(cycles: &[&Cycle]) -> Vec<u32> {
     cycles
         .windows(2)
         .filter_map(|w| {
-            let (a, b) = (w[0].browser.as_ref()?, w[1].browser.as_ref()?);
-            (b.pages < a.pages || b.contexts < a.contexts).then_some(w[1].index)
+            let (before, after) = (w[0].browser.as_ref()?, w[1].browser.as_ref()?);
+            after
+                .counts()
+                .recreated_since(before.counts())
+                .then_some(w[1].index)
         })
         .collect()
 }
@@ -335,12 +338,7 @@ pub fn render_html(trace: &Trace) -> String {
         "<h2>Processes</h2>\n<table><tr><th>pid</th><th>ppid</th><th>role</th><th>command</th><th>state</th><th>PSS</th><th>anon</th><th>file</th><th>shmem</th><th>peak anon</th></tr>"
     );
     for p in &trace.processes {
-        let state = if p.exited {
-            p.exit_code
-                .map_or("exited".to_string(), |c| format!("exit {c}"))
-        } else {
-            "running".into()
-        };
+        let state = p.state();
         let _ = writeln!(
             out,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

@@ -21,7 +21,7 @@ use super::{
     Cycle, Role, RoleTotals,
     findings::{Distribution, SegmentFit},
 };
-use crate::collect::browser::origin;
+use crate::collect::browser::{Counts, origin};
 
 /// The most points a series is fitted on. Theil–Sen, Mann–Kendall and the warm-up search are
 /// O(n²); past this, cycles are binned (see the module), so a 100,000-cycle trace fits in
@@ -346,7 +346,7 @@ pub struct History {
     changes: Changes,
     last_owned: Option<i64>,
     /// The page and context counts of the last measured cycle, if it had a view.
-    last_counts: Option<(u32, u32)>,
+    last_counts: Option<Counts>,
     recreated: Mean,
     others: Mean,
     pub(crate) browsers_at_start: Option<u64>,
@@ -432,11 +432,11 @@ impl History {
             entry.1 += 1;
         }
         self.phases.push(phases);
-        // Recreation: a cycle whose page or context count fell below the previous cycle's.
-        let counts = cycle.browser.as_ref().map(|v| (v.pages, v.contexts));
+        // Recreation: against the previous measured cycle's view.
+        let counts = cycle.browser.as_ref().map(|v| v.counts());
         if let (Some(before), Some(after)) = (self.last_counts, counts) {
             let change = cycle.tree().owned as f64;
-            if after.0 < before.0 || after.1 < before.1 {
+            if after.recreated_since(before) {
                 self.recreated.add(change);
             } else {
                 self.others.add(change);

@@ -210,10 +210,14 @@ pub struct Segment {
 }
 
 impl Cycle {
-    /// A whole cycle the fits can use: neither cut short by the end of the trace nor measured
-    /// on a tree tearing down.
+    /// Ended at the worker's own marker: not cut by the trace's end or the worker's exit.
+    pub fn is_complete(&self) -> bool {
+        !self.cut
+    }
+
+    /// A whole cycle the fits can use: complete, and not measured on a tree tearing down.
     pub fn is_measured(&self) -> bool {
-        !self.cut && !self.teardown
+        self.is_complete() && !self.teardown
     }
 
     /// What changed over the cycle in the whole tree.

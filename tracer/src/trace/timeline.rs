@@ -16,7 +16,7 @@ use tracer_common::{ClassFlow, RegionClass};
 use super::{
     CompactedCycles, Cycle, Growth, Phase, Role, RoleTotals,
     compact_map::CompactMap,
-    digest::History,
+    digest::{History, median},
     spill::{Cycles, Spill},
 };
 use crate::collect::{
@@ -266,8 +266,8 @@ impl Timeline {
 
     /// Closes the open cycle as `cut` at `end_s` when it holds anything worth keeping.
     fn cut_open(&mut self, end_s: f64, snapshot: Snapshot) {
-        let durations: Vec<f64> = self.cycles.iter().map(|c| c.end_s - c.start_s).collect();
-        let typical = median(&durations);
+        let mut durations: Vec<f64> = self.cycles.iter().map(|c| c.end_s - c.start_s).collect();
+        let typical = median(&mut durations);
         let open = &self.open;
         let span = end_s - open.start_s;
         let worth_keeping = open.phase.is_some()
@@ -403,15 +403,6 @@ fn minus(a: &ClassFlow, b: &ClassFlow) -> ClassFlow {
         released: a.released.saturating_sub(b.released),
         calls: a.calls.saturating_sub(b.calls),
     }
-}
-
-fn median(values: &[f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    Some(sorted[sorted.len() / 2])
 }
 
 #[cfg(test)]

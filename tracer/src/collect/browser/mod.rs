@@ -118,7 +118,29 @@ pub struct BrowserView {
     pub failed_calls: u64,
 }
 
+/// The pages and contexts open at one view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counts {
+    pub pages: u32,
+    pub contexts: u32,
+}
+
+impl Counts {
+    /// Whether the worker recreated pages or contexts since `before`: the page or context count
+    /// fell. The one rule the recreation answer and the HTML page's recreation points share.
+    pub fn recreated_since(self, before: Counts) -> bool {
+        self.pages < before.pages || self.contexts < before.contexts
+    }
+}
+
 impl BrowserView {
+    pub fn counts(&self) -> Counts {
+        Counts {
+            pages: self.pages,
+            contexts: self.contexts,
+        }
+    }
+
     /// Keeps what the analysis reads of an older cycle's view: the counts, the JS heap, and
     /// the JS heap per site (one entry per origin of the worker's pages); drops the URLs, the
     /// pages one by one and the process list.

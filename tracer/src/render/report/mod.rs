@@ -19,12 +19,12 @@ use crate::{
 /// Beyond this many processes, the tables show the busiest ones (the JSON has all).
 const MAX_ROWS: usize = 40;
 
-fn state(process: &Process) -> String {
-    match (process.exited, process.exit_code) {
-        (false, _) => "running".into(),
-        (true, Some(code)) => format!("exit {code}"),
-        (true, None) => "exited".into(),
-    }
+/// `, exit status 3` when the command's status is known.
+fn exit_status(trace: &Trace) -> String {
+    trace
+        .exit_code
+        .map(|c| format!(", exit status {c}"))
+        .unwrap_or_default()
 }
 
 fn truncate(text: &str, width: usize) -> String {
@@ -108,10 +108,7 @@ pub fn render_full(trace: &Trace) -> String {
 }
 
 fn header(out: &mut String, trace: &Trace) {
-    let status = trace
-        .exit_code
-        .map(|c| format!(", exit status {c}"))
-        .unwrap_or_default();
+    let status = exit_status(trace);
     let _ = writeln!(
         out,
         "leaktrace: {} `{}` (pid {}) for {:.1} s; ended: {}{status}",
@@ -339,7 +336,7 @@ fn cycles(out: &mut String, trace: &Trace) {
     if trace.cycles.is_empty() {
         return;
     }
-    let cut = trace.cycles.iter().filter(|c| c.cut).count();
+    let cut = trace.cycles.iter().filter(|c| !c.is_complete()).count();
     let complete = trace.cycles.count() - cut;
     let _ = writeln!(
         out,
@@ -423,9 +420,10 @@ fn cycles(out: &mut String, trace: &Trace) {
             figures.join(" ")
         );
     }
-    // Per phase, the mean over complete cycles past warm-up: where the growth happens.
+    // Per phase, the mean over the cycles the fits take (the same as the answers' `when`):
+    // where the growth happens.
     let mut phases: BTreeMap<&str, (i64, i64, i64, u32)> = BTreeMap::new();
-    for cycle in trace.cycles.iter().filter(|c| c.is_measured() && !c.warmup) {
+    for cycle in crate::analysis::fitted_cycles(trace) {
         for phase in cycle.phases.iter().filter(|p| !p.teardown) {
             let entry = phases.entry(&phase.name).or_default();
             let tree = phase.tree();
@@ -555,7 +553,7 @@ fn resident_by_process(out: &mut String, trace: &Trace, rows: &[&Process]) {
             process.pid,
             truncate(process.role.as_str(), 18),
             truncate(&process.comm, 16),
-            state(process),
+            process.state(),
             size(process.pss),
             size(resident.anon),
             size(resident.file),
@@ -596,7 +594,7 @@ fn address_space_by_process(out: &mut String, trace: &Trace, rows: &[&Process]) 
             process.pid,
             process.ppid,
             truncate(&process.comm, 16),
-            state(process)
+            process.state()
         );
         let split_known = !process.class_split_partial();
         partial += usize::from(!split_known);

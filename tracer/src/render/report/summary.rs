@@ -97,11 +97,8 @@ fn header(out: &mut String, trace: &Trace, width: usize) {
         line
     };
     let _ = writeln!(out, "{line}");
-    let cycles = trace.cycles.iter().filter(|c| !c.cut).count();
-    let status = trace
-        .exit_code
-        .map(|c| format!(", exit status {c}"))
-        .unwrap_or_default();
+    let cycles = trace.cycles.iter().filter(|c| c.is_complete()).count();
+    let status = super::exit_status(trace);
     let text = format!(
         "{cycles} cycles in {}; ended: {}{status}",
         duration(trace.duration_s),
@@ -161,7 +158,7 @@ fn by_role(out: &mut String, trace: &Trace) {
         .cycles
         .iter()
         .rev()
-        .find(|c| !c.cut && !c.by_role.is_empty());
+        .find(|c| c.is_complete() && !c.by_role.is_empty());
     let (at, by_role): (String, Vec<(&Role, &RoleTotals)>) = match last_cycle {
         Some(cycle) => (
             format!("at the end of cycle {}", cycle.index),
