@@ -18,7 +18,7 @@ mod verdict;
 use self::fit::SECONDS_PER_DAY;
 pub use self::{
     fit::{MIN_CYCLES, detect_warmup, fit, fit_binned, least_squares, theil_sen},
-    verdict::IN_PAGE_SHARE,
+    verdict::{IN_PAGE_SHARE, MIN_COUNT_GROWTH},
 };
 use crate::trace::{
     Cycle, Trace,

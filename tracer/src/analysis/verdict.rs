@@ -8,7 +8,7 @@ use crate::trace::Role;
 
 /// Browsers, contexts or pages accumulate when their count grows by at least this per cycle:
 /// half of one (a count that rises by one every other cycle).
-const MIN_COUNT_GROWTH: f64 = 0.5;
+pub const MIN_COUNT_GROWTH: f64 = 0.5;
 
 /// The worker's figures that measure its JS heap, and those that measure memory outside it,
 /// by the keys `process.memoryUsage()`, the socket and `--worker-inspect` give them.
@@ -171,46 +171,39 @@ pub(super) fn answers(analysis: &Analysis, history: &History) -> Answers {
 /// then the role that carries most of the tree's growth, split by the figures that explain it.
 pub(super) fn verdict(analysis: &Analysis) -> Verdict {
     let Some(tree) = analysis.tree() else {
-        return Verdict {
-            source: Source::None,
-            evidence: vec!["no complete cycles to fit".into()],
-        };
+        return found(Source::None, vec!["no complete cycles to fit".into()]);
     };
     if tree.shape == Some(Shape::Unknown) {
-        return Verdict {
-            source: Source::TooFewCycles,
-            evidence: vec![format!(
+        return found(
+            Source::TooFewCycles,
+            vec![format!(
                 "{} measured cycles after {} warm-up cycles: a trend needs at least {TREND_MIN_CYCLES} \
                  (the tree's owned PSS moved {:+.0} B/cycle, which may be noise); trace more cycles",
                 tree.cycles, tree.warmup_cycles, tree.per_cycle
             )],
-        };
+        );
     }
     if !grows(tree) {
         let shape = format!("{:?}", tree.shape.unwrap_or(Shape::Unknown)).to_lowercase();
-        return Verdict {
-            source: Source::None,
-            evidence: vec![format!(
+        return found(
+            Source::None,
+            vec![format!(
                 "the tree's owned PSS is {shape} after {} warm-up cycles ({:+.0} B/cycle)",
                 tree.warmup_cycles, tree.per_cycle
             )],
-        };
+        );
     }
-    let series = |name: &Series| analysis.series.iter().find(|s| s.name == *name);
-    let evidence = |fit: &SeriesFit, unit: &str| {
-        format!(
-            "{} grows {:+.1}{unit}/cycle (trend p {:.3}), tree owned PSS {:+.0} B/cycle",
-            fit.name, fit.per_cycle, fit.trend_p, tree.per_cycle
-        )
-    };
-    let found = |source, evidence: Vec<String>| Verdict { source, evidence };
+    let fits = Fits { analysis, tree };
     for (name, source) in [
         (Series::Browsers, Source::BrowserAccumulation),
         (Series::Contexts, Source::ContextAccumulation),
         (Series::Pages, Source::PageAccumulation),
     ] {
-        if let Some(fit) = series(&name).filter(|f| f.per_cycle >= MIN_COUNT_GROWTH && grows(f)) {
-            return found(source, vec![evidence(fit, "")]);
+        if let Some(fit) = fits
+            .series(&name)
+            .filter(|f| f.per_cycle >= MIN_COUNT_GROWTH && grows(f))
+        {
+            return found(source, vec![fits.evidence(fit, "")]);
         }
     }
     // The role that carries most of the growth.
@@ -223,59 +216,91 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
     let Some(role) = largest else {
         return found(Source::None, vec!["no role carries the growth".into()]);
     };
-    let role_evidence = evidence(role, " B");
     match &role.name {
-        Series::RoleOwned(Role::Worker) => {
-            let figure = |keys: &[&str]| keys.iter().find_map(|k| series(&Series::worker(k)));
-            let (heap, external) = (figure(&HEAP_FIGURES), figure(&EXTERNAL_FIGURES));
-            let explains = |fit: &&SeriesFit| {
-                grows(fit) && fit.per_cycle >= WORKER_FIGURE_SHARE * role.per_cycle
-            };
-            // Bun counts external memory inside heapUsed too: an external figure that explains
-            // the growth wins.
-            if let Some(external) = external.filter(explains) {
-                return found(
-                    Source::WorkerExternal,
-                    vec![role_evidence, evidence(external, " B")],
-                );
-            }
-            match heap {
-                Some(heap) if explains(&heap) => found(
-                    Source::WorkerHeap,
-                    vec![role_evidence, evidence(heap, " B")],
-                ),
-                Some(heap) => found(
-                    Source::Worker,
-                    vec![
-                        role_evidence,
-                        format!(
-                            "its JS heap ({}) grows only {:+.0} B/cycle: the growth is outside the JS heap \
-                             (native memory, or an external figure the worker does not report)",
-                            heap.name, heap.per_cycle
-                        ),
-                    ],
-                ),
-                None => found(
-                    Source::Worker,
-                    vec![
-                        role_evidence,
-                        "the worker reports no heap figures to tell its JS heap from other memory: \
-                         log process.memoryUsage() each cycle and pass --figures-regex \
-                         (heapUsed, external), send heapUsed= external= with socket markers, or \
-                         use --worker-inspect for Node"
-                            .into(),
-                    ],
-                ),
-            }
+        Series::RoleOwned(Role::Worker) => fits.worker(role),
+        Series::RoleOwned(Role::Renderer) => fits.renderer(role),
+        _ => found(Source::BrowserProcess, vec![fits.evidence(role, " B")]),
+    }
+}
+
+fn found(source: Source, evidence: Vec<String>) -> Verdict {
+    Verdict { source, evidence }
+}
+
+/// The fits a verdict is read from, with the tree's growth that every line of evidence quotes.
+struct Fits<'a> {
+    analysis: &'a Analysis,
+    tree: &'a SeriesFit,
+}
+
+impl Fits<'_> {
+    fn series(&self, name: &Series) -> Option<&SeriesFit> {
+        self.analysis.series.iter().find(|s| s.name == *name)
+    }
+
+    fn evidence(&self, fit: &SeriesFit, unit: &str) -> String {
+        format!(
+            "{} grows {:+.1}{unit}/cycle (trend p {:.3}), tree owned PSS {:+.0} B/cycle",
+            fit.name, fit.per_cycle, fit.trend_p, self.tree.per_cycle
+        )
+    }
+
+    /// The worker's own processes grow: in its JS heap, outside it, or it does not say.
+    fn worker(&self, role: &SeriesFit) -> Verdict {
+        let role_evidence = self.evidence(role, " B");
+        let figure = |keys: &[&str]| keys.iter().find_map(|k| self.series(&Series::worker(k)));
+        let (heap, external) = (figure(&HEAP_FIGURES), figure(&EXTERNAL_FIGURES));
+        let explains =
+            |fit: &&SeriesFit| grows(fit) && fit.per_cycle >= WORKER_FIGURE_SHARE * role.per_cycle;
+        // Bun counts external memory inside heapUsed too: an external figure that explains the
+        // growth wins.
+        if let Some(external) = external.filter(explains) {
+            return found(
+                Source::WorkerExternal,
+                vec![role_evidence, self.evidence(external, " B")],
+            );
         }
-        Series::RoleOwned(Role::Renderer) => match series(&Series::JsHeap).filter(|f| grows(f)) {
+        match heap {
+            Some(heap) if explains(&heap) => found(
+                Source::WorkerHeap,
+                vec![role_evidence, self.evidence(heap, " B")],
+            ),
+            Some(heap) => found(
+                Source::Worker,
+                vec![
+                    role_evidence,
+                    format!(
+                        "its JS heap ({}) grows only {:+.0} B/cycle: the growth is outside the JS heap \
+                         (native memory, or an external figure the worker does not report)",
+                        heap.name, heap.per_cycle
+                    ),
+                ],
+            ),
+            None => found(
+                Source::Worker,
+                vec![
+                    role_evidence,
+                    "the worker reports no heap figures to tell its JS heap from other memory: \
+                     log process.memoryUsage() each cycle and pass --figures-regex \
+                     (heapUsed, external), send heapUsed= external= with socket markers, or \
+                     use --worker-inspect for Node"
+                        .into(),
+                ],
+            ),
+        }
+    }
+
+    /// The renderers grow: in the pages' JS heaps, or beyond what they explain.
+    fn renderer(&self, role: &SeriesFit) -> Verdict {
+        let explained = |js: &SeriesFit| 100.0 * js.per_cycle / role.per_cycle;
+        match self.series(&Series::JsHeap).filter(|f| grows(f)) {
             Some(js) if js.per_cycle >= IN_PAGE_SHARE * role.per_cycle => found(
                 Source::InPageJs,
                 vec![
-                    evidence(js, " B"),
+                    self.evidence(js, " B"),
                     format!(
                         "the pages' JS heaps explain {:.0}% of the renderers' growth ({:+.0} B/cycle)",
-                        100.0 * js.per_cycle / role.per_cycle,
+                        explained(js),
                         role.per_cycle
                     ),
                 ],
@@ -283,18 +308,17 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
             js => found(
                 Source::RendererNative,
                 vec![
-                    role_evidence,
+                    self.evidence(role, " B"),
                     match js {
                         Some(js) => format!(
                             "the pages' JS heaps explain only {:.0}% of it",
-                            100.0 * js.per_cycle / role.per_cycle
+                            explained(js)
                         ),
                         None => "the pages' JS heaps do not grow (or were not read)".into(),
                     },
                 ],
             ),
-        },
-        _ => found(Source::BrowserProcess, vec![role_evidence]),
+        }
     }
 }
 

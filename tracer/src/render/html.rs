@@ -186,66 +186,67 @@ fn regions(out: &mut String, trace: &Trace) {
     let _ = writeln!(out, "</table>");
 }
 
+/// One self-contained page: the verdict, the answers, a plot per role and of the browser, the
+/// regions, the processes, the lost events and the full report.
 pub fn render_html(trace: &Trace) -> String {
-    let cycles: Vec<&Cycle> = trace.cycles.iter().filter(|c| c.is_measured()).collect();
-    let index: Vec<u32> = cycles.iter().map(|c| c.index).collect();
-    let phases = cycles
-        .iter()
-        .flat_map(|c| {
-            let span = (c.end_s - c.start_s).max(1e-9);
-            c.phases
-                .iter()
-                .map(move |p| c.index as f64 - 1.0 + (p.start_s - c.start_s) / span)
-        })
-        .collect();
-    let marks = Marks {
-        warmup: trace.analysis.tree().map_or(0, |t| t.warmup_cycles),
-        recreations: recreations(&cycles),
-        phases,
-    };
+    let plots = Plots::of(trace);
     let mut out = String::new();
-    let title = format!("leaktrace: {}", escape(&trace.command.join(" ")));
-    let _ = write!(
-        out,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n<style>\
-         body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}\
-         figure{{display:inline-block;margin:8px}}table{{border-collapse:collapse}}\
-         td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}\
-         table.answers td{{text-align:left}}\
-         pre{{background:#f6f6f6;padding:12px;overflow:auto}}</style></head><body>\n<h1>{title}</h1>\n"
-    );
-    let verdict = &trace.analysis.verdict;
-    if !verdict.evidence.is_empty() {
-        let _ = writeln!(
-            out,
-            "<p class=\"verdict\"><b>verdict: {}</b> — {}</p>",
-            escape(verdict.source.name()),
-            escape(&verdict.evidence.join("; "))
-        );
-    }
-    // The answers, then the plots.
-    if let Some(view) = answers::view(trace) {
-        let _ = writeln!(
-            out,
-            "<h2>Answers</h2><p>{}</p><table class=\"answers\">",
-            escape(&view.heading)
-        );
-        // The verdict is the page's first line already.
-        for row in view.rows.iter().filter(|r| r.label != "verdict") {
-            let _ = writeln!(
-                out,
-                "<tr><th>{}</th><td>{}</td></tr>",
-                escape(row.label),
-                escape(&row.text)
-            );
-        }
-        let _ = writeln!(out, "</table>");
-    }
-    if !cycles.is_empty() {
+    heading(&mut out, trace);
+    answers_table(&mut out, trace);
+    if !plots.cycles.is_empty() {
         let _ = writeln!(
             out,
             "<h2>Resident memory per role over the cycles</h2><p>PSS at each cycle end; darker, the part the processes own (anonymous and shared memory, what growth is judged on), lighter, file-backed pages; warm-up shaded, recreation points dashed, phase starts ticked along the axis.</p>"
         );
+        plots.roles(&mut out);
+        if plots.cycles.iter().all(|c| c.browser.is_some()) {
+            plots.browser(&mut out);
+        }
+    }
+    regions(&mut out, trace);
+    processes_and_the_rest(&mut out, trace);
+    out
+}
+
+/// The measured cycles, their indices along the x axis, and what every plot marks on it.
+struct Plots<'a> {
+    cycles: Vec<&'a Cycle>,
+    index: Vec<u32>,
+    marks: Marks,
+}
+
+impl<'a> Plots<'a> {
+    fn of(trace: &'a Trace) -> Plots<'a> {
+        let cycles: Vec<&Cycle> = trace.cycles.iter().filter(|c| c.is_measured()).collect();
+        let index: Vec<u32> = cycles.iter().map(|c| c.index).collect();
+        let phases = cycles
+            .iter()
+            .flat_map(|c| {
+                let span = (c.end_s - c.start_s).max(1e-9);
+                c.phases
+                    .iter()
+                    .map(move |p| c.index as f64 - 1.0 + (p.start_s - c.start_s) / span)
+            })
+            .collect();
+        let marks = Marks {
+            warmup: trace.analysis.tree().map_or(0, |t| t.warmup_cycles),
+            recreations: recreations(&cycles),
+            phases,
+        };
+        Plots {
+            cycles,
+            index,
+            marks,
+        }
+    }
+
+    /// A plot per role, PSS and owned.
+    fn roles(&self, out: &mut String) {
+        let Plots {
+            cycles,
+            index,
+            marks,
+        } = self;
         let roles: std::collections::BTreeSet<&Role> =
             cycles.iter().flat_map(|c| c.by_role.keys()).collect();
         // The role whose owned memory grew most first: the story on the first screen.
@@ -270,69 +271,119 @@ pub fn render_html(trace: &Trace) -> String {
             let svg = plot(
                 &format!("{role}: PSS (darker: owned)"),
                 "bytes",
-                &index,
+                index,
                 &pss,
                 Some(&owned),
-                &marks,
+                marks,
             );
-            figure(&mut out, &format!("role.{role}.pss"), &svg);
+            figure(out, &format!("role.{role}.pss"), &svg);
         }
-        if cycles.iter().all(|c| c.browser.is_some()) {
-            let _ = writeln!(out, "<h2>The browser</h2>");
-            let views: Vec<_> = cycles.iter().filter_map(|c| c.browser.as_ref()).collect();
-            let pages: Vec<f64> = views.iter().map(|v| v.pages as f64).collect();
-            let contexts: Vec<f64> = views.iter().map(|v| v.contexts as f64).collect();
-            let heap: Vec<f64> = views.iter().map(|v| v.js_heap_used as f64).collect();
-            figure(
-                &mut out,
-                "browser.pages",
-                &plot(
-                    "pages (the line below: contexts)",
-                    "count",
-                    &index,
-                    &pages,
-                    Some(&contexts),
-                    &marks,
-                ),
-            );
-            figure(
-                &mut out,
-                "browser.js_heap_used",
-                &plot("JS heap of the pages", "bytes", &index, &heap, None, &marks),
-            );
-            // Per page: the five largest pages open in every cycle.
-            let last = views
-                .last()
-                .map(|v| v.page_list.as_slice())
-                .unwrap_or_default();
-            let mut pages: Vec<_> = last.iter().filter(|p| !p.internal).collect();
-            pages.sort_by_key(|p| std::cmp::Reverse(p.js_heap_used));
-            for page in pages.into_iter().take(5) {
-                let heap: Option<Vec<f64>> = views
-                    .iter()
-                    .map(|v| {
-                        v.page_list
-                            .iter()
-                            .find(|p| p.target_id == page.target_id)
-                            .map(|p| p.js_heap_used as f64)
-                    })
+    }
+
+    /// Pages and contexts, the JS heap, and the five largest pages' heaps.
+    fn browser(&self, out: &mut String) {
+        let Plots {
+            cycles,
+            index,
+            marks,
+        } = self;
+        let _ = writeln!(out, "<h2>The browser</h2>");
+        let views: Vec<_> = cycles.iter().filter_map(|c| c.browser.as_ref()).collect();
+        let pages: Vec<f64> = views.iter().map(|v| v.pages as f64).collect();
+        let contexts: Vec<f64> = views.iter().map(|v| v.contexts as f64).collect();
+        let heap: Vec<f64> = views.iter().map(|v| v.js_heap_used as f64).collect();
+        figure(
+            out,
+            "browser.pages",
+            &plot(
+                "pages (the line below: contexts)",
+                "count",
+                index,
+                &pages,
+                Some(&contexts),
+                marks,
+            ),
+        );
+        figure(
+            out,
+            "browser.js_heap_used",
+            &plot("JS heap of the pages", "bytes", index, &heap, None, marks),
+        );
+        // Per page: the five largest pages open in every cycle.
+        let last = views
+            .last()
+            .map(|v| v.page_list.as_slice())
+            .unwrap_or_default();
+        let mut pages: Vec<_> = last.iter().filter(|p| !p.internal).collect();
+        pages.sort_by_key(|p| std::cmp::Reverse(p.js_heap_used));
+        for page in pages.into_iter().take(5) {
+            let heap: Option<Vec<f64>> = views
+                .iter()
+                .map(|v| {
+                    v.page_list
+                        .iter()
+                        .find(|p| p.target_id == page.target_id)
+                        .map(|p| p.js_heap_used as f64)
+                })
+                .collect();
+            if let Some(heap) = heap {
+                let title: String = format!("JS heap of {}", page.url)
+                    .chars()
+                    .take(70)
                     .collect();
-                if let Some(heap) = heap {
-                    let title: String = format!("JS heap of {}", page.url)
-                        .chars()
-                        .take(70)
-                        .collect();
-                    let svg = plot(&title, "bytes", &index, &heap, None, &marks);
-                    figure(
-                        &mut out,
-                        &format!("page.{}.js_heap_used", page.target_id),
-                        &svg,
-                    );
-                }
+                let svg = plot(&title, "bytes", index, &heap, None, marks);
+                figure(out, &format!("page.{}.js_heap_used", page.target_id), &svg);
             }
         }
     }
-    regions(&mut out, trace);
+}
+
+/// The document's head and the verdict, the page's first line.
+fn heading(out: &mut String, trace: &Trace) {
+    let title = format!("leaktrace: {}", escape(&trace.command.join(" ")));
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n<style>\
+         body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}\
+         figure{{display:inline-block;margin:8px}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}\
+         table.answers td{{text-align:left}}\
+         pre{{background:#f6f6f6;padding:12px;overflow:auto}}</style></head><body>\n<h1>{title}</h1>\n"
+    );
+    let verdict = &trace.analysis.verdict;
+    if !verdict.evidence.is_empty() {
+        let _ = writeln!(
+            out,
+            "<p class=\"verdict\"><b>verdict: {}</b> — {}</p>",
+            escape(verdict.source.name()),
+            escape(&verdict.evidence.join("; "))
+        );
+    }
+}
+
+/// The answers as a table.
+fn answers_table(out: &mut String, trace: &Trace) {
+    if let Some(view) = answers::view(trace) {
+        let _ = writeln!(
+            out,
+            "<h2>Answers</h2><p>{}</p><table class=\"answers\">",
+            escape(&view.heading)
+        );
+        // The verdict is the page's first line already.
+        for row in view.rows.iter().filter(|r| r.label != "verdict") {
+            let _ = writeln!(
+                out,
+                "<tr><th>{}</th><td>{}</td></tr>",
+                escape(row.label),
+                escape(&row.text)
+            );
+        }
+        let _ = writeln!(out, "</table>");
+    }
+}
+
+/// The processes, the lost events and the full report.
+fn processes_and_the_rest(out: &mut String, trace: &Trace) {
     let _ = writeln!(
         out,
         "<h2>Processes</h2>\n<table><tr><th>pid</th><th>ppid</th><th>role</th><th>command</th><th>state</th><th>PSS</th><th>anon</th><th>file</th><th>shmem</th><th>peak anon</th></tr>"
@@ -365,7 +416,6 @@ pub fn render_html(trace: &Trace) -> String {
         "</table>\n<h2>The full report</h2>\n<pre>{}</pre>\n</body></html>",
         escape(&render_full(trace))
     );
-    out
 }
 
 #[cfg(test)]

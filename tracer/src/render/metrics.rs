@@ -208,6 +208,11 @@ fn answer<B>(request: &Request<B>, published: &Published) -> Response<Full<Bytes
 }
 
 type Labels = Vec<(String, String)>;
+
+/// The unit of the byte figures.
+fn bytes() -> Option<Unit> {
+    Some(Unit::Bytes)
+}
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// A family of gauges, registered under `name` (with `unit` appended, as OpenMetrics does).
@@ -252,22 +257,35 @@ fn set(family: &Family<Labels, FloatGauge>, labels: Labels, value: f64) {
 /// The figures in the OpenMetrics text format.
 pub fn render(live: &Live) -> String {
     let mut registry = Registry::with_prefix("leaktrace");
-    let bytes = || Some(Unit::Bytes);
+    render_resident(&mut registry, live);
+    render_cycle_end(&mut registry, live);
+    render_counts(&mut registry, live);
+    render_browser_and_worker(&mut registry, live);
+    if let Some(analysis) = &live.analysis {
+        render_fits(&mut registry, analysis);
+    }
+    render_self(&mut registry);
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String does not fail");
+    text
+}
 
+/// Resident memory now: per role, the whole tree, and the cycles so far.
+fn render_resident(registry: &mut Registry, live: &Live) {
     let pss = gauges(
-        &mut registry,
+        registry,
         "pss",
         "PSS of the traced processes of each role, at the last sample",
         bytes(),
     );
     let owned = gauges(
-        &mut registry,
+        registry,
         "owned_pss",
         "PSS of the anonymous and shared memory of each role at the last sample (growth is judged on it)",
         bytes(),
     );
     let processes = gauges(
-        &mut registry,
+        registry,
         "processes",
         "Live traced processes of each role",
         None,
@@ -279,28 +297,32 @@ pub fn render(live: &Live) -> String {
         set(&processes, role, totals.count as f64);
     }
     single(
-        &mut registry,
+        registry,
         "tree_pss",
         "PSS of the whole traced tree, at the last sample",
         bytes(),
         live.now.values().map(|t| t.pss as f64).sum(),
     );
     single(
-        &mut registry,
+        registry,
         "tree_owned_pss",
         "Owned PSS of the whole traced tree, at the last sample",
         bytes(),
         live.now.values().map(|t| t.owned() as f64).sum(),
     );
     single(
-        &mut registry,
+        registry,
         "last_cycle",
         "Index of the last complete cycle (0 before the first)",
         None,
         live.cycle as f64,
     );
+}
+
+/// The last complete cycle's end, as the trace records it.
+fn render_cycle_end(registry: &mut Registry, live: &Live) {
     let cycle_owned = gauges(
-        &mut registry,
+        registry,
         "cycle_end_owned_pss",
         "Owned PSS of each role at the end of the last complete cycle, as the trace records it",
         bytes(),
@@ -313,7 +335,7 @@ pub fn render(live: &Live) -> String {
         );
     }
     let resident = gauges(
-        &mut registry,
+        registry,
         "cycle_end_resident",
         "The kernel's resident counters (anon, file, shmem; swap) of each role at the end of the last complete cycle",
         bytes(),
@@ -332,9 +354,12 @@ pub fn render(live: &Live) -> String {
             set(&resident, labels, value as f64);
         }
     }
+}
 
+/// Boundaries, ignored markers, worker exits and lost events, counted.
+fn render_counts(registry: &mut Registry, live: &Live) {
     let seen = counters(
-        &mut registry,
+        registry,
         "boundaries",
         "Cycle ends and phase starts the markers made",
     );
@@ -343,7 +368,7 @@ pub fn render(live: &Live) -> String {
     seen.get_or_create(&label("kind", "phase"))
         .inc_by(live.phases_seen);
     let markers = counters(
-        &mut registry,
+        registry,
         "markers_ignored",
         "Markers ignored: malformed, dropped at the end of the trace, or between instances of a followed worker",
     );
@@ -363,19 +388,18 @@ pub fn render(live: &Live) -> String {
         "Instances of a followed worker that exited (attach --follow-name/--follow-cmdline)",
         exits,
     );
-    let lost = counters(
-        &mut registry,
-        "events_lost",
-        "Kernel events lost, per reason",
-    );
+    let lost = counters(registry, "events_lost", "Kernel events lost, per reason");
     for (reason, count) in &live.lost {
         lost.get_or_create(&label("reason", reason.clone()))
             .inc_by(*count);
     }
+}
 
+/// The browser at the last cycle end, the processes that own the most, the worker's figures.
+fn render_browser_and_worker(registry: &mut Registry, live: &Live) {
     if let Some((pages, contexts, js_heap)) = live.browser {
         let browser = gauges(
-            &mut registry,
+            registry,
             "browser",
             "What the browser held at the last cycle end (DevTools)",
             None,
@@ -383,7 +407,7 @@ pub fn render(live: &Live) -> String {
         set(&browser, label("what", "pages"), pages as f64);
         set(&browser, label("what", "contexts"), contexts as f64);
         single(
-            &mut registry,
+            registry,
             "browser_js_heap",
             "Used JS heap of the pages at the last cycle end",
             bytes(),
@@ -392,7 +416,7 @@ pub fn render(live: &Live) -> String {
     }
 
     let top = gauges(
-        &mut registry,
+        registry,
         "top_process_owned_pss",
         "Owned PSS of the live processes that own the most, at the last sample (at most 5)",
         bytes(),
@@ -407,7 +431,7 @@ pub fn render(live: &Live) -> String {
     }
 
     let worker = gauges(
-        &mut registry,
+        registry,
         "worker_figure",
         "The worker's own figures at its last cycle end (key=value in its markers)",
         None,
@@ -415,11 +439,10 @@ pub fn render(live: &Live) -> String {
     for (key, value) in live.worker.iter().take(MAX_WORKER_FIGURES) {
         set(&worker, label("key", key.clone()), *value);
     }
+}
 
-    if let Some(analysis) = &live.analysis {
-        render_fits(&mut registry, analysis);
-    }
-
+/// leaktrace's own CPU and resident memory.
+fn render_self(registry: &mut Registry) {
     let cost = crate::trace::TracerCost::of_self(Default::default());
     let cpu = Counter::<f64, AtomicU64>::default();
     cpu.inc_by(cost.cpu_s);
@@ -430,16 +453,12 @@ pub fn render(live: &Live) -> String {
         cpu,
     );
     single(
-        &mut registry,
+        registry,
         "self_resident",
         "leaktrace's own resident memory",
         bytes(),
         self_rss() as f64,
     );
-
-    let mut text = String::new();
-    encode(&mut text, &registry).expect("writing to a String does not fail");
-    text
 }
 
 /// Growth of the tree and of each role, the fits' trust, and the verdict.

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use crate::units::bytes;
 use crate::{
-    analysis::{SeriesFit, Shape},
+    analysis::{Analysis, MIN_COUNT_GROWTH, SeriesFit, Shape},
     trace::Trace,
 };
 
@@ -36,10 +36,26 @@ fn shape(fit: &SeriesFit) -> &'static str {
 /// The view, when the trace has cycles to answer from.
 pub fn view(trace: &Trace) -> Option<AnswersView> {
     let analysis = &trace.analysis;
-    let answers = &analysis.answers;
     let tree = analysis.tree()?;
     let mut rows = Vec::new();
     let mut row = |label: &'static str, text: String| rows.push(Row { label, text });
+    growth_rate(&mut row, trace, tree);
+    what_grows(&mut row, analysis);
+    allocators_and_browsers(&mut row, analysis);
+    when_and_shape(&mut row, analysis, tree);
+    what_helps(&mut row, analysis);
+    left_out_verdict_and_budget(&mut row, trace);
+    Some(AnswersView {
+        heading: format!(
+            "{} complete cycles after {} of warm-up, median cycle {:.1} s",
+            tree.cycles, tree.warmup_cycles, analysis.cycle_s
+        ),
+        rows,
+    })
+}
+
+/// 1. The tree's growth per cycle and per day (or per hour, on a short trace).
+fn growth_rate(row: &mut impl FnMut(&'static str, String), trace: &Trace, tree: &SeriesFit) {
     let caveat = if tree.trustworthy {
         ""
     } else {
@@ -65,6 +81,10 @@ pub fn view(trace: &Trace) -> Option<AnswersView> {
             tree.r2
         ),
     );
+}
+
+/// 2. The series that grows fastest, and the counts that grow.
+fn what_grows(row: &mut impl FnMut(&'static str, String), analysis: &Analysis) {
     let fastest = analysis
         .series
         .iter()
@@ -86,7 +106,7 @@ pub fn view(trace: &Trace) -> Option<AnswersView> {
     for count in analysis
         .series
         .iter()
-        .filter(|s| s.name.is_count() && s.per_cycle >= 0.5)
+        .filter(|s| s.name.is_count() && s.per_cycle >= MIN_COUNT_GROWTH)
     {
         row(
             label,
@@ -94,6 +114,11 @@ pub fn view(trace: &Trace) -> Option<AnswersView> {
         );
         label = "";
     }
+}
+
+/// Chromium's allocators that grew, and browser instances piling up.
+fn allocators_and_browsers(row: &mut impl FnMut(&'static str, String), analysis: &Analysis) {
+    let answers = &analysis.answers;
     // Chromium's own account (`--memory-dumps`): the allocators that grew most.
     let grown: Vec<String> = analysis
         .allocators
@@ -121,6 +146,14 @@ pub fn view(trace: &Trace) -> Option<AnswersView> {
             format!("{alive} browser instances alive at the last cycle end, {first} at the first"),
         );
     }
+}
+
+/// 3. and 4. In which phase it grows, its shape, and the per-cycle changes.
+fn when_and_shape(
+    row: &mut impl FnMut(&'static str, String),
+    analysis: &Analysis,
+    tree: &SeriesFit,
+) {
     if !analysis.phase_growth.is_empty() {
         let phases: Vec<String> = analysis
             .phase_growth
@@ -145,6 +178,11 @@ pub fn view(trace: &Trace) -> Option<AnswersView> {
             ),
         );
     }
+}
+
+/// 5. and 6. Whether cleanup and page recreation give memory back.
+fn what_helps(row: &mut impl FnMut(&'static str, String), analysis: &Analysis) {
+    let answers = &analysis.answers;
     if let Some(cleanup) = answers.cleanup_change {
         let gives = if answers.cleanup_helps == Some(true) {
             "gives memory back"
@@ -170,6 +208,11 @@ pub fn view(trace: &Trace) -> Option<AnswersView> {
             ),
         );
     }
+}
+
+/// The cycles left out, the verdict, and the budget.
+fn left_out_verdict_and_budget(row: &mut impl FnMut(&'static str, String), trace: &Trace) {
+    let analysis = &trace.analysis;
     for cycle in trace.cycles.iter().filter(|c| c.teardown) {
         row(
             "left out",
@@ -205,13 +248,6 @@ pub fn view(trace: &Trace) -> Option<AnswersView> {
             ),
         );
     }
-    Some(AnswersView {
-        heading: format!(
-            "{} complete cycles after {} of warm-up, median cycle {:.1} s",
-            tree.cycles, tree.warmup_cycles, analysis.cycle_s
-        ),
-        rows,
-    })
 }
 
 impl AnswersView {
