@@ -1,36 +1,51 @@
 //! Every collector of a session (the kernel programs, the process table and its /proc samples,
 //! the browser's view) and the clock they share: what a boundary snapshot is made of.
 
-use std::time::Instant;
+use std::{collections::BTreeMap, time::Instant};
 
-use tracer_common::GENERATION_OF_LOADER;
+use tracer_common::{GENERATION_OF_LOADER, LostReason};
 
 use super::{SessionError, watchdog::Watchdog};
 use crate::{
-    collect::browser::{BrowserReader, BrowserView},
-    collect::kernel::{Kernel, RssIndices},
-    collect::processes::{self, ProcessTable, SampleSeries, Snapshot},
-    collect::roles::Role,
-    collect::sampler::{self, Depth, Reading, TreeReader},
-    collect::target::{self, ProcInfo},
-    trace::TreeSample,
+    collect::{
+        browser::{BrowserReader, BrowserView},
+        kernel::{Kernel, KernelError, RssIndices},
+        processes::{self, Process, ProcessTable, SampleSeries, Snapshot},
+        roles::Role,
+        sampler::{self, Depth, Reading, TreeReader},
+        target::{self, ProcInfo},
+    },
+    trace::{Totals, TracerCost, TreeSample},
 };
 
 /// Every collector, and the clock they share.
 pub(super) struct Collectors {
-    pub(super) kernel: Option<Kernel>,
-    pub(super) table: ProcessTable,
-    pub(super) series: SampleSeries,
+    kernel: Option<Kernel>,
+    table: ProcessTable,
+    series: SampleSeries,
     /// The last sample that found the tree alive: what the totals report once the worker exits.
-    pub(super) last_alive: Option<TreeSample>,
-    pub(super) started: Instant,
-    pub(super) root_pid: u32,
+    last_alive: Option<TreeSample>,
+    started: Instant,
+    root_pid: u32,
     /// Reads the tree's memory, here and where markers are read.
-    pub(super) tree: TreeReader,
+    tree: TreeReader,
     /// When the last reading was done (CLOCK_BOOTTIME).
-    pub(super) read_until_ns: u64,
+    read_until_ns: u64,
     /// In `run` mode, told of every process that joins the tree.
-    pub(super) watchdog: Option<Watchdog>,
+    watchdog: Option<Watchdog>,
+}
+
+/// What the collectors hold for the trace document: every process with the kernel's figures,
+/// the samples, the losses, and what reading the tree cost.
+pub(super) struct Collected {
+    pub(super) ebpf: bool,
+    pub(super) flows: bool,
+    pub(super) resident_source: &'static str,
+    pub(super) events_lost: BTreeMap<String, u64>,
+    pub(super) processes: Vec<Process>,
+    pub(super) totals: Totals,
+    pub(super) samples: Vec<TreeSample>,
+    pub(super) tracer: TracerCost,
 }
 
 /// Everything every collector knew at one boundary.
@@ -72,6 +87,101 @@ impl Collectors {
         self.seed_tree()?;
         // A child forked while we were seeding: look once more.
         self.seed_tree()
+    }
+
+    /// What they hold now, for the trace (see [`Collected`]): the kernel's figures are
+    /// collected into the process table first.
+    pub(super) fn collected(&mut self) -> Collected {
+        let mut events_lost = BTreeMap::new();
+        let rss = self.rss();
+        if let Some(kernel) = self.kernel.as_mut() {
+            self.table.collect_kernel(kernel);
+            let lost = kernel.lost();
+            for reason in LostReason::ALL {
+                events_lost.insert(reason.name().to_string(), lost[reason as usize]);
+            }
+        }
+        let processes = self.table.processes(rss);
+        Collected {
+            ebpf: self.kernel.is_some(),
+            flows: self.kernel.as_ref().is_some_and(|k| k.flows),
+            resident_source: if rss.is_some() { "kernel" } else { "proc" },
+            events_lost,
+            totals: crate::trace::totals(&processes, self.last_alive.as_ref()),
+            processes,
+            samples: self.series.points().to_vec(),
+            tracer: TracerCost::of_self(self.tree.cost()),
+        }
+    }
+
+    /// Tracks a process in the kernel (eBPF only): the launched command, before it runs.
+    pub(super) fn track(&mut self, pid: u32) -> Result<(), SessionError> {
+        match self.kernel.as_mut() {
+            Some(kernel) => kernel.track(pid).map(drop).map_err(SessionError::from),
+            None => Ok(()),
+        }
+    }
+
+    /// The reader of the tree's memory, for the threads that read markers.
+    pub(super) fn tree_reader(&self) -> TreeReader {
+        self.tree.clone()
+    }
+
+    pub(super) fn root_pid(&self) -> u32 {
+        self.root_pid
+    }
+
+    pub(super) fn table(&self) -> &ProcessTable {
+        &self.table
+    }
+
+    /// Kernel events lost so far, per reason (eBPF only).
+    pub(super) fn lost(&mut self) -> Option<BTreeMap<String, u64>> {
+        let lost = self.kernel.as_mut()?.lost();
+        Some(
+            LostReason::ALL
+                .iter()
+                .map(|&reason| (reason.name().to_string(), lost[reason as usize]))
+                .collect(),
+        )
+    }
+
+    /// When the last reading was done (CLOCK_BOOTTIME).
+    pub(super) fn read_until_ns(&self) -> u64 {
+        self.read_until_ns
+    }
+
+    /// From now on the syscall hooks count nothing (eBPF only).
+    pub(super) fn stop_flows(&mut self) -> Result<(), KernelError> {
+        match self.kernel.as_mut() {
+            Some(kernel) => kernel.stop_flows(),
+            None => Ok(()),
+        }
+    }
+
+    /// Reaps the exited children the table knows of.
+    pub(super) fn reap(&mut self) {
+        self.table.reap();
+    }
+
+    /// The watchdog's work is done: the session stopped what it started.
+    pub(super) fn release_watchdog(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.release();
+        }
+    }
+
+    /// Follows `pid` and its tree from now on, in place of the root that exited. False when it
+    /// is gone before it could be tracked.
+    pub(super) fn follow_root(&mut self, pid: u32) -> bool {
+        self.root_pid = pid;
+        self.table.set_root(pid);
+        if self.seed_tree().is_err() {
+            return false;
+        }
+        // A child forked while we were seeding: look once more.
+        let _ = self.seed_tree();
+        true
     }
 
     pub(super) fn elapsed(&self) -> f64 {

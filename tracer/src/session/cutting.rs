@@ -2,9 +2,10 @@
 //! at each boundary, the browser's view at each cycle end, the progress line and the interim
 //! analysis.
 
-use std::time::{Duration, Instant};
-
-use tracer_common::LostReason;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use super::{
     MarkerOptions, Options,
@@ -12,13 +13,18 @@ use super::{
     dumps::MemoryDumps,
 };
 use crate::{
-    collect::browser::{BrowserReader, VIEW_DEADLINE, WorkerInspector},
-    collect::markers::{Boundary, LineRules, MarkerEvent},
-    collect::regions::RegionSampler,
-    collect::sampler,
-    collect::{browser::CdpMode, processes::Snapshot, regions::RegionGrowth, sampler::Depth},
-    render::metrics::{Published, resident_by_role},
-    render::progress::Progress,
+    collect::{
+        browser::{BrowserReader, CdpMode, VIEW_DEADLINE, WorkerInspector},
+        markers::{Boundary, LineRules, Marker, MarkerEvent},
+        processes::{ResidentBytes, Snapshot, TreeSample},
+        regions::{RegionGrowth, RegionSampler},
+        roles::Role,
+        sampler::{self, Depth},
+    },
+    render::{
+        metrics::{Published, resident_by_role},
+        progress::{CycleEnds, Progress},
+    },
     trace::{
         CompactedCycles, MarkerSummary, MemoryDump, Segment, Trace, spill::Cycles,
         timeline::Timeline,
@@ -32,33 +38,33 @@ const TEARDOWN_WINDOW_NS: u64 = 1_000_000_000;
 
 /// Cuts the trace into cycles as markers come.
 pub(super) struct Cutting {
-    pub(super) timeline: Timeline,
-    pub(super) summary: MarkerSummary,
+    timeline: Timeline,
+    summary: MarkerSummary,
     /// The tree's PSS at each cycle end, for the progress line.
-    pub(super) owned_at_cycle_ends: crate::render::progress::CycleEnds,
-    pub(super) progress: Progress,
+    owned_at_cycle_ends: CycleEnds,
+    progress: Progress,
     /// `--cycles`.
-    pub(super) target: Option<u32>,
-    pub(super) started: Instant,
-    pub(super) inspector: Option<WorkerInspector>,
-    pub(super) analyze_every: u32,
-    pub(super) warmup: u32,
+    target: Option<u32>,
+    started: Instant,
+    inspector: Option<WorkerInspector>,
+    analyze_every: u32,
+    warmup: u32,
     /// The last boundary an asynchronous marker made, when it was read, and until when a
     /// teardown would still have been under way while the tree was read.
-    pub(super) watch: Option<(Boundary, u64, u64)>,
+    watch: Option<(Boundary, u64, u64)>,
     /// When the last interim analysis started, and how long it took (seconds).
-    pub(super) last_interim: Option<(Instant, f64)>,
+    last_interim: Option<(Instant, f64)>,
     /// The figures the metrics endpoint serves (`--metrics-addr`).
-    pub(super) metrics: Option<Published>,
+    metrics: Option<Published>,
     /// No instance of a followed worker runs (see [`super::follow`]): markers are counted, and
     /// cut nothing.
-    pub(super) between_instances: bool,
+    between_instances: bool,
     /// The instances of a followed worker so far (see [`super::follow`]).
-    pub(super) segments: Vec<Segment>,
+    segments: Vec<Segment>,
     /// Which mapping of each process grows: smaps read at cycle ends, within its share of time.
-    pub(super) regions: RegionSampler,
+    regions: RegionSampler,
     /// `--memory-dumps`: Chromium's allocators at a few cycle ends.
-    pub(super) dumps: super::dumps::MemoryDumps,
+    dumps: MemoryDumps,
 }
 
 /// What the cutting adds to a trace: the cycles, the markers' summary, the instances of a
@@ -126,6 +132,44 @@ impl Cutting {
         }
     }
 
+    /// A followed worker's instance (its first, or the next once it runs), from `start_s`:
+    /// its cycles are a segment of their own. Returns its number, from 1.
+    pub(super) fn start_instance(&mut self, root_pid: u32, start_s: f64) -> usize {
+        self.between_instances = false;
+        self.segments.push(Segment {
+            root_pid,
+            command: crate::collect::target::cmdline(root_pid),
+            start_s,
+            end_s: None,
+            first_cycle: self.timeline.complete_cycles() as u32 + 1,
+        });
+        self.segments.len()
+    }
+
+    /// The next instance's segment of the timeline, from `now_s` (before
+    /// [`Cutting::start_instance`], which numbers its first cycle).
+    pub(super) fn start_segment(&mut self, now_s: f64, start: Snapshot) {
+        self.timeline.start_segment(now_s, start);
+    }
+
+    /// The followed worker exited at `end_s`: its cycle under way is cut, and markers until the
+    /// next instance runs cut nothing. Returns its pid.
+    pub(super) fn end_instance(&mut self, end_s: f64, end: Snapshot) -> u32 {
+        self.timeline.end_segment(end_s, end);
+        let segment = self
+            .segments
+            .last_mut()
+            .expect("the first is made at start");
+        segment.end_s = Some(end_s);
+        let pid = segment.root_pid;
+        let exits = self.segments.len() as u64;
+        if let Some(metrics) = &self.metrics {
+            metrics.update(|live| live.worker_exits = exits);
+        }
+        self.between_instances = true;
+        pid
+    }
+
     /// Publishes the figures to the metrics endpoint from now on.
     pub(super) fn publish_to(&mut self, metrics: Published) {
         self.metrics = Some(metrics);
@@ -161,17 +205,11 @@ impl Cutting {
         };
         metrics.sample(&sample);
         let top = collectors
-            .table
+            .table()
             .top_owned(crate::render::metrics::TOP_PROCESSES);
         metrics.update(|live| live.top = top);
-        if let Some(kernel) = collectors.kernel.as_mut() {
-            let lost = kernel.lost();
-            metrics.update(|live| {
-                live.lost = LostReason::ALL
-                    .iter()
-                    .map(|&reason| (reason.name().to_string(), lost[reason as usize]))
-                    .collect()
-            });
+        if let Some(lost) = collectors.lost() {
+            metrics.update(|live| live.lost = lost);
         }
     }
 
@@ -223,28 +261,47 @@ impl Cutting {
         browser: &mut BrowserReader,
         event: MarkerEvent,
     ) -> bool {
-        let marker = match event {
+        match self.take_marker(event) {
+            Some(marker) => self.on_marker(collectors, browser, marker).await,
+            None => false,
+        }
+    }
+
+    /// A marker that cuts the trace; anything else (a malformed one, figures, a marker
+    /// between instances of a followed worker) is counted or kept here.
+    fn take_marker(&mut self, event: MarkerEvent) -> Option<Marker> {
+        match event {
             MarkerEvent::Marker(_) if self.between_instances => {
                 self.summary.between_instances += 1;
                 let ignored = self.summary.between_instances;
                 if let Some(metrics) = &self.metrics {
                     metrics.update(|live| live.markers_between_instances = ignored);
                 }
-                return false;
+                None
             }
-            MarkerEvent::Marker(marker) => marker,
+            MarkerEvent::Marker(marker) => Some(marker),
             MarkerEvent::Malformed(reason) => {
                 self.summary.malformed += 1;
                 if self.summary.malformed == 1 {
                     tracing::warn!("ignored a marker ({reason}); further ones are only counted");
                 }
-                return false;
+                None
             }
             MarkerEvent::Figures(values) => {
                 self.timeline.add_figures(values);
-                return false;
+                None
             }
-        };
+        }
+    }
+
+    /// A boundary: every collector's snapshot, and at a cycle end the browser's view, the
+    /// regions, a memory dump when one is due, the metrics and the interim analysis.
+    async fn on_marker(
+        &mut self,
+        collectors: &mut Collectors,
+        browser: &mut BrowserReader,
+        marker: Marker,
+    ) -> bool {
         self.check_teardown(collectors);
         let cycle_end = marker.boundary == Boundary::CycleEnd;
         let boundary = collectors.boundary(marker.at_ns, marker.reading, marker.boundary.depth());
@@ -261,26 +318,13 @@ impl Cutting {
             .as_ref()
             .map(|_| resident_by_role(&boundary.snapshot));
         let sample = boundary.sample;
-        if cycle_end {
-            self.summary.cycles_seen += 1;
-            self.owned_at_cycle_ends.push(sample.owned());
-            self.progress.update(
-                self.started.elapsed(),
-                sample.pss,
-                &self.owned_at_cycle_ends,
-            );
-        } else {
-            self.summary.phases_seen += 1;
-        }
+        self.count(cycle_end, &sample);
         let mut values = marker.values;
-        if cycle_end && let Some(inspector) = &mut self.inspector {
-            match tokio::time::timeout(VIEW_DEADLINE, inspector.read()).await {
-                Ok(figures) => values.extend(figures),
-                Err(_) => inspector.failed_calls += 1,
-            }
+        if cycle_end {
+            values.extend(self.inspect_worker().await);
         }
         if marker_was_async {
-            let until = collectors.read_until_ns + TEARDOWN_WINDOW_NS;
+            let until = collectors.read_until_ns() + TEARDOWN_WINDOW_NS;
             self.watch = Some((marker.boundary.clone(), marker.at_ns, until));
         }
         self.timeline
@@ -294,36 +338,85 @@ impl Cutting {
         if let Some(ack) = ack {
             let _ = ack.send(());
         }
-        // After the worker goes on (a socket marker's answer): a reading of the whole tree's
-        // smaps takes tens of milliseconds, and the worker is not held for it. What the worker
-        // does meanwhile is its next cycle's first moments, at both ends of the growth.
-        if cycle_end && self.regions.due() {
-            let cycle = self.timeline.complete_cycles() as u32;
-            self.regions
-                .read_all(cycle, &collectors.table.live_for_regions());
-        }
         if cycle_end {
-            let cycle = self.timeline.complete_cycles() as u32;
-            self.dumps
-                .at_cycle_end(cycle, boundary.t_s, browser, &collectors.table)
+            self.after_cycle_end(collectors, browser, boundary.t_s)
                 .await;
         }
-        if let Some(metrics) = &self.metrics {
-            metrics.sample(&sample);
-            metrics.update(|live| {
-                live.cycles_seen = self.summary.cycles_seen;
-                live.phases_seen = self.summary.phases_seen;
-                live.markers_malformed = self.summary.malformed;
-            });
-            if cycle_end && let Some(cycle) = self.timeline.cycles().last() {
-                metrics.cycle_end(cycle, resident.unwrap_or_default());
-            }
-        }
+        self.publish(cycle_end, &sample, resident);
         if cycle_end {
             self.interim_analysis();
         }
         self.target
             .is_some_and(|n| self.timeline.complete_cycles() >= n as usize)
+    }
+
+    /// Counts the boundary, and at a cycle end moves the progress line.
+    fn count(&mut self, cycle_end: bool, sample: &TreeSample) {
+        if !cycle_end {
+            self.summary.phases_seen += 1;
+            return;
+        }
+        self.summary.cycles_seen += 1;
+        self.owned_at_cycle_ends.push(sample.owned());
+        self.progress.update(
+            self.started.elapsed(),
+            sample.pss,
+            &self.owned_at_cycle_ends,
+        );
+    }
+
+    /// `--worker-inspect`: the worker's own heap figures at a cycle end.
+    async fn inspect_worker(&mut self) -> BTreeMap<String, f64> {
+        let Some(inspector) = &mut self.inspector else {
+            return BTreeMap::new();
+        };
+        match tokio::time::timeout(VIEW_DEADLINE, inspector.read()).await {
+            Ok(figures) => figures,
+            Err(_) => {
+                inspector.failed_calls += 1;
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// After the worker goes on (a socket marker's answer): a reading of the whole tree's smaps
+    /// takes tens of milliseconds, and the worker is not held for it. What the worker does
+    /// meanwhile is its next cycle's first moments, at both ends of the growth.
+    async fn after_cycle_end(
+        &mut self,
+        collectors: &Collectors,
+        browser: &mut BrowserReader,
+        t_s: f64,
+    ) {
+        let cycle = self.timeline.complete_cycles() as u32;
+        if self.regions.due() {
+            self.regions
+                .read_all(cycle, &collectors.table().live_for_regions());
+        }
+        self.dumps
+            .at_cycle_end(cycle, t_s, browser, collectors.table())
+            .await;
+    }
+
+    /// The boundary's figures to the metrics endpoint, if one is served.
+    fn publish(
+        &self,
+        cycle_end: bool,
+        sample: &TreeSample,
+        resident: Option<BTreeMap<Role, ResidentBytes>>,
+    ) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        metrics.sample(sample);
+        metrics.update(|live| {
+            live.cycles_seen = self.summary.cycles_seen;
+            live.phases_seen = self.summary.phases_seen;
+            live.markers_malformed = self.summary.malformed;
+        });
+        if cycle_end && let Some(cycle) = self.timeline.cycles().last() {
+            metrics.cycle_end(cycle, resident.unwrap_or_default());
+        }
     }
 }
 
@@ -358,7 +451,7 @@ impl Cutting {
         let Some((boundary, at_ns, until_ns)) = &self.watch else {
             return;
         };
-        if let Some(reason) = collectors.table.teardown_after(*at_ns, *until_ns) {
+        if let Some(reason) = collectors.table().teardown_after(*at_ns, *until_ns) {
             self.timeline.mark_teardown(boundary, reason);
             self.watch = None;
         } else if sampler::boot_ns() > *until_ns {

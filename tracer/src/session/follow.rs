@@ -7,10 +7,9 @@
 use std::time::{Duration, Instant};
 
 use super::{SessionError, collectors::Collectors, cutting::Cutting};
-use crate::{
-    collect::browser::BrowserReader,
-    collect::target::{self, Follow},
-    trace::Segment,
+use crate::collect::{
+    browser::BrowserReader,
+    target::{self, Follow},
 };
 
 /// How often /proc is searched for the next instance while none runs: every process's
@@ -28,14 +27,8 @@ pub(super) struct Following {
 impl Following {
     /// Following from the instance the trace attached to, its first segment.
     pub(super) fn new(rule: Follow, collectors: &Collectors, cutting: &mut Cutting) -> Following {
-        let root = collectors.root_pid;
-        cutting.segments.push(Segment {
-            root_pid: root,
-            command: target::cmdline(root),
-            start_s: 0.0,
-            end_s: None,
-            first_cycle: 1,
-        });
+        let root = collectors.root_pid();
+        cutting.start_instance(root, 0.0);
         Following {
             rule,
             started: target::proc_info(root).map_or(0.0, |p| p.start_time),
@@ -53,23 +46,12 @@ impl Following {
     ) {
         let Some(searched) = self.waiting else {
             let (end_s, end, _) = collectors.snapshot();
-            cutting.timeline.end_segment(end_s, end);
-            let segment = cutting
-                .segments
-                .last_mut()
-                .expect("the first is made at start");
-            segment.end_s = Some(end_s);
-            let pid = segment.root_pid;
-            let exits = cutting.segments.len() as u64;
-            if let Some(metrics) = &cutting.metrics {
-                metrics.update(|live| live.worker_exits = exits);
-            }
+            let pid = cutting.end_instance(end_s, end);
             tracing::info!(
                 "the worker (pid {pid}) exited; waiting for the next process {}",
                 self.rule.describe()
             );
             self.waiting = Some(Instant::now());
-            cutting.between_instances = true;
             return;
         };
         if searched.elapsed() < SEARCH_EVERY {
@@ -88,7 +70,7 @@ impl Following {
         browser: &mut BrowserReader,
     ) -> Result<(), SessionError> {
         // A process started after the last instance, and not one of its tree that outlived it.
-        let traced = collectors.table.live_pids();
+        let traced = collectors.table().live_pids();
         let next = self
             .rule
             .instances()?
@@ -96,31 +78,19 @@ impl Following {
             .rev()
             .find(|p| p.start_time >= self.started && !traced.contains(&p.pid));
         let Some(next) = next else { return Ok(()) };
-        collectors.root_pid = next.pid;
-        collectors.table.set_root(next.pid);
-        if collectors.seed_tree().is_err() {
+        if !collectors.follow_root(next.pid) {
             // Gone again before it could be tracked: the next search finds its successor.
             return Ok(());
         }
-        // A child forked while we were seeding: look once more.
-        let _ = collectors.seed_tree();
         let (now_s, start, _) = collectors.snapshot();
-        cutting.timeline.start_segment(now_s, start);
+        cutting.start_segment(now_s, start);
+        let instance = cutting.start_instance(next.pid, now_s);
         browser.start_over();
         self.started = next.start_time;
         self.waiting = None;
-        cutting.between_instances = false;
-        cutting.segments.push(Segment {
-            root_pid: next.pid,
-            command: target::cmdline(next.pid),
-            start_s: now_s,
-            end_s: None,
-            first_cycle: cutting.timeline.complete_cycles() as u32 + 1,
-        });
         tracing::info!(
-            "following pid {} (instance {} of the worker)",
-            next.pid,
-            cutting.segments.len()
+            "following pid {} (instance {instance} of the worker)",
+            next.pid
         );
         Ok(())
     }

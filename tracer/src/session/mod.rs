@@ -345,11 +345,7 @@ fn launch(
     // them, as in containers), so none is left a zombie.
     // SAFETY: prctl with an integer argument.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    let kernel = &mut collectors.kernel;
-    let mut launched = target::launch(command, identity, io, |pid| match kernel.as_mut() {
-        Some(kernel) => kernel.track(pid).map(drop).map_err(SessionError::from),
-        None => Ok(()),
-    })?;
+    let mut launched = target::launch(command, identity, io, |pid| collectors.track(pid))?;
     let mut readers = Vec::new();
     let outputs = [
         (
@@ -377,7 +373,7 @@ fn launch(
                 move |b| progress.pass(is_stderr, b),
                 rules.clone(),
                 marker_tx.clone(),
-                collectors.tree.clone(),
+                collectors.tree_reader(),
             ));
         }
     }
@@ -417,7 +413,7 @@ impl MarkerInputs {
                 invoking_user(options)?,
                 rules.clone().or_protocol(),
                 marker_tx,
-                collectors.tree.clone(),
+                collectors.tree_reader(),
             )),
             None => None,
         };
@@ -477,7 +473,7 @@ impl Session {
         let head = Head::new(
             command,
             mode,
-            collectors.root_pid,
+            collectors.root_pid(),
             started,
             started_at,
             &options,
@@ -500,7 +496,7 @@ impl Session {
             &collectors,
         )?;
         if options.announce {
-            let (root_pid, others) = (head.root_pid, collectors.table.len().saturating_sub(1));
+            let (root_pid, others) = (head.root_pid, collectors.table().len().saturating_sub(1));
             eprintln!(
                 "leaktrace: tracing pid {root_pid} and {others} other processes (Ctrl-C to stop)"
             );
@@ -607,7 +603,7 @@ impl Session {
     fn on_tick(&mut self) -> Option<EndReason> {
         self.collectors.follow();
         self.cutting.check_teardown(&self.collectors);
-        if self.head.mode == "attach" && !target::is_alive(self.collectors.root_pid) {
+        if self.head.mode == "attach" && !target::is_alive(self.collectors.root_pid()) {
             match self.following.as_mut() {
                 Some(following) => following.on_root_gone(
                     &mut self.collectors,
@@ -627,9 +623,7 @@ impl Session {
         if let Some(command) = self.inputs.cycle_cmd.take() {
             let _ = tokio::task::spawn_blocking(move || command.stop()).await;
         }
-        if let Some(kernel) = self.collectors.kernel.as_mut()
-            && let Err(e) = kernel.stop_flows()
-        {
+        if let Err(e) = self.collectors.stop_flows() {
             self.warnings.push(format!(
                 "address-space flows may include the trace's last moments: {e}"
             ));
@@ -649,7 +643,7 @@ impl Session {
             self.stop_what_we_started(ended_by).await;
         }
         self.collectors.follow();
-        self.collectors.table.reap();
+        self.collectors.reap();
         drop(self.inputs.socket.take());
         // The last report written on the way is whole before leaktrace goes on to the final one.
         if let Some(reports) = &mut self.reports
@@ -660,7 +654,8 @@ impl Session {
         }
         let cut = self.cutting.finish(end_s, end, &mut self.browser);
         let warnings = std::mem::take(&mut self.warnings);
-        let mut trace = self.collectors.trace(&self.head, warnings, ended_by, cut);
+        let collected = self.collectors.collected();
+        let mut trace = assemble::trace(&self.head, warnings, ended_by, collected, cut);
         trace.exit_code = self.exit_status;
         trace.browser = self.browser.summary;
         trace
@@ -706,9 +701,7 @@ impl Session {
         // leaktrace started them, so it does not leave them behind.
         self.collectors.follow();
         stop_leftovers(&mut self.collectors).await;
-        if let Some(watchdog) = self.collectors.watchdog.take() {
-            watchdog.release();
-        }
+        self.collectors.release_watchdog();
         reap_children().await;
     }
 
@@ -741,9 +734,8 @@ impl Session {
             }
         };
         let warnings = self.warnings.clone();
-        let mut trace = self
-            .collectors
-            .trace(&self.head, warnings, EndReason::Running, cut);
+        let collected = self.collectors.collected();
+        let mut trace = assemble::trace(&self.head, warnings, EndReason::Running, collected, cut);
         trace.browser = self.browser.summary.clone();
         if let Some(Err(e)) = reports.write(trace).await {
             say(format!("warning: a report was not written: {e}"));

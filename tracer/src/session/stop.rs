@@ -9,7 +9,7 @@ use crate::{collect::target, trace::EndReason};
 /// SIGTERM to every traced process still alive, SIGKILL to those alive after the grace period.
 pub(super) async fn stop_leftovers(collectors: &mut Collectors) {
     for next_signal in [libc::SIGTERM, libc::SIGKILL] {
-        let leftovers = collectors.table.live();
+        let leftovers = collectors.table().live();
         let signalled = leftovers
             .iter()
             .filter(|(pid, start)| target::signal_if_same(*pid, *start, next_signal))
@@ -21,9 +21,9 @@ pub(super) async fn stop_leftovers(collectors: &mut Collectors) {
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(TICK).await;
             collectors.follow();
-            collectors.table.reap();
+            collectors.reap();
             if collectors
-                .table
+                .table()
                 .live()
                 .iter()
                 .all(|(pid, _)| !target::is_alive(*pid))

@@ -25,7 +25,7 @@ use chromiumoxide::cdp::browser_protocol::{
     system_info::GetProcessInfoParams,
     target::{
         AttachToTargetParams, DetachFromTargetParams, GetBrowserContextsParams, GetTargetsParams,
-        SessionId,
+        SessionId, TargetInfo,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -435,8 +435,6 @@ impl BrowserReader {
     /// Reads pages, contexts, per-page heaps and Chromium's processes. None when not connected.
     pub async fn read(&mut self) -> Option<BrowserView> {
         let cdp = self.cdp.as_mut()?;
-        let mut view = BrowserView::default();
-        let mut failed = 0u64;
         let targets = match cdp.call(GetTargetsParams::default(), None).await {
             Ok(targets) => targets.target_infos,
             Err(e) => {
@@ -446,113 +444,17 @@ impl BrowserReader {
                 return None;
             }
         };
-        for target in &targets {
-            *view
-                .targets_by_type
-                .entry(target.r#type.clone())
-                .or_default() += 1;
-        }
-        let pages: Vec<_> = targets.into_iter().filter(|t| t.r#type == "page").collect();
-        view.contexts = match cdp.call(GetBrowserContextsParams::default(), None).await {
-            Ok(contexts) => contexts.browser_context_ids.len() as u32 + 1,
-            Err(_) => {
-                failed += 1;
-                pages
-                    .iter()
-                    .map(|p| p.browser_context_id.clone().map(|c| c.inner().clone()))
-                    .collect::<BTreeSet<_>>()
-                    .len() as u32
-            }
+        let mut reading = ViewReading {
+            cdp,
+            sessions: &mut self.sessions,
+            redact_urls: self.redact_urls,
+            page_renderers: self.page_renderers,
+            failed: 0,
         };
-        let live: BTreeSet<String> = pages.iter().map(|p| p.target_id.inner().clone()).collect();
-        let gone: Vec<String> = self
-            .sessions
-            .keys()
-            .filter(|t| !live.contains(*t))
-            .cloned()
-            .collect();
-        gone.iter().for_each(|t| {
-            self.sessions.remove(t);
-        });
-        for page in pages {
-            let target = page.target_id.inner().clone();
-            let url = if self.redact_urls {
-                redact(&page.url)
-            } else {
-                page.url.clone()
-            };
-            let mut page_view = PageView {
-                target_id: target.clone(),
-                url: url.clone(),
-                context: page.browser_context_id.as_ref().map(|c| c.inner().clone()),
-                ..PageView::default()
-            };
-            if !self.sessions.contains_key(&target) {
-                let attach = AttachToTargetParams::builder()
-                    .target_id(page.target_id.clone())
-                    .flatten(true)
-                    .build();
-                match attach.map_err(|e| e.to_string()) {
-                    Ok(attach) => match cdp.call(attach, None).await {
-                        Ok(attached) => {
-                            let pid = match self.page_renderers {
-                                true => renderer_pid(cdp, &attached.session_id, &target).await,
-                                false => None,
-                            };
-                            self.sessions
-                                .insert(target.clone(), (attached.session_id, pid));
-                        }
-                        Err(_) => failed += 1,
-                    },
-                    Err(_) => failed += 1,
-                }
-            }
-            if let Some((session, pid)) = self.sessions.get(&target) {
-                page_view.renderer_pid = *pid;
-                match heap_usage(cdp, Some(session)).await {
-                    Ok((used, total)) => {
-                        page_view.js_heap_used = used;
-                        page_view.js_heap_total = total;
-                    }
-                    Err(_) => failed += 1,
-                }
-                match cdp
-                    .call(GetDomCountersParams::default(), Some(session))
-                    .await
-                {
-                    Ok(counters) => {
-                        page_view.nodes = counters.nodes;
-                        page_view.documents = counters.documents;
-                        page_view.js_event_listeners = counters.js_event_listeners;
-                    }
-                    Err(_) => failed += 1,
-                }
-            }
-            page_view.internal = is_internal(&page.url);
-            if !page_view.internal {
-                view.urls.push(url);
-                view.js_heap_used += page_view.js_heap_used;
-                view.pages += 1;
-            }
-            view.page_list.push(page_view);
-        }
-        match cdp.call(GetProcessInfoParams::default(), None).await {
-            Ok(info) => {
-                view.processes = info
-                    .process_info
-                    .into_iter()
-                    .map(|p| BrowserProcess {
-                        pid: p.id as u32,
-                        cdp_type: p.r#type,
-                        role: None,
-                    })
-                    .collect();
-            }
-            Err(_) => failed += 1,
-        }
-        view.failed_calls = failed;
-        self.summary.failed_calls += failed;
-        for (method, cost) in cdp.take_costs() {
+        let view = reading.view(targets).await;
+        self.summary.failed_calls += view.failed_calls;
+        let costs = self.cdp.as_ref().map(Cdp::take_costs).unwrap_or_default();
+        for (method, cost) in costs {
             self.summary.calls.entry(method).or_default().add(&cost);
         }
         self.summary.last = Some(view.clone());
@@ -571,6 +473,150 @@ impl BrowserReader {
         }
         self.sessions.clear();
         self.cdp = None;
+    }
+}
+
+/// One reading of the browser's view over a connection: its failed calls counted.
+struct ViewReading<'a> {
+    cdp: &'a mut Cdp,
+    /// Page target -> our session on it, and its renderer once known (kept between views).
+    sessions: &'a mut HashMap<String, (SessionId, Option<u32>)>,
+    redact_urls: bool,
+    page_renderers: bool,
+    failed: u64,
+}
+
+impl ViewReading<'_> {
+    async fn view(&mut self, targets: Vec<TargetInfo>) -> BrowserView {
+        let mut view = BrowserView::default();
+        for target in &targets {
+            *view
+                .targets_by_type
+                .entry(target.r#type.clone())
+                .or_default() += 1;
+        }
+        let pages: Vec<_> = targets.into_iter().filter(|t| t.r#type == "page").collect();
+        view.contexts = self.contexts(&pages).await;
+        // Sessions on pages that closed are forgotten.
+        let live: BTreeSet<String> = pages.iter().map(|p| p.target_id.inner().clone()).collect();
+        self.sessions.retain(|target, _| live.contains(target));
+        for page in pages {
+            let page_view = self.page(&page).await;
+            if !page_view.internal {
+                view.urls.push(page_view.url.clone());
+                view.js_heap_used += page_view.js_heap_used;
+                view.pages += 1;
+            }
+            view.page_list.push(page_view);
+        }
+        view.processes = self.processes().await;
+        view.failed_calls = self.failed;
+        view
+    }
+
+    /// Browser contexts: the default one and every other (from the pages', if the call fails).
+    async fn contexts(&mut self, pages: &[TargetInfo]) -> u32 {
+        match self
+            .cdp
+            .call(GetBrowserContextsParams::default(), None)
+            .await
+        {
+            Ok(contexts) => contexts.browser_context_ids.len() as u32 + 1,
+            Err(_) => {
+                self.failed += 1;
+                pages
+                    .iter()
+                    .map(|p| p.browser_context_id.clone().map(|c| c.inner().clone()))
+                    .collect::<BTreeSet<_>>()
+                    .len() as u32
+            }
+        }
+    }
+
+    /// One page: attached to once (and its renderer found, if asked), then its JS heap and DOM
+    /// counters at every view.
+    async fn page(&mut self, page: &TargetInfo) -> PageView {
+        let target = page.target_id.inner().clone();
+        let url = if self.redact_urls {
+            redact(&page.url)
+        } else {
+            page.url.clone()
+        };
+        let mut page_view = PageView {
+            target_id: target.clone(),
+            url,
+            context: page.browser_context_id.as_ref().map(|c| c.inner().clone()),
+            internal: is_internal(&page.url),
+            ..PageView::default()
+        };
+        if !self.sessions.contains_key(&target) {
+            self.attach(page, &target).await;
+        }
+        let Some((session, pid)) = self.sessions.get(&target) else {
+            return page_view;
+        };
+        page_view.renderer_pid = *pid;
+        match heap_usage(self.cdp, Some(session)).await {
+            Ok((used, total)) => {
+                page_view.js_heap_used = used;
+                page_view.js_heap_total = total;
+            }
+            Err(_) => self.failed += 1,
+        }
+        match self
+            .cdp
+            .call(GetDomCountersParams::default(), Some(session))
+            .await
+        {
+            Ok(counters) => {
+                page_view.nodes = counters.nodes;
+                page_view.documents = counters.documents;
+                page_view.js_event_listeners = counters.js_event_listeners;
+            }
+            Err(_) => self.failed += 1,
+        }
+        page_view
+    }
+
+    async fn attach(&mut self, page: &TargetInfo, target: &str) {
+        let attach = AttachToTargetParams::builder()
+            .target_id(page.target_id.clone())
+            .flatten(true)
+            .build();
+        let Ok(attach) = attach else {
+            self.failed += 1;
+            return;
+        };
+        match self.cdp.call(attach, None).await {
+            Ok(attached) => {
+                let pid = match self.page_renderers {
+                    true => renderer_pid(self.cdp, &attached.session_id, target).await,
+                    false => None,
+                };
+                self.sessions
+                    .insert(target.to_string(), (attached.session_id, pid));
+            }
+            Err(_) => self.failed += 1,
+        }
+    }
+
+    /// Chromium's processes, as it lists them.
+    async fn processes(&mut self) -> Vec<BrowserProcess> {
+        match self.cdp.call(GetProcessInfoParams::default(), None).await {
+            Ok(info) => info
+                .process_info
+                .into_iter()
+                .map(|p| BrowserProcess {
+                    pid: p.id as u32,
+                    cdp_type: p.r#type,
+                    role: None,
+                })
+                .collect(),
+            Err(_) => {
+                self.failed += 1;
+                Vec::new()
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ pub mod answers;
 pub mod summary;
 
 use crate::{
-    trace::{ClassFlow, Process, Trace},
+    trace::{ClassFlow, Cycle, Process, Trace},
     units::{bytes, size},
 };
 
@@ -332,10 +332,32 @@ fn resident_by_role(out: &mut String, trace: &Trace) {
     }
 }
 
+/// The cycles table: one row per cycle, then the mean of each phase.
 fn cycles(out: &mut String, trace: &Trace) {
     if trace.cycles.is_empty() {
         return;
     }
+    cycles_heading(out, trace);
+    let mut segment = 0;
+    for cycle in trace.cycles.iter() {
+        if cycle.segment != segment
+            && let Some(instance) = trace.segments.get(cycle.segment as usize)
+        {
+            segment = cycle.segment;
+            let _ = writeln!(
+                out,
+                "   -- instance {} of the worker: pid {} --",
+                segment + 1,
+                instance.root_pid
+            );
+        }
+        cycle_row(out, cycle);
+    }
+    phase_means(out, trace);
+}
+
+/// What the cycles are, what markers were ignored, and the table's head.
+fn cycles_heading(out: &mut String, trace: &Trace) {
     let cut = trace.cycles.iter().filter(|c| !c.is_complete()).count();
     let complete = trace.cycles.count() - cut;
     let _ = writeln!(
@@ -370,58 +392,51 @@ fn cycles(out: &mut String, trace: &Trace) {
             spilled.count()
         );
     }
-    let mut segment = 0;
-    for cycle in trace.cycles.iter() {
-        if cycle.segment != segment
-            && let Some(instance) = trace.segments.get(cycle.segment as usize)
-        {
-            segment = cycle.segment;
-            let _ = writeln!(
-                out,
-                "   -- instance {} of the worker: pid {} --",
-                segment + 1,
-                instance.root_pid
-            );
-        }
-        let pss: u64 = cycle.by_role.values().map(|r| r.pss).sum();
-        let tree = cycle.tree();
-        // A compacted cycle keeps the tree's change, not its flows.
-        let net = if cycle.compacted {
-            "-".to_string()
-        } else {
-            let flows = cycle.growth.values().flat_map(|g| g.address_space.values());
-            bytes(flows.map(ClassFlow::net).sum(), true)
-        };
-        let figures: Vec<String> = cycle
-            .worker
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let flag = if cycle.cut {
-            " cut"
-        } else if cycle.teardown {
-            " teardown (left out)"
-        } else if cycle.warmup {
-            " warm-up"
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            out,
-            "{:>4} {:>8.1} {:>7.1} {:>10} {:>9} {:>9} {:>10} {:>10}  {}{flag}",
-            cycle.index,
-            cycle.start_s,
-            cycle.end_s - cycle.start_s,
-            size(pss),
-            bytes(tree.pss, true),
-            bytes(tree.owned, true),
-            bytes(tree.anon, true),
-            net,
-            figures.join(" ")
-        );
-    }
-    // Per phase, the mean over the cycles the fits take (the same as the answers' `when`):
-    // where the growth happens.
+}
+
+/// One cycle: when, how long, the tree's PSS and changes, the flows' net, the worker's figures.
+fn cycle_row(out: &mut String, cycle: &Cycle) {
+    let pss: u64 = cycle.by_role.values().map(|r| r.pss).sum();
+    let tree = cycle.tree();
+    // A compacted cycle keeps the tree's change, not its flows.
+    let net = if cycle.compacted {
+        "-".to_string()
+    } else {
+        let flows = cycle.growth.values().flat_map(|g| g.address_space.values());
+        bytes(flows.map(ClassFlow::net).sum(), true)
+    };
+    let figures: Vec<String> = cycle
+        .worker
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let flag = if cycle.cut {
+        " cut"
+    } else if cycle.teardown {
+        " teardown (left out)"
+    } else if cycle.warmup {
+        " warm-up"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "{:>4} {:>8.1} {:>7.1} {:>10} {:>9} {:>9} {:>10} {:>10}  {}{flag}",
+        cycle.index,
+        cycle.start_s,
+        cycle.end_s - cycle.start_s,
+        size(pss),
+        bytes(tree.pss, true),
+        bytes(tree.owned, true),
+        bytes(tree.anon, true),
+        net,
+        figures.join(" ")
+    );
+}
+
+/// Per phase, the mean over the cycles the fits take (the same as the answers' `when`): where
+/// the growth happens.
+fn phase_means(out: &mut String, trace: &Trace) {
     let mut phases: BTreeMap<&str, (i64, i64, i64, u32)> = BTreeMap::new();
     for cycle in crate::analysis::fitted_cycles(trace) {
         for phase in cycle.phases.iter().filter(|p| !p.teardown) {
