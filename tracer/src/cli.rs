@@ -16,7 +16,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::{
     collect::markers::LineRules,
-    diagnostics::with_causes,
+    diagnostics::{Verbosity, with_causes},
     doctor,
     render::{diff, report},
     session,
@@ -251,7 +251,8 @@ struct TraceArgs {
     /// are page cache) grows faster than RATE after warm-up: 5MiB/day, 200KiB/cycle, 1MB/hour.
     #[arg(long, value_name = "RATE")]
     budget: Option<crate::analysis::Budget>,
-    /// Say more about what leaktrace is doing, on stderr.
+    /// Say more about what leaktrace is doing, on stderr (`-v`: what it traces with which
+    /// options, where it wrote the trace).
     #[arg(short, long)]
     verbose: bool,
     /// Print no report and no warnings (errors still go to stderr).
@@ -419,12 +420,10 @@ fn check_report_dir(dir: &Path) -> Result<(), UsageError> {
 
 /// Writes the trace into `file`; if that fails, says so and saves it in the temporary
 /// directory instead. False when the file could not be written.
-fn write_or_save(trace: &Trace, file: ReportFile, verbose: bool) -> bool {
+fn write_or_save(trace: &Trace, file: ReportFile) -> bool {
     let path = file.path().to_path_buf();
     let Err(error) = trace.write_into(file) else {
-        if verbose {
-            eprintln!("leaktrace: wrote {}", path.display());
-        }
+        tracing::debug!("wrote {}", path.display());
         return true;
     };
     eprintln!("leaktrace: error: {}", with_causes(&error));
@@ -500,7 +499,7 @@ fn run_trace(
     follow: Option<crate::collect::target::Follow>,
 ) -> Result<ExitCode> {
     let outputs = check_before_start(args)?;
-    crate::diagnostics::init(args.quiet);
+    crate::diagnostics::init(Verbosity::of(args.quiet, args.verbose));
     if args.continuous && args.report_dir.is_none() && args.metrics_addr.is_none() && !args.quiet {
         eprintln!(
             "leaktrace: note: --continuous without --report-dir or --metrics-addr: nothing is \
@@ -511,7 +510,31 @@ fn run_trace(
         session::Target::Run(_) => args.verbose,
         session::Target::Attach(_) => !args.quiet,
     };
-    let options = session::Options {
+    let options = session_options(args, as_root, announce, &outputs, follow);
+    tracing::debug!("tracing {target:?} with {options:?}");
+    let mut trace = session::trace(target, options)?;
+    let warmup = (args.warmup > 0).then_some(args.warmup as usize);
+    trace.analysis = crate::analysis::analyze(&trace, warmup, args.budget);
+    let written = write_outputs(&trace, outputs);
+    if !args.quiet {
+        print_report(true, &trace, args.full)?;
+    }
+    Ok(if written {
+        budget_exit_code(&trace)
+    } else {
+        ExitCode::from(exit::ERROR)
+    })
+}
+
+/// What the session is told, from the command line.
+fn session_options(
+    args: &TraceArgs,
+    as_root: bool,
+    announce: bool,
+    outputs: &Outputs,
+    follow: Option<crate::collect::target::Follow>,
+) -> session::Options {
+    session::Options {
         duration: args.duration,
         ebpf: !args.no_ebpf,
         as_root,
@@ -545,38 +568,29 @@ fn run_trace(
             budget: args.budget,
         }),
         follow,
-    };
-    if args.verbose {
-        eprintln!("leaktrace: tracing {target:?} with {options:?}");
     }
-    let mut trace = session::trace(target, options)?;
-    let warmup = (args.warmup > 0).then_some(args.warmup as usize);
-    trace.analysis = crate::analysis::analyze(&trace, warmup, args.budget);
-    // One output failing never stops the others, nor the report.
+}
+
+/// Writes the trace's files. One output failing never stops the others, nor the report; false
+/// when one failed.
+fn write_outputs(trace: &Trace, outputs: Outputs) -> bool {
     let mut written = true;
     if let Some(file) = outputs.trace_events
-        && let Err(error) = crate::render::trace_events::write_into(&trace, file)
+        && let Err(error) = crate::render::trace_events::write_into(trace, file)
     {
         eprintln!("leaktrace: error: {}", with_causes(&error));
         written = false;
     }
     if let Some(file) = outputs.html
-        && let Err(error) = file.write_all(crate::render::html::render_html(&trace).as_bytes())
+        && let Err(error) = file.write_all(crate::render::html::render_html(trace).as_bytes())
     {
         eprintln!("leaktrace: error: {}", with_causes(&error));
         written = false;
     }
     if let Some(file) = outputs.json {
-        written &= write_or_save(&trace, file, args.verbose);
+        written &= write_or_save(trace, file);
     }
-    if !args.quiet {
-        print_report(true, &trace, args.full)?;
-    }
-    Ok(if written {
-        budget_exit_code(&trace)
-    } else {
-        ExitCode::from(exit::ERROR)
-    })
+    written
 }
 
 /// The demo: the zoo worker next to this binary, traced over its cycles. Leaves the trace
@@ -602,6 +616,7 @@ fn demo(leak: &str, cycles: u32, dir: &Path) -> Result<ExitCode> {
     );
     let json = ReportFile::create(&json_path)?;
     let html = ReportFile::create(&html_path)?;
+    crate::diagnostics::init(Verbosity::Normal);
     eprintln!(
         "leaktrace demo: {cycles} cycles of a scraper whose leak is `{leak}`; the report follows."
     );
@@ -615,7 +630,7 @@ fn demo(leak: &str, cycles: u32, dir: &Path) -> Result<ExitCode> {
     let mut trace = session::trace(session::Target::Run(command), session::Options::default())?;
     trace.analysis = crate::analysis::analyze(&trace, None, None);
     print_report(false, &trace, false)?;
-    let mut written = write_or_save(&trace, json, false);
+    let mut written = write_or_save(&trace, json);
     if let Err(error) = html.write_all(crate::render::html::render_html(&trace).as_bytes()) {
         eprintln!("leaktrace: error: {}", with_causes(&error));
         written = false;
@@ -667,33 +682,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             trace,
             as_root,
             command,
-        } => {
-            return run_trace(session::Target::Run(command), &trace, as_root, None);
-        }
+        } => run_trace(session::Target::Run(command), &trace, as_root, None),
         Command::Attach {
             pid,
             follow_name,
             follow_cmdline,
             trace,
-        } => {
-            if trace.cycle_log.is_none()
-                && (trace.cycle_regex.is_some() || trace.phase_regex.is_some())
-            {
-                Cli::command()
-                    .error(
-                        clap::error::ErrorKind::MissingRequiredArgument,
-                        "attach cannot read the process's output: --cycle-regex and --phase-regex apply to --cycle-log FILE",
-                    )
-                    .exit();
-            }
-            let follow = follow_rule(follow_name.as_deref(), follow_cmdline.as_deref())?;
-            let pid = match (pid, &follow) {
-                (Some(pid), _) => pid,
-                (None, Some(rule)) => the_one_instance(rule)?,
-                (None, None) => unreachable!("clap requires --pid without a follow rule"),
-            };
-            return run_trace(session::Target::Attach(pid), &trace, false, follow);
-        }
+        } => attach(pid, follow_name, follow_cmdline, &trace),
         Command::Report {
             trace,
             markdown,
@@ -702,54 +697,92 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             html,
         } => {
             let trace = Trace::read(&trace)?;
-            if let Some(path) = html {
-                crate::trace::write_file(
-                    &path,
-                    crate::render::html::render_html(&trace).as_bytes(),
-                )?;
-            }
-            if let Some(path) = trace_events {
-                crate::render::trace_events::write(&trace, &path)?;
-            }
-            if markdown {
-                print(
-                    false,
-                    &report::markdown(&trace, &report::render_full(&trace)),
-                )?;
-            } else {
-                print_report(false, &trace, full)?;
-            }
+            report_saved(&trace, markdown, full, trace_events, html)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Diff {
             before,
             after,
             budget,
-        } => {
-            let (before, after) = (Trace::read(&before)?, Trace::read(&after)?);
-            let comparison = diff::compare(&before, &after);
-            print(false, &diff::render(&before, &after, &comparison))?;
-            if let (Some(budget), Some(tree)) = (budget, after.analysis.tree()) {
-                let check = budget.check(tree, after.analysis.cycle_s);
-                print(
-                    false,
-                    &format!(
-                        "budget on AFTER: {}\n",
-                        if check.pass { "pass" } else { "EXCEEDED" }
-                    ),
-                )?;
-                if !check.pass {
-                    return Ok(ExitCode::from(exit::BUDGET_EXCEEDED));
-                }
-            }
-        }
-        Command::Demo { leak, cycles, dir } => return demo(&leak, cycles, &dir),
-        Command::Watchdog => return Ok(session::watchdog::watch()),
+        } => diff_saved(&Trace::read(&before)?, &Trace::read(&after)?, budget),
+        Command::Demo { leak, cycles, dir } => demo(&leak, cycles, &dir),
+        Command::Watchdog => Ok(session::watchdog::watch()),
         Command::Doctor => {
             let checks = doctor::diagnose();
             print(false, &doctor::render(&checks))?;
-            if checks.iter().any(|c| !c.ok) {
-                return Ok(ExitCode::from(exit::ERROR));
-            }
+            Ok(if checks.iter().any(|c| !c.ok) {
+                ExitCode::from(exit::ERROR)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+/// `attach`: by pid, or the one process a follow rule matches.
+fn attach(
+    pid: Option<u32>,
+    follow_name: Option<String>,
+    follow_cmdline: Option<String>,
+    trace: &TraceArgs,
+) -> Result<ExitCode> {
+    if trace.cycle_log.is_none() && (trace.cycle_regex.is_some() || trace.phase_regex.is_some()) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "attach cannot read the process's output: --cycle-regex and --phase-regex apply to --cycle-log FILE",
+            )
+            .exit();
+    }
+    let follow = follow_rule(follow_name.as_deref(), follow_cmdline.as_deref())?;
+    let pid = match (pid, &follow) {
+        (Some(pid), _) => pid,
+        (None, Some(rule)) => the_one_instance(rule)?,
+        (None, None) => unreachable!("clap requires --pid without a follow rule"),
+    };
+    run_trace(session::Target::Attach(pid), trace, false, follow)
+}
+
+/// `report`: a saved trace, as text or Markdown, and as HTML or Trace Event Format if asked.
+fn report_saved(
+    trace: &Trace,
+    markdown: bool,
+    full: bool,
+    trace_events: Option<PathBuf>,
+    html: Option<PathBuf>,
+) -> Result<()> {
+    if let Some(path) = html {
+        crate::trace::write_file(&path, crate::render::html::render_html(trace).as_bytes())?;
+    }
+    if let Some(path) = trace_events {
+        crate::render::trace_events::write(trace, &path)?;
+    }
+    if markdown {
+        print(false, &report::markdown(trace, &report::render_full(trace)))
+    } else {
+        print_report(false, trace, full)
+    }
+}
+
+/// `diff`: two saved traces side by side; with a budget, exit 3 when the second exceeds it.
+fn diff_saved(
+    before: &Trace,
+    after: &Trace,
+    budget: Option<crate::analysis::Budget>,
+) -> Result<ExitCode> {
+    let comparison = diff::compare(before, after);
+    print(false, &diff::render(before, after, &comparison))?;
+    if let (Some(budget), Some(tree)) = (budget, after.analysis.tree()) {
+        let check = budget.check(tree, after.analysis.cycle_s);
+        print(
+            false,
+            &format!(
+                "budget on AFTER: {}\n",
+                if check.pass { "pass" } else { "EXCEEDED" }
+            ),
+        )?;
+        if !check.pass {
+            return Ok(ExitCode::from(exit::BUDGET_EXCEEDED));
         }
     }
     Ok(ExitCode::SUCCESS)

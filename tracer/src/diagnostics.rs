@@ -1,6 +1,7 @@
 //! What leaktrace says on stderr while it traces: warnings (`tracing::warn!`, printed as
-//! `leaktrace: warning: …`) and notes and interim lines (`tracing::info!`, `leaktrace: …`).
-//! `-q` keeps them off; errors that end the command are printed by [`crate::cli`] itself.
+//! `leaktrace: warning: …`), notes and interim lines (`tracing::info!`, `leaktrace: …`), and with
+//! `-v` what it is doing (`tracing::debug!`, `leaktrace: …`). `-q` keeps all of them off; errors
+//! that end the command are printed by [`crate::cli`] itself.
 //!
 //! Every line is written with the progress bar out of the way ([`around_bar`]), so neither
 //! garbles the other, whichever part of leaktrace says it. Only leaktrace's own events are shown:
@@ -25,10 +26,37 @@ use tracing_subscriber::{
 /// The progress bar being drawn, if any: lines are written while it is suspended.
 static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
-/// Shows leaktrace's warnings and notes on stderr, or with `quiet` none of them. Once per
+/// How much leaktrace says: `-q`, nothing but errors; by default warnings and notes; `-v`, what
+/// it is doing as well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+impl Verbosity {
+    pub fn of(quiet: bool, verbose: bool) -> Verbosity {
+        match (quiet, verbose) {
+            (true, _) => Verbosity::Quiet,
+            (false, false) => Verbosity::Normal,
+            (false, true) => Verbosity::Verbose,
+        }
+    }
+
+    fn level(self) -> Level {
+        match self {
+            Verbosity::Quiet => Level::ERROR,
+            Verbosity::Normal => Level::INFO,
+            Verbosity::Verbose => Level::DEBUG,
+        }
+    }
+}
+
+/// Shows leaktrace's own events on stderr down to the level `verbosity` asks for. Once per
 /// process; later calls (a test harness running several commands) change nothing.
-pub fn init(quiet: bool) {
-    let level = if quiet { Level::ERROR } else { Level::INFO };
+pub fn init(verbosity: Verbosity) {
+    let level = verbosity.level();
     let layer = tracing_subscriber::fmt::layer()
         .event_format(Lines)
         .with_writer(AroundBar);

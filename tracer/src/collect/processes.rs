@@ -859,6 +859,14 @@ mod tests {
         }
         let mut reading = Reading::default();
         reading.samples.insert(child, ProcSample::default());
+        // spawn() returns as the exec closes the parent's pipe, before the kernel has set the
+        // new command line (/proc/PID/cmdline reads empty for a moment): wait for it, as the
+        // table itself would at its next sample.
+        let up = std::time::Instant::now();
+        while sampler::identity(child).is_none_or(|id| id.cmdline.is_empty()) {
+            assert!(up.elapsed().as_secs() < 5, "the child's command line");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         table.sample_with(1.0, &reading);
         let _ = gpu.kill();
         let _ = gpu.wait();

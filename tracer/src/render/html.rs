@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use plotters::prelude::*;
+use plotters::{coord::types::RangedCoordf64, prelude::*};
 
 use crate::{
     render::report::{answers, render_full},
@@ -52,6 +52,25 @@ fn plot(
     let mut svg = String::new();
     let _ = draw(&mut svg, title, unit, cycles, values, under, marks);
     svg
+}
+
+/// Recreation points (dashed) and phase starts (ticks along the axis).
+fn draw_marks(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    marks: &Marks,
+    (x0, x1): (f64, f64),
+    top: f64,
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
+    for mark in &marks.recreations {
+        let x = *mark as f64 - 1.0;
+        let line = DashedLineSeries::new([(x, 0.0), (x, top)], 4, 4, RGBColor(200, 80, 0).into());
+        chart.draw_series(line)?;
+    }
+    for x in marks.phases.iter().filter(|x| (x0..=x1).contains(*x)) {
+        let tick = PathElement::new([(*x, 0.0), (*x, top * 0.04)], RGBColor(90, 90, 90));
+        chart.draw_series(std::iter::once(tick))?;
+    }
+    Ok(())
 }
 
 fn draw(
@@ -110,17 +129,7 @@ fn draw(
             .draw_series(AreaSeries::new(anon, 0.0, RGBColor(140, 175, 225)))
             .map_err(|e| err(&e))?;
     }
-    for mark in &marks.recreations {
-        let x = *mark as f64 - 1.0;
-        let line = DashedLineSeries::new([(x, 0.0), (x, top)], 4, 4, RGBColor(200, 80, 0).into());
-        chart.draw_series(line).map_err(|e| err(&e))?;
-    }
-    for x in marks.phases.iter().filter(|x| (x0..=x1).contains(*x)) {
-        let tick = PathElement::new([(*x, 0.0), (*x, top * 0.04)], RGBColor(90, 90, 90));
-        chart
-            .draw_series(std::iter::once(tick))
-            .map_err(|e| err(&e))?;
-    }
+    draw_marks(&mut chart, marks, (x0, x1), top).map_err(|e| err(&e))?;
     let points: Vec<(f64, f64)> = cycles
         .iter()
         .zip(values)

@@ -114,6 +114,15 @@ impl Collectors {
         }
     }
 
+    /// Says on stderr that tracing has started (attach mode: the moment it is safe to go).
+    pub(super) fn announce(&self) {
+        let others = self.table.len().saturating_sub(1);
+        eprintln!(
+            "leaktrace: tracing pid {} and {others} other processes (Ctrl-C to stop)",
+            self.root_pid
+        );
+    }
+
     /// Tracks a process in the kernel (eBPF only): the launched command, before it runs.
     pub(super) fn track(&mut self, pid: u32) -> Result<(), SessionError> {
         match self.kernel.as_mut() {

@@ -453,22 +453,23 @@ impl Session {
         let (marker_tx, events) = mpsc::unbounded_channel();
         let progress = Progress::new(options.progress, marker_options.cycles);
         let mut collectors = Collectors::new(kernel, started);
-        let (mode, command, mut launched) = match &target {
-            Target::Run(command) => {
-                let launched = launch(
-                    command,
-                    &options,
-                    &rules,
-                    &marker_tx,
-                    &progress,
-                    &mut collectors,
-                )?;
-                ("run", command.clone(), Some(launched))
-            }
+        let mut launched = match &target {
+            Target::Run(command) => Some(launch(
+                command,
+                &options,
+                &rules,
+                &marker_tx,
+                &progress,
+                &mut collectors,
+            )?),
             Target::Attach(pid) => {
                 collectors.attach(*pid)?;
-                ("attach", target::cmdline(*pid), None)
+                None
             }
+        };
+        let (mode, command) = match &target {
+            Target::Run(command) => ("run", command.clone()),
+            Target::Attach(pid) => ("attach", target::cmdline(*pid)),
         };
         let head = Head::new(
             command,
@@ -496,10 +497,7 @@ impl Session {
             &collectors,
         )?;
         if options.announce {
-            let (root_pid, others) = (head.root_pid, collectors.table().len().saturating_sub(1));
-            eprintln!(
-                "leaktrace: tracing pid {root_pid} and {others} other processes (Ctrl-C to stop)"
-            );
+            collectors.announce();
         }
         let status = wait_for(launched.map(|l| l.child));
         let (t0, start, _) = collectors.snapshot();

@@ -78,6 +78,58 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
         .ok_or(BtfError::Malformed("truncated"))
 }
 
+/// Reads the type at `at` and moves past it (and its members); an enum's enumerators go to
+/// `enumerators` as (name offset, value).
+fn read_type(
+    data: &[u8],
+    at: &mut usize,
+    enumerators: &mut Vec<(u32, i64)>,
+) -> Result<Type, BtfError> {
+    let name_off = u32_at(data, *at)?;
+    let info = u32_at(data, *at + 4)?;
+    let size_or_type = u32_at(data, *at + 8)?;
+    *at += 12;
+    let vlen = (info & 0xffff) as usize;
+    let kind = (info >> 24) & 0x1f;
+    let kind_flag = info >> 31 == 1;
+    let mut members = Vec::new();
+    match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => *at += 4,
+        KIND_ARRAY => *at += 12,
+        KIND_STRUCT | KIND_UNION => {
+            for _ in 0..vlen {
+                let offset = u32_at(data, *at + 8)?;
+                members.push(Member {
+                    name_off: u32_at(data, *at)?,
+                    type_id: u32_at(data, *at + 4)?,
+                    // With kind_flag the top 8 bits hold a bitfield size.
+                    bit_offset: if kind_flag {
+                        offset & 0x00ff_ffff
+                    } else {
+                        offset
+                    },
+                });
+                *at += 12;
+            }
+        }
+        KIND_ENUM => {
+            for _ in 0..vlen {
+                enumerators.push((u32_at(data, *at)?, u32_at(data, *at + 4)? as i32 as i64));
+                *at += 8;
+            }
+        }
+        KIND_FUNC_PROTO => *at += 8 * vlen,
+        KIND_DATASEC | KIND_ENUM64 => *at += 12 * vlen,
+        _ => {}
+    }
+    Ok(Type {
+        name_off,
+        kind,
+        type_ref: size_or_type,
+        members,
+    })
+}
+
 impl Btf {
     pub fn from_sys_fs() -> Result<Btf, BtfError> {
         Btf::from_file(Path::new(VMLINUX_BTF))
@@ -116,52 +168,13 @@ impl Btf {
         let mut enumerator_names = Vec::new();
         let mut at = types_at;
         while at < types_at + type_len {
-            let name_off = u32_at(data, at)?;
-            let info = u32_at(data, at + 4)?;
-            let size_or_type = u32_at(data, at + 8)?;
-            at += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
-            match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => at += 4,
-                KIND_ARRAY => at += 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for _ in 0..vlen {
-                        let offset = u32_at(data, at + 8)?;
-                        members.push(Member {
-                            name_off: u32_at(data, at)?,
-                            type_id: u32_at(data, at + 4)?,
-                            // With kind_flag the top 8 bits hold a bitfield size.
-                            bit_offset: if kind_flag {
-                                offset & 0x00ff_ffff
-                            } else {
-                                offset
-                            },
-                        });
-                        at += 12;
-                    }
-                }
-                KIND_ENUM => {
-                    for _ in 0..vlen {
-                        enumerator_names
-                            .push((u32_at(data, at)?, u32_at(data, at + 4)? as i32 as i64));
-                        at += 8;
-                    }
-                }
-                KIND_FUNC_PROTO => at += 8 * vlen,
-                KIND_DATASEC | KIND_ENUM64 => at += 12 * vlen,
-                _ => {}
-            }
-            types.push(Type {
-                name_off,
-                kind,
-                type_ref: size_or_type,
-                members,
-            });
+            types.push(read_type(data, &mut at, &mut enumerator_names)?);
         }
+        Ok(Btf::index(types, strings, enumerator_names))
+    }
 
+    /// The lookups by name: structs, typedefs and enumerators.
+    fn index(types: Vec<Type>, strings: Vec<u8>, enumerator_names: Vec<(u32, i64)>) -> Btf {
         let mut btf = Btf {
             types,
             strings,
@@ -182,7 +195,7 @@ impl Btf {
                 btf.typedefs.insert(name);
             }
         }
-        Ok(btf)
+        btf
     }
 
     fn name(&self, offset: u32) -> &str {

@@ -152,23 +152,7 @@ fn by_role(out: &mut String, trace: &Trace) {
             .iter()
             .find(|s| matches!(&s.name, Series::RoleOwned(r) if r.as_str() == role))
     };
-    // At the last cycle end: a worker that closes its browser after its last cycle leaves
-    // none of it in the tree's last sample.
-    let last_cycle = trace
-        .cycles
-        .iter()
-        .rev()
-        .find(|c| c.is_complete() && !c.by_role.is_empty());
-    let (at, by_role): (String, Vec<(&Role, &RoleTotals)>) = match last_cycle {
-        Some(cycle) => (
-            format!("at the end of cycle {}", cycle.index),
-            cycle.by_role.iter().collect(),
-        ),
-        None => (
-            format!("at {}", duration(trace.totals.pss_at_s)),
-            trace.totals.by_role.iter().collect(),
-        ),
-    };
+    let (at, by_role) = memory_at_the_end(trace);
     let mut roles = by_role.clone();
     roles.sort_by_key(|(_, t)| std::cmp::Reverse(t.owned()));
     let unit = RateUnit::of(trace.duration_s);
@@ -186,45 +170,18 @@ fn by_role(out: &mut String, trace: &Trace) {
         "PER CYCLE",
         unit.heading()
     );
-    let mut row = |name: &str, count: u64, pss: u64, owned: u64, fit: Option<&SeriesFit>| {
-        let (per_cycle, per_time, trend, grows) = match fit {
-            Some(fit) => (
-                bytes(fit.per_cycle as i64, true),
-                unit.rate(fit.per_day),
-                trend(fit),
-                matches!(fit.shape, Some(Shape::Linear | Shape::Accelerating)),
-            ),
-            None => ("-".into(), "-".into(), String::new(), false),
-        };
-        let line = format!(
-            "{:<18} {:>5} {:>9} {:>9} {:>10} {:>11}  {trend}",
-            truncate(name, 18),
-            count,
-            size(pss),
-            size(owned),
-            per_cycle,
-            per_time
-        );
-        let style = if grows { GROWING } else { Style::new() };
-        let _ = writeln!(out, "{style}{}{style:#}", line.trim_end());
-    };
     for (role, totals) in roles {
-        row(
-            role.as_str(),
-            totals.count,
-            totals.pss,
-            totals.owned(),
-            role_fit(role.as_str()),
-        );
+        role_row(out, &unit, role.as_str(), totals, role_fit(role.as_str()));
     }
     let sum = |f: fn(&RoleTotals) -> u64| by_role.iter().map(|(_, t)| f(t)).sum::<u64>();
-    row(
-        "tree",
-        sum(|t| t.count),
-        sum(|t| t.pss),
-        sum(RoleTotals::owned),
-        analysis.tree(),
-    );
+    let tree = RoleTotals {
+        count: sum(|t| t.count),
+        pss: sum(|t| t.pss),
+        anon: sum(|t| t.anon),
+        shmem: sum(|t| t.shmem),
+        file: sum(|t| t.file),
+    };
+    role_row(out, &unit, "tree", &tree, analysis.tree());
     if analysis.tree().is_some() && unit.extrapolated {
         let _ = writeln!(
             out,
@@ -233,6 +190,57 @@ fn by_role(out: &mut String, trace: &Trace) {
             unit.heading().to_lowercase()
         );
     }
+}
+
+/// Memory by role at the last cycle end (a worker that closes its browser after its last cycle
+/// leaves none of it in the tree's last sample), else at the last sample; and when that was.
+fn memory_at_the_end(trace: &Trace) -> (String, Vec<(&Role, &RoleTotals)>) {
+    let last_cycle = trace
+        .cycles
+        .iter()
+        .rev()
+        .find(|c| c.is_complete() && !c.by_role.is_empty());
+    match last_cycle {
+        Some(cycle) => (
+            format!("at the end of cycle {}", cycle.index),
+            cycle.by_role.iter().collect(),
+        ),
+        None => (
+            format!("at {}", duration(trace.totals.pss_at_s)),
+            trace.totals.by_role.iter().collect(),
+        ),
+    }
+}
+
+/// One row of the table: a role's processes, PSS and owned PSS, and its fit, highlighted when
+/// it grows.
+fn role_row(
+    out: &mut String,
+    unit: &RateUnit,
+    name: &str,
+    totals: &RoleTotals,
+    fit: Option<&SeriesFit>,
+) {
+    let (per_cycle, per_time, trend, grows) = match fit {
+        Some(fit) => (
+            bytes(fit.per_cycle as i64, true),
+            unit.rate(fit.per_day),
+            trend(fit),
+            matches!(fit.shape, Some(Shape::Linear | Shape::Accelerating)),
+        ),
+        None => ("-".into(), "-".into(), String::new(), false),
+    };
+    let line = format!(
+        "{:<18} {:>5} {:>9} {:>9} {:>10} {:>11}  {trend}",
+        truncate(name, 18),
+        totals.count,
+        size(totals.pss),
+        size(totals.owned()),
+        per_cycle,
+        per_time
+    );
+    let style = if grows { GROWING } else { Style::new() };
+    let _ = writeln!(out, "{style}{}{style:#}", line.trim_end());
 }
 
 /// `linear, p 0.000` (the trend test's p-value: below 0.01 is growth), or why not trusted.
