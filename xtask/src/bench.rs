@@ -127,6 +127,9 @@ pub fn run(workspace: &Path, rounds: usize, long_cycles: &[u64]) -> Result<()> {
 /// Cycles of the real worker's runs.
 const WORKER_CYCLES: &str = "60";
 
+/// The worker's runs side by side: untraced, traced, and traced without DevTools.
+const WORKER_VARIANTS: [&str; 3] = ["untraced", "leaktrace", "leaktrace --cdp off"];
+
 /// The scraper fixture (Bun + puppeteer-core driving Debian's Chromium, `--leak none`) doing
 /// 60 cycles as fast as it can (`--interval-ms 0`), markers at every phase in its log lines:
 /// untraced, traced with DevTools on, and traced with `--cdp off` (the markers' snapshots
@@ -173,7 +176,6 @@ fn worker(workspace: &Path, bins: &Bins, rounds: usize) -> Result<()> {
         worker(&mut command);
         command
     };
-    const NAMES: [&str; 3] = ["untraced", "leaktrace", "leaktrace --cdp off"];
     // Per variant: whole-command walls, the worker's own walls, leaktrace's share of a core.
     let mut walls: [Vec<f64>; 3] = Default::default();
     let mut own: [Vec<f64>; 3] = Default::default();
@@ -194,7 +196,7 @@ fn worker(workspace: &Path, bins: &Bins, rounds: usize) -> Result<()> {
             ensure!(
                 out.status.success(),
                 "{} worker run failed: {}",
-                NAMES[index],
+                WORKER_VARIANTS[index],
                 String::from_utf8_lossy(&out.stderr)
             );
             walls[index].push(started.elapsed().as_secs_f64());
@@ -207,13 +209,20 @@ fn worker(workspace: &Path, bins: &Bins, rounds: usize) -> Result<()> {
     }
     let _ = std::fs::remove_file(&times);
     let _ = std::fs::remove_file(&json);
+    print_worker(rounds, [walls, own, cpu]);
+    Ok(())
+}
+
+/// The worker's table: per variant, the whole command's and the worker's own wall time against
+/// the untraced run, and leaktrace's share of a core (medians over the rounds).
+fn print_worker(rounds: usize, [mut walls, mut own, mut cpu]: [[Vec<f64>; 3]; 3]) {
     println!(
         "\nworker: the Bun + puppeteer scraper, {WORKER_CYCLES} cycles as fast as it can, markers \
          at every phase; median of {rounds}\n{:<22} {:>17} {:>17} {:>16}",
         "", "whole command", "worker itself", "leaktrace CPU"
     );
     let (whole, itself) = (median(&mut walls[0].clone()), median(&mut own[0].clone()));
-    for index in 0..NAMES.len() {
+    for index in 0..WORKER_VARIANTS.len() {
         let (w, o) = (median(&mut walls[index]), median(&mut own[index]));
         let share = if cpu[index].is_empty() {
             "-".to_string()
@@ -222,12 +231,11 @@ fn worker(workspace: &Path, bins: &Bins, rounds: usize) -> Result<()> {
         };
         println!(
             "{:<22} {w:>8.2} s {:>6.2}x {o:>8.2} s {:>6.2}x {share:>16}",
-            NAMES[index],
+            WORKER_VARIANTS[index],
             w / whole,
             o / itself
         );
     }
-    Ok(())
 }
 
 /// GNU time, which times the worker in the worker benchmark.

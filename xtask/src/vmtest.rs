@@ -366,12 +366,21 @@ fn fetch_debian(dir: &Path, suite: &str) -> Result<(PathBuf, String)> {
     let package = format!("{package}-unsigned");
     run(apt("apt-get").args(["-qq", "download", &package]))?;
 
+    let version = unpack_kernel(dir, &package, &image)?;
+    fs::remove_dir_all(dir.join("apt"))?;
+    fs::write(&version_file, format!("{}\n", version.trim()))?;
+    Ok((image, version.trim().to_string()))
+}
+
+/// Copies the kernel image out of the downloaded `package` .deb in `dir` to `image`, removing
+/// the .deb and what was unpacked; the package's version.
+fn unpack_kernel(dir: &Path, package: &str, image: &Path) -> Result<String> {
     let deb = fs::read_dir(dir)?
         .filter_map(|e| Some(e.ok()?.path()))
         .find(|p| {
             p.extension().is_some_and(|e| e == "deb")
                 && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&package))
+                    .is_some_and(|n| n.to_string_lossy().starts_with(package))
         })
         .with_context(|| {
             format!(
@@ -395,14 +404,12 @@ fn fetch_debian(dir: &Path, suite: &str) -> Result<(PathBuf, String)> {
                 .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
         })
         .with_context(|| format!("{} has no boot/vmlinuz-*", deb.display()))?;
-    fs::copy(&vmlinuz, &image)?;
+    fs::copy(&vmlinuz, image)?;
     // Only the image is kept: the modules, the .deb and apt's lists are ~40 MB per suite, and a
     // refresh (removing dir) starts over anyway.
     fs::remove_dir_all(&extracted)?;
     fs::remove_file(&deb)?;
-    fs::remove_dir_all(dir.join("apt"))?;
-    fs::write(&version_file, format!("{}\n", version.trim()))?;
-    Ok((image, version.trim().to_string()))
+    Ok(version)
 }
 
 /// The stdout of a command that must succeed.
@@ -601,26 +608,10 @@ echo \"VMTEST check={name} status=$status exit=$rc\"
     script
 }
 
-/// Boots `image` with the initramfs to run `checks` and reads their results from its console,
-/// which is also written to `log`. qemu is killed when the boot takes longer than the checks'
-/// timeouts plus a margin.
-fn boot(image: &Path, initrd: &Path, log: &Path, checks: &[&Check]) -> Result<Boot> {
-    let started = Instant::now();
-    let limit = BOOT_MARGIN
-        + checks
-            .iter()
-            .map(|c| Duration::from_secs(c.timeout.into()))
-            .sum();
-    let names: Vec<&str> = checks.iter().map(|c| c.name).collect();
-    // loglevel=5 rather than quiet: warnings and the backtraces of a lockup reach the console.
-    // softlockup_panic: a kernel that locks up ends the boot at once (panic=-1, -no-reboot)
-    // instead of holding it until its time is up, with every CPU's backtrace.
-    let append = format!(
-        "console=ttyS0 loglevel=5 panic=-1 softlockup_panic=1 softlockup_all_cpu_backtrace=1 \
-         root=/dev/vmtest-ramfs vmtest.checks={}",
-        names.join(",")
-    );
-    let mut qemu = Command::new("qemu-system-x86_64")
+/// qemu booting `image` with `initrd` and the kernel command line `append`, its console and
+/// errors piped.
+fn start_qemu(image: &Path, initrd: &Path, append: &str) -> Result<std::process::Child> {
+    Command::new("qemu-system-x86_64")
         // thread=single: both vCPUs on one host thread. With a thread per vCPU (MTTCG), a vCPU
         // could run stale translated code while the other patched kernel text (a static key
         // flipped as a tracepoint is attached): Debian 13's kernel died of an `int3` Oops in
@@ -643,14 +634,23 @@ fn boot(image: &Path, initrd: &Path, log: &Path, checks: &[&Check]) -> Result<Bo
         // root= (any name) makes the initramfs a ramfs rather than a tmpfs, so the fixtures'
         // own executables map as files, not as shared memory, as they do from a disk.
         .arg("-append")
-        .arg(&append)
+        .arg(append)
         // No network: none is needed, and a NIC wants option ROMs a minimal qemu may lack.
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot run qemu-system-x86_64")?;
+        .context("cannot run qemu-system-x86_64")
+}
+
+/// Reads qemu's console and errors until it exits or `limit` has passed since `started` (then
+/// it is killed): the console, the errors, and whether it was killed.
+fn wait_for_qemu(
+    qemu: &mut std::process::Child,
+    started: Instant,
+    limit: Duration,
+) -> Result<(String, String, bool)> {
     // Read both pipes on threads so a chatty console can never block qemu while we wait.
     let mut stdout = qemu.stdout.take().unwrap();
     let mut stderr = qemu.stderr.take().unwrap();
@@ -675,10 +675,34 @@ fn boot(image: &Path, initrd: &Path, log: &Path, checks: &[&Check]) -> Result<Bo
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let seconds = started.elapsed().as_secs_f64();
     // The serial console ends lines with \r\n.
     let console = String::from_utf8_lossy(&console.join().unwrap()).replace('\r', "");
     let errors = String::from_utf8_lossy(&errors.join().unwrap()).into_owned();
+    Ok((console, errors, timed_out))
+}
+
+/// Boots `image` with the initramfs to run `checks` and reads their results from its console,
+/// which is also written to `log`. qemu is killed when the boot takes longer than the checks'
+/// timeouts plus a margin.
+fn boot(image: &Path, initrd: &Path, log: &Path, checks: &[&Check]) -> Result<Boot> {
+    let started = Instant::now();
+    let limit = BOOT_MARGIN
+        + checks
+            .iter()
+            .map(|c| Duration::from_secs(c.timeout.into()))
+            .sum();
+    let names: Vec<&str> = checks.iter().map(|c| c.name).collect();
+    // loglevel=5 rather than quiet: warnings and the backtraces of a lockup reach the console.
+    // softlockup_panic: a kernel that locks up ends the boot at once (panic=-1, -no-reboot)
+    // instead of holding it until its time is up, with every CPU's backtrace.
+    let append = format!(
+        "console=ttyS0 loglevel=5 panic=-1 softlockup_panic=1 softlockup_all_cpu_backtrace=1 \
+         root=/dev/vmtest-ramfs vmtest.checks={}",
+        names.join(",")
+    );
+    let mut qemu = start_qemu(image, initrd, &append)?;
+    let (console, errors, timed_out) = wait_for_qemu(&mut qemu, started, limit)?;
+    let seconds = started.elapsed().as_secs_f64();
     fs::write(log, format!("{console}\n--- qemu stderr ---\n{errors}"))?;
 
     let why_missing = if timed_out {
