@@ -304,7 +304,7 @@ pub fn fit(
     fit_binned(name, &binned, warmup, cycle_s, significant)
 }
 
-/// Fits a series binned as [`super::history`] says: on a long trace, a point stands for
+/// Fits a series binned as [`crate::trace::digest`] says: on a long trace, a point stands for
 /// `width` cycles, so the slope per point is divided by it; the total change, and so
 /// `significant`, is the same. `warmup` is in cycles.
 pub fn fit_binned(

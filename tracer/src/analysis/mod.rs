@@ -297,6 +297,27 @@ fn fit_segment(history: &History) -> SegmentFit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Compacted cycles, written and read back, and cycles spilled to disk are analysed as the
+    /// same cycles kept whole in memory.
+    #[test]
+    fn compacted_and_spilled_cycles_are_analysed_as_if_kept_whole() {
+        use crate::trace::timeline::tests::{five_cycles, five_cycles_spilled};
+        let (full, _) = five_cycles(10);
+        let (compacted, _) = five_cycles(2);
+        let json = serde_json::to_string(&compacted).unwrap();
+        let read: Vec<Cycle> = serde_json::from_str(&json).unwrap();
+        let analysis = |cycles: &[Cycle]| analyze_cycles(cycles, Some(0), None);
+        let (expected, got) = (analysis(&full), analysis(&read));
+        assert_eq!(got.phase_growth, expected.phase_growth);
+        assert_eq!(got.phase_growth["scrape"], 100.0);
+        assert_eq!(got.series, expected.series);
+        let (kept, _) = five_cycles(2);
+        let (spilled, _) = five_cycles_spilled(2, Some(std::env::temp_dir()));
+        assert!(spilled.spilled().is_some());
+        let analysis = |history| analyze_history(&history, None, None);
+        assert_eq!(analysis(spilled.history()), analysis(kept.history()));
+    }
     use crate::{collect::roles::Role, trace::RoleTotals};
 
     const MIB: f64 = 1048576.0;

@@ -1,10 +1,13 @@
 //! The six answers and the verdict: what a user reads first, derived from the fits.
 
-use super::{
-    AllocatorGrowth, Analysis, Answers, History, Series, SeriesFit, Shape, Source, Verdict,
-    fit::TREND_MIN_CYCLES,
+use super::fit::TREND_MIN_CYCLES;
+use crate::{
+    collect::roles::Role,
+    trace::{
+        digest::History,
+        findings::{AllocatorGrowth, Analysis, Answers, Series, SeriesFit, Shape, Source, Verdict},
+    },
 };
-use crate::trace::Role;
 
 /// Browsers, contexts or pages accumulate when their count grows by at least this per cycle:
 /// half of one (a count that rises by one every other cycle).
@@ -119,9 +122,7 @@ pub(super) fn answers(analysis: &Analysis, history: &History) -> Answers {
     let mut growing: Vec<&SeriesFit> = analysis
         .series
         .iter()
-        .filter(|s| {
-            !s.name.is_whole_tree() && matches!(s.shape, Some(Shape::Linear | Shape::Accelerating))
-        })
+        .filter(|s| !s.name.is_whole_tree() && s.grows())
         .collect();
     growing.sort_by(|a, b| b.per_day.total_cmp(&a.per_day));
     let growth_phase = analysis
@@ -183,7 +184,7 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
             )],
         );
     }
-    if !grows(tree) {
+    if !tree.grows() {
         let shape = format!("{:?}", tree.shape.unwrap_or(Shape::Unknown)).to_lowercase();
         return found(
             Source::None,
@@ -201,7 +202,7 @@ pub(super) fn verdict(analysis: &Analysis) -> Verdict {
     ] {
         if let Some(fit) = fits
             .series(&name)
-            .filter(|f| f.per_cycle >= MIN_COUNT_GROWTH && grows(f))
+            .filter(|f| f.per_cycle >= MIN_COUNT_GROWTH && f.grows())
         {
             return found(source, vec![fits.evidence(fit, "")]);
         }
@@ -251,7 +252,7 @@ impl Fits<'_> {
         let figure = |keys: &[&str]| keys.iter().find_map(|k| self.series(&Series::worker(k)));
         let (heap, external) = (figure(&HEAP_FIGURES), figure(&EXTERNAL_FIGURES));
         let explains =
-            |fit: &&SeriesFit| grows(fit) && fit.per_cycle >= WORKER_FIGURE_SHARE * role.per_cycle;
+            |fit: &&SeriesFit| fit.grows() && fit.per_cycle >= WORKER_FIGURE_SHARE * role.per_cycle;
         // Bun counts external memory inside heapUsed too: an external figure that explains the
         // growth wins.
         if let Some(external) = external.filter(explains) {
@@ -293,7 +294,7 @@ impl Fits<'_> {
     /// The renderers grow: in the pages' JS heaps, or beyond what they explain.
     fn renderer(&self, role: &SeriesFit) -> Verdict {
         let explained = |js: &SeriesFit| 100.0 * js.per_cycle / role.per_cycle;
-        match self.series(&Series::JsHeap).filter(|f| grows(f)) {
+        match self.series(&Series::JsHeap).filter(|f| f.grows()) {
             Some(js) if js.per_cycle >= IN_PAGE_SHARE * role.per_cycle => found(
                 Source::InPageJs,
                 vec![
@@ -320,11 +321,6 @@ impl Fits<'_> {
             ),
         }
     }
-}
-
-/// Whether a fitted series grows: a significant upward trend, linear or accelerating.
-fn grows(fit: &SeriesFit) -> bool {
-    matches!(fit.shape, Some(Shape::Linear | Shape::Accelerating))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, fmt::Write as _};
 use serde::Serialize;
 
 use crate::{
-    analysis::{Series, SeriesFit, Shape},
+    analysis::{Series, SeriesFit},
     trace::Trace,
     units::bytes,
 };
@@ -34,9 +34,7 @@ impl Change {
 }
 
 fn grows(fit: Option<&SeriesFit>) -> bool {
-    fit.is_some_and(|f| {
-        matches!(f.shape, Some(Shape::Linear | Shape::Accelerating)) && f.per_cycle > 0.0
-    })
+    fit.is_some_and(|f| f.grows() && f.per_cycle > 0.0)
 }
 
 /// Between two growths, the after/before ratio of the per-day rates below which it improved,
@@ -183,6 +181,7 @@ pub fn render(before: &Trace, after: &Trace, comparison: &Comparison) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::Shape;
 
     fn fit(per_day: f64, shape: Shape) -> SeriesFit {
         SeriesFit {

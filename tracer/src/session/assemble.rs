@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{Options, collectors::Collected, cutting::Cut};
+use super::{collectors::Collected, cutting::Cut, options::Options};
 use crate::trace::{self, EndReason, MarkerSummary, SCHEMA, Trace};
 
 /// What a trace says of itself that is fixed once the tree is found.

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Instant};
 
 use tracer_common::{GENERATION_OF_LOADER, LostReason};
 
-use super::{SessionError, watchdog::Watchdog};
+use super::{error::SessionError, watchdog::Watchdog};
 use crate::{
     collect::{
         browser::{BrowserReader, BrowserView},

@@ -8,9 +8,9 @@ use std::{
 };
 
 use super::{
-    MarkerOptions, Options,
     collectors::{Collectors, follow_browser, read_browser},
     dumps::MemoryDumps,
+    options::{MarkerOptions, Options},
 };
 use crate::{
     collect::{

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{SessionError, collectors::Collectors, cutting::Cutting};
+use super::{collectors::Collectors, cutting::Cutting, error::SessionError};
 use crate::collect::{
     browser::BrowserReader,
     target::{self, Follow},

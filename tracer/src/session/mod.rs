@@ -13,12 +13,10 @@
 //! [`watchdog`]: not even when leaktrace is killed.
 
 use std::{
-    path::PathBuf,
     process::ExitStatus,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use thiserror::Error;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::{mpsc, oneshot},
@@ -30,12 +28,18 @@ mod assemble;
 mod collectors;
 mod cutting;
 mod dumps;
+mod error;
 mod follow;
+mod options;
 mod reports;
 mod stop;
 pub mod watchdog;
 
-pub use self::reports::ReportSchedule;
+pub use self::{
+    error::SessionError,
+    options::{DEFAULT_INTERVAL, MarkerOptions, Options, Target},
+    reports::ReportSchedule,
+};
 
 use self::{
     assemble::Head,
@@ -43,15 +47,15 @@ use self::{
     cutting::{Cutting, marker_sources},
     follow::Following,
     reports::Reports,
-    stop::{reap_children, stop_command, stop_leftovers},
+    stop::{reap_children, status_code, stop_command, stop_leftovers},
     watchdog::Watchdog,
 };
 use crate::{
     collect::{
-        browser::{BrowserReader, CdpMode},
-        kernel::{self, Kernel, KernelError},
-        markers::{self, CycleCommand, LineRules, Marker, MarkerError, MarkerEvent, MarkerSocket},
-        target::{self, Identity, LaunchIo, ProcInfo, TargetError},
+        browser::BrowserReader,
+        kernel::{self, Kernel},
+        markers::{self, CycleCommand, LineRules, Marker, MarkerEvent, MarkerSocket},
+        target::{self, Identity, LaunchIo, ProcInfo},
     },
     render::progress::Progress,
     trace::{EndReason, MarkerSummary, Trace, timeline::Timeline},
@@ -63,120 +67,6 @@ const TICK: Duration = Duration::from_millis(50);
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 /// How long the markers queued when the trace ended may take to be taken in.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
-/// How long a stopped command gets between SIGTERM and SIGKILL.
-const KILL_GRACE: Duration = Duration::from_secs(3);
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Error)]
-pub enum SessionError {
-    #[error(transparent)]
-    Kernel(#[from] KernelError),
-    #[error(transparent)]
-    Target(#[from] TargetError),
-    #[error(transparent)]
-    Markers(#[from] MarkerError),
-    #[error("cannot set up signal handling")]
-    Signals(#[source] std::io::Error),
-    #[error("cannot wait for the command")]
-    Wait(#[source] std::io::Error),
-    #[error("cannot start leaktrace's watchdog (/proc/self/exe)")]
-    Watchdog(#[source] std::io::Error),
-    #[error("cannot serve --metrics-addr")]
-    Metrics(#[source] std::io::Error),
-}
-
-/// What to trace.
-#[derive(Clone, Debug)]
-pub enum Target {
-    /// Launch this command.
-    Run(Vec<String>),
-    /// Attach to this process and its descendants.
-    Attach(u32),
-}
-
-/// Where cycle and phase boundaries come from (the socket is always offered in run mode).
-#[derive(Clone, Debug, Default)]
-pub struct MarkerOptions {
-    pub cycle_regex: Option<String>,
-    pub phase_regex: Option<String>,
-    /// `--figures-regex`: the worker's figures from any line of its output, by named group.
-    pub figures_regex: Option<String>,
-    pub cycle_log: Option<PathBuf>,
-    /// `--cycle-cmd`: a shell command whose output is read for markers, like a log.
-    pub cycle_cmd: Option<String>,
-    pub cycle_every: Option<Duration>,
-    /// End the trace after this many complete cycles.
-    pub cycles: Option<u32>,
-    /// The first cycles are warm-up.
-    pub warmup: u32,
-    /// Print an interim analysis on stderr every this many cycles (0: never).
-    pub analyze_every: u32,
-}
-
-#[derive(Clone, Debug)]
-pub struct Options {
-    pub duration: Option<Duration>,
-    /// Load the eBPF programs. Without them (or without root) the session runs on /proc alone.
-    pub ebpf: bool,
-    /// Run the command as root even under sudo.
-    pub as_root: bool,
-    /// Say on stderr when tracing has started (attach mode: the moment it is safe to go).
-    pub announce: bool,
-    /// Draw the progress line (on a terminal). Warnings go through [`crate::diagnostics`].
-    pub progress: bool,
-    /// Time between /proc samples.
-    pub interval: Duration,
-    pub markers: MarkerOptions,
-    /// Where the browser's DevTools endpoint is (`--cdp`).
-    pub cdp: CdpMode,
-    /// Drop query strings and fragments from the URLs recorded.
-    pub redact_urls: bool,
-    /// Find each page's renderer (`--page-renderers`; starts Chromium's tracing service).
-    pub page_renderers: bool,
-    /// Chromium's memory-infra dumps at a few cycle ends (see `dumps`).
-    pub memory_dumps: bool,
-    /// A Node worker's inspector (`--worker-inspect`), for its own heap at every cycle end.
-    pub worker_inspect: Option<String>,
-    /// Where a long trace's older cycles are written while it runs (an unnamed file, see
-    /// [`crate::trace::spill`]): the output's directory, else the temporary directory.
-    pub spill_dir: PathBuf,
-    /// The metrics endpoint (`--metrics-addr`), already bound.
-    pub metrics: Option<crate::render::metrics::Endpoint>,
-    /// Reports written while the trace goes on (`--report-dir`, `--report-every`, SIGUSR1).
-    pub reports: Option<ReportSchedule>,
-    /// Attach mode: the next instance to follow when the attached process exits.
-    pub follow: Option<target::Follow>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            duration: None,
-            ebpf: true,
-            as_root: false,
-            announce: false,
-            progress: true,
-            interval: DEFAULT_INTERVAL,
-            markers: MarkerOptions::default(),
-            cdp: CdpMode::Auto,
-            redact_urls: false,
-            page_renderers: false,
-            memory_dumps: false,
-            worker_inspect: None,
-            spill_dir: std::env::temp_dir(),
-            metrics: None,
-            reports: None,
-            follow: None,
-        }
-    }
-}
-
-fn status_code(status: ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
 
 /// Runs a whole session on a small single-threaded runtime.
 pub fn trace(target: Target, options: Options) -> Result<Trace, SessionError> {

@@ -1,10 +1,23 @@
 //! Leaving nothing behind: a command the session launched, and every descendant that outlives
 //! it, gets SIGTERM, then SIGKILL after a grace period.
 
-use std::process::ExitStatus;
+use std::{process::ExitStatus, time::Duration};
 
-use super::{KILL_GRACE, TICK, collectors::Collectors, status_code};
+use super::collectors::Collectors;
 use crate::{collect::target, trace::EndReason};
+
+/// How long a stopped command gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+/// How often, while waiting for them, stopped processes are looked at.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A command's exit status as a shell reports it: its code, or 128 + the signal that killed it.
+pub(super) fn status_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
 
 /// SIGTERM to every traced process still alive, SIGKILL to those alive after the grace period.
 pub(super) async fn stop_leftovers(collectors: &mut Collectors) {
@@ -19,7 +32,7 @@ pub(super) async fn stop_leftovers(collectors: &mut Collectors) {
         }
         let deadline = tokio::time::Instant::now() + KILL_GRACE;
         while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(TICK).await;
+            tokio::time::sleep(POLL).await;
             collectors.follow();
             collectors.reap();
             if collectors
@@ -50,7 +63,7 @@ pub(super) async fn reap_children() {
         if reaped < 0 || tokio::time::Instant::now() >= deadline {
             return;
         }
-        tokio::time::sleep(TICK).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -18,10 +18,14 @@ use std::{
 use hdrhistogram::Histogram;
 
 use super::{
-    Cycle, Role, RoleTotals,
+    cycle::Cycle,
     findings::{Distribution, SegmentFit},
 };
-use crate::collect::browser::{Counts, origin};
+use crate::collect::{
+    browser::{Counts, origin},
+    processes::RoleTotals,
+    roles::Role,
+};
 
 /// The most points a series is fitted on. Theil–Sen, Mann–Kendall and the warm-up search are
 /// O(n²); past this, cycles are binned (see the module), so a 100,000-cycle trace fits in

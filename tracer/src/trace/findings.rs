@@ -118,6 +118,14 @@ pub struct SeriesFit {
     pub bin_cycles: usize,
 }
 
+impl SeriesFit {
+    /// Whether the series grows: a significant upward trend, linear or accelerating (the one
+    /// rule the verdict, the answers, the tables and the diff share).
+    pub fn grows(&self) -> bool {
+        matches!(self.shape, Some(Shape::Linear | Shape::Accelerating))
+    }
+}
+
 impl Default for SeriesFit {
     /// Written out so that a fit without a trend test (or an older trace) reads p = 1, no trend.
     fn default() -> SeriesFit {

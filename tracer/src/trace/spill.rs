@@ -20,7 +20,7 @@ use std::{
 use serde::{Deserialize, Deserializer, Serialize, Serializer, ser::SerializeSeq};
 use serde_json::value::RawValue;
 
-use super::{Cycle, digest::History};
+use super::{cycle::Cycle, digest::History};
 
 /// Older cycles written out, one JSON object per line, oldest first.
 #[derive(Debug)]

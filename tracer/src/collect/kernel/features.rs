@@ -20,8 +20,9 @@ use tracer_common::{KernelConfig, RSS_COUNTERS, syscall_record};
 pub const PRETEND_MISSING_ENV: &str = "LEAKTRACE_PRETEND_MISSING";
 
 use super::{
-    HOOKS, Hook, KernelError,
     btf::{Btf, BtfError},
+    error::KernelError,
+    hooks::{AttachPoint, HOOKS, Hook, MEMORY_SYSCALLS},
     tracefs,
 };
 
@@ -268,7 +269,7 @@ impl Probe<'_> {
     /// tp_btf needs the tracepoint's BTF prototype; a classic tracepoint its tracefs directory.
     fn attach_point(&self, hook: &Hook) -> Need {
         match hook.attach {
-            super::AttachPoint::Btf(name) => {
+            AttachPoint::Btf(name) => {
                 let typedef = format!("btf_trace_{name}");
                 need(
                     "tp_btf attach point",
@@ -279,8 +280,8 @@ impl Probe<'_> {
                     },
                 )
             }
-            super::AttachPoint::Syscalls(prefix) => self.syscall_records(prefix),
-            super::AttachPoint::Tracepoint(category, event) => need(
+            AttachPoint::Syscalls(prefix) => self.syscall_records(prefix),
+            AttachPoint::Tracepoint(category, event) => need(
                 "tracepoint",
                 if tracefs::has_event(self.tracefs, category, event) {
                     Ok(format!("{category}:{event}"))
@@ -300,7 +301,7 @@ impl Probe<'_> {
     /// the arguments from 16 (entry) or the return value at 16 (exit).
     fn syscall_records(&self, prefix: &str) -> Need {
         const WHAT: &str = "the memory syscalls' tracepoints (CONFIG_FTRACE_SYSCALLS)";
-        for name in super::MEMORY_SYSCALLS {
+        for name in MEMORY_SYSCALLS {
             let event = format!("{prefix}_{name}");
             let Ok(fields) = tracefs::fields(self.tracefs, "syscalls", &event) else {
                 return need(WHAT, Err(format!("no syscalls:{event} in tracefs")));
@@ -327,7 +328,7 @@ impl Probe<'_> {
             WHAT,
             Ok(format!(
                 "syscalls:{prefix}_{{{}}}, records as expected",
-                super::MEMORY_SYSCALLS.join(",")
+                MEMORY_SYSCALLS.join(",")
             )),
         )
     }

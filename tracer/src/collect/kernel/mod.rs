@@ -8,7 +8,9 @@
 //! of leaktrace that leaktrace does not wait for (see [`Links`]).
 
 pub mod btf;
+mod error;
 pub mod features;
+mod hooks;
 pub mod tracefs;
 
 use aya::{
@@ -16,13 +18,15 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
-use thiserror::Error;
 use tracer_common::{
     GENERATION_OF_LOADER, LOST_REASON_COUNT, LifecycleEvent, ProcessFlows, ProcessKey, Resident,
 };
 
-pub use self::features::{Features, RssIndices};
-use self::{btf::BtfError, tracefs::TracefsError};
+pub use self::{
+    error::KernelError,
+    features::{Features, RssIndices},
+    hooks::{AttachPoint, HOOKS, Hook, MEMORY_SYSCALLS, hooked_syscalls},
+};
 
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!(
@@ -31,123 +35,6 @@ compile_error!(
 
 /// The eBPF object built by build.rs from `tracer-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
-
-#[derive(Debug, Error)]
-pub enum KernelError {
-    #[error(
-        "eBPF needs root (CAP_BPF and CAP_PERFMON): run leaktrace with sudo, or pass --no-ebpf"
-    )]
-    NotPrivileged,
-    #[error(transparent)]
-    Btf(#[from] BtfError),
-    #[error(transparent)]
-    Tracefs(#[from] TracefsError),
-    #[error(
-        "this kernel cannot follow a process tree with eBPF ({0}); `leaktrace doctor` says what is missing, --no-ebpf traces from /proc"
-    )]
-    Unsupported(String),
-    #[error(
-        "this leaktrace was built without its eBPF programs (the BPF toolchain was missing): run `cargo xtask setup`, rebuild, or pass --no-ebpf"
-    )]
-    NotBuilt,
-    #[error("cannot load the eBPF object")]
-    Load(#[source] aya::EbpfError),
-    #[error("cannot attach {} ({})", .hook.program, .hook.description)]
-    Attach {
-        hook: &'static Hook,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("eBPF map {name} is missing or of the wrong type")]
-    MissingMap {
-        name: &'static str,
-        #[source]
-        source: Option<MapError>,
-    },
-    #[error("eBPF map {name}: {action} failed")]
-    MapOperation {
-        name: &'static str,
-        action: &'static str,
-        #[source]
-        source: MapError,
-    },
-}
-
-/// Where a program attaches.
-#[derive(Debug)]
-pub enum AttachPoint {
-    /// A BTF-typed raw tracepoint (tp_btf): its pointer arguments can be read directly.
-    Btf(&'static str),
-    Tracepoint(&'static str, &'static str),
-    /// `syscalls:<prefix>_<name>` for the [`hooked_syscalls`]: one program on several
-    /// tracepoints, which only those syscalls reach.
-    Syscalls(&'static str),
-}
-
-/// One program and where it goes; `leaktrace doctor` lists these.
-#[derive(Debug)]
-pub struct Hook {
-    pub program: &'static str,
-    /// The program loaded instead where the kernel needs a fallback of this hook's own (see
-    /// `features`): the syscall hooks' rbtree VMA walk, before 5.17.
-    pub fallback_program: Option<&'static str>,
-    pub attach: AttachPoint,
-    pub description: &'static str,
-}
-
-/// The memory syscalls, whose own tracepoints the syscall hooks attach to (which of them each
-/// program takes: [`hooked_syscalls`]).
-pub const MEMORY_SYSCALLS: [&str; 6] = ["mmap", "munmap", "brk", "mremap", "mprotect", "madvise"];
-
-/// The syscalls whose `syscalls:<prefix>_<name>` tracepoints a syscall hook's program attaches
-/// to: all six, but mremap's entry only for the fallback (5.10) program. The native one reads
-/// mremap's arguments at return, and every tracepoint left out saves each call of that syscall,
-/// traced or not, the cost of a dispatch.
-pub fn hooked_syscalls(prefix: &str, fallback: bool) -> impl Iterator<Item = &'static str> {
-    let skip = (prefix == "sys_enter" && !fallback).then_some("mremap");
-    MEMORY_SYSCALLS
-        .into_iter()
-        .filter(move |name| Some(*name) != skip)
-}
-
-pub static HOOKS: [Hook; 6] = [
-    Hook {
-        program: "syscall_enter",
-        fallback_program: Some("syscall_enter_rbtree"),
-        attach: AttachPoint::Syscalls("sys_enter"),
-        description: "syscalls:sys_enter_{mmap,munmap,brk,mprotect,madvise} (and mremap on 5.10): the memory a call will change",
-    },
-    Hook {
-        program: "syscall_exit",
-        fallback_program: Some("syscall_exit_rbtree"),
-        attach: AttachPoint::Syscalls("sys_exit"),
-        description: "syscalls:sys_exit_{...}: their return values",
-    },
-    Hook {
-        program: "task_newtask",
-        fallback_program: None,
-        attach: AttachPoint::Btf("task_newtask"),
-        description: "tp_btf task_newtask: forked children join the tracked set",
-    },
-    Hook {
-        program: "sched_process_exec",
-        fallback_program: None,
-        attach: AttachPoint::Tracepoint("sched", "sched_process_exec"),
-        description: "tracepoint sched:sched_process_exec",
-    },
-    Hook {
-        program: "sched_process_exit",
-        fallback_program: None,
-        attach: AttachPoint::Tracepoint("sched", "sched_process_exit"),
-        description: "tracepoint sched:sched_process_exit",
-    },
-    Hook {
-        program: "rss_stat",
-        fallback_program: None,
-        attach: AttachPoint::Btf("rss_stat"),
-        description: "tp_btf rss_stat: the kernel's resident counters, per process",
-    },
-];
 
 /// Loaded and attached programs with their maps.
 pub struct Kernel {

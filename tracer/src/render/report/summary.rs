@@ -226,7 +226,7 @@ fn role_row(
             bytes(fit.per_cycle as i64, true),
             unit.rate(fit.per_day),
             trend(fit),
-            matches!(fit.shape, Some(Shape::Linear | Shape::Accelerating)),
+            fit.grows(),
         ),
         None => ("-".into(), "-".into(), String::new(), false),
     };
