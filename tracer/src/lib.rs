@@ -19,6 +19,8 @@ pub mod cli;
 pub mod collect;
 pub mod diagnostics;
 pub mod doctor;
+#[cfg(test)]
+mod layers;
 pub mod render;
 pub mod session;
 pub mod trace;
