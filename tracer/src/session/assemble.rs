@@ -3,7 +3,11 @@
 
 use std::time::Instant;
 
-use super::{collectors::Collected, cutting::Cut, options::Options};
+use super::{
+    collectors::Collected,
+    cutting::Cut,
+    options::{Options, Target},
+};
 use crate::trace::{self, EndReason, MarkerSummary, SCHEMA, Trace};
 
 /// What a trace says of itself that is fixed once the tree is found.
@@ -18,13 +22,16 @@ pub(super) struct Head {
 
 impl Head {
     pub(super) fn new(
-        command: Vec<String>,
-        mode: &'static str,
+        target: &Target,
         root_pid: u32,
         started: Instant,
         started_at: u64,
         options: &Options,
     ) -> Head {
+        let (mode, command) = match target {
+            Target::Run(command) => ("run", command.clone()),
+            Target::Attach(pid) => ("attach", crate::collect::target::cmdline(*pid)),
+        };
         Head {
             command,
             mode,

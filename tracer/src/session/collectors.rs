@@ -136,6 +136,11 @@ impl Collectors {
         self.tree.clone()
     }
 
+    /// When the session started: the clock every boundary's time is read on.
+    pub(super) fn started(&self) -> Instant {
+        self.started
+    }
+
     pub(super) fn root_pid(&self) -> u32 {
         self.root_pid
     }

@@ -104,21 +104,24 @@ const METRICS_ANALYSIS_EVERY: Duration = Duration::from_secs(2);
 const INTERIM_SHARE: f64 = 0.05;
 
 impl Cutting {
-    pub(super) fn new(
-        timeline: Timeline,
+    /// From the tree as the collectors read it now, the start of the first cycle.
+    pub(super) fn start(
+        collectors: &mut Collectors,
         summary: MarkerSummary,
         progress: Progress,
         options: &Options,
-        started: Instant,
     ) -> Cutting {
         let markers = &options.markers;
+        let (t0, start, _) = collectors.snapshot();
+        let timeline =
+            Timeline::new(markers.warmup, t0, start).with_spill_dir(options.spill_dir.clone());
         Cutting {
             timeline,
             summary,
             owned_at_cycle_ends: Default::default(),
             progress,
             target: markers.cycles,
-            started,
+            started: collectors.started(),
             inspector: options.worker_inspect.clone().map(WorkerInspector::new),
             analyze_every: markers.analyze_every,
             warmup: markers.warmup,

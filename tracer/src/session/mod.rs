@@ -58,7 +58,7 @@ use crate::{
         target::{self, Identity, LaunchIo, ProcInfo},
     },
     render::progress::Progress,
-    trace::{EndReason, MarkerSummary, Trace, timeline::Timeline},
+    trace::{EndReason, MarkerSummary, Trace},
 };
 
 /// How often the ring buffer is drained (and, without eBPF, /proc searched for new processes).
@@ -335,11 +335,7 @@ impl Session {
         let signals = Signals::catch()?;
         let (kernel, warnings) = load_kernel(&options)?;
         let marker_options = &options.markers;
-        let rules = LineRules::new(
-            marker_options.cycle_regex.as_deref(),
-            marker_options.phase_regex.as_deref(),
-            marker_options.figures_regex.as_deref(),
-        )?;
+        let rules = marker_options.line_rules()?;
         let (marker_tx, events) = mpsc::unbounded_channel();
         let progress = Progress::new(options.progress, marker_options.cycles);
         let mut collectors = Collectors::new(kernel, started);
@@ -357,13 +353,8 @@ impl Session {
                 None
             }
         };
-        let (mode, command) = match &target {
-            Target::Run(command) => ("run", command.clone()),
-            Target::Attach(pid) => ("attach", target::cmdline(*pid)),
-        };
         let head = Head::new(
-            command,
-            mode,
+            &target,
             collectors.root_pid(),
             started,
             started_at,
@@ -390,10 +381,7 @@ impl Session {
             collectors.announce();
         }
         let status = wait_for(launched.map(|l| l.child));
-        let (t0, start, _) = collectors.snapshot();
-        let timeline = Timeline::new(marker_options.warmup, t0, start)
-            .with_spill_dir(options.spill_dir.clone());
-        let cutting = Cutting::new(timeline, summary, progress.clone(), &options, started);
+        let cutting = Cutting::start(&mut collectors, summary, progress.clone(), &options);
         let mut session = Session {
             browser: BrowserReader::new(
                 options.cdp.clone(),

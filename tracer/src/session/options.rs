@@ -4,7 +4,11 @@
 use std::{path::PathBuf, time::Duration};
 
 use super::reports::ReportSchedule;
-use crate::collect::{browser::CdpMode, target};
+use crate::collect::{
+    browser::CdpMode,
+    markers::{LineRules, MarkerError},
+    target,
+};
 
 /// Time between /proc samples, unless `--interval` says otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -35,6 +39,17 @@ pub struct MarkerOptions {
     pub warmup: u32,
     /// Print an interim analysis on stderr every this many cycles (0: never).
     pub analyze_every: u32,
+}
+
+impl MarkerOptions {
+    /// The rules that find markers and figures in the worker's output lines.
+    pub(super) fn line_rules(&self) -> Result<LineRules, MarkerError> {
+        LineRules::new(
+            self.cycle_regex.as_deref(),
+            self.phase_regex.as_deref(),
+            self.figures_regex.as_deref(),
+        )
+    }
 }
 
 #[derive(Clone, Debug)]
