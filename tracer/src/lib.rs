@@ -12,7 +12,7 @@
 //!   Format, the progress line and the metrics endpoint.
 //! - [`session`]: drives the stages while a trace runs; [`cli`] parses the command line,
 //!   [`doctor`] checks the machine, [`diagnostics`] writes warnings and notes, [`units`]
-//!   formats and parses sizes for every stage.
+//!   formats sizes and durations for every stage.
 
 pub mod analysis;
 pub mod cli;

@@ -8,8 +8,8 @@
 //! The tree's growth (answers, verdict, budget) is judged on the PSS it owns (`tree.owned`):
 //! anonymous and shared-memory pages, not file-backed ones (see `RoleTotals::owned`).
 //!
-//! [`series`] names what a series measures; [`fit`] fits one series; [`verdict`] turns the
-//! fits into answers and a verdict.
+//! [`crate::trace::series`] names what a series measures; [`fit`] fits one series;
+//! [`verdict`] turns the fits into answers and a verdict.
 
 pub mod allocators;
 mod fit;

@@ -98,7 +98,8 @@ impl Identity {
 /// entry.
 fn supplementary_groups(uid: u32, gid: u32) -> Option<Vec<u32>> {
     let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: passwd is integers and pointers, for which zeroes (null) are values; getpwuid_r fills it.
+    // SAFETY: passwd is integers and pointers, for which zeroes (null) are values; getpwuid_r
+    // fills it.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut found: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: getpwuid_r writes into `pwd` and `buf`, both live and sized as passed.

@@ -2,8 +2,8 @@
 //! the final one would read, into `--report-dir`, keeping the last `--keep`.
 //!
 //! Each is written into an unnamed file in the directory, synced, then given its name, so the
-//! directory only ever holds whole reports, and nothing half-written is left behind: a `kill -9` of leaktrace, or of the machine, loses at most
-//! what happened since the last one. Writing runs on a blocking thread, so the worker's markers
+//! directory only ever holds whole reports, and nothing half-written is left behind: a
+//! `kill -9` of leaktrace, or of the machine, loses at most what happened since the last one. Writing runs on a blocking thread, so the worker's markers
 //! are never held up by it; while one is being written the next one due is skipped.
 
 use std::{

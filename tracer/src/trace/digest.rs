@@ -320,8 +320,8 @@ impl Mean {
     }
 }
 
-/// The digest of a trace's measured cycles that [`super::analyze_history`] fits (see the
-/// module). Take cycles in with [`History::add`], in order.
+/// The digest of a trace's measured cycles that [`crate::analysis::analyze_history`] fits
+/// (see the module). Take cycles in with [`History::add`], in order.
 #[derive(Clone, Debug, Default)]
 pub struct History {
     /// Measured cycles taken in.

@@ -165,7 +165,8 @@ impl Kernel {
         }
     }
 
-    /// A process's resident counters (pages); with `remove`, also forgets them (the pid may be reused).
+    /// A process's resident counters (pages); with `remove`, also forgets them (the pid may be
+    /// reused).
     pub fn resident(&mut self, key: ProcessKey, remove: bool) -> Option<Resident> {
         let mut map: HashMap<_, ProcessKey, Resident> = self.map_mut("RESIDENT").ok()?;
         let resident = map.get(&key, 0).ok();
