@@ -508,28 +508,41 @@ fn leaktrace_leaves_its_links_to_a_copy_that_exits_soon_after() {
     let tracer_pid = tracer.id();
     // Detaching the eBPF links takes the kernel the better part of a second, which leaktrace
     // does not wait for: a copy of it (its command line is leaktrace's, so it carries the token)
-    // holds them until leaktrace has exited. The copy is forked as the trace ends and lives on
-    // for a moment only: it is looked for from the start, so that a busy machine, slow to look
-    // after leaktrace's exit, cannot miss it.
+    // holds them until leaktrace has exited. The copy is forked as the trace ends and lives
+    // some 10 ms past leaktrace: it is looked for among leaktrace's children from the start,
+    // every millisecond (a scan of all of /proc on a busy machine took longer than it lives).
     let me = std::process::id();
-    let copy_of_tracer = |pid: u32| {
-        leaktrace_tests::proc::ppid(pid).is_some_and(|ppid| ppid == tracer_pid || ppid == me)
-            && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let mut args = c.split(|b| *b == 0);
-                args.next().is_some_and(|arg0| arg0.ends_with(b"leaktrace"))
-                    && args.any(|arg| arg == token.as_bytes())
-            })
+    let copy_of_tracer = |pid: &u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            let mut args = c.split(|b| *b == 0);
+            args.next().is_some_and(|arg0| arg0.ends_with(b"leaktrace"))
+                && args.any(|arg| arg == token.as_bytes())
+        })
     };
-    // The first copies seen are the command's, before it execs.
+    // The children of every thread of `pid`.
+    let children_of = |pid: u32| -> Vec<u32> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+            .flat_map(|list| {
+                list.split_whitespace()
+                    .filter_map(|pid| pid.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect()
+    };
+    // The first copies seen are the command's and the watchdog's, before they exec.
     let mut copies = std::collections::BTreeSet::new();
     let mut exited = false;
     loop {
-        copies.extend(
-            std::fs::read_dir("/proc")
-                .unwrap()
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|pid| copy_of_tracer(*pid)),
-        );
+        let children = children_of(tracer_pid).into_iter().chain(if exited {
+            children_of(me)
+        } else {
+            Vec::new()
+        });
+        copies.extend(children.filter(copy_of_tracer));
         if exited {
             break;
         }
