@@ -34,9 +34,7 @@ use tracer_common::{
 
 use crate::{
     mappings,
-    maps::{
-        MAX_THREADS, btf_field, config, count_lost, flows_of, flows_stopped, read_kernel, tracked,
-    },
+    maps::{MAX_THREADS, btf_field, config, count_lost, flows_of, flows_stopped, tracked},
     pending::{Pending, bounded},
     vma::{self, FindVma, Lookup, NO_PROT, PAGE_SIZE, RbTree, Walk, page_align, scratch_walk},
 };
@@ -160,8 +158,8 @@ fn args<L: Lookup>(ctx: &TracePointContext, nr: u64) -> Option<[u64; 4]> {
     }
 }
 
-fn total_vm() -> Option<u64> {
-    read_kernel::<u64>(vma::current_mm()?, config!(mm_total_vm))
+fn total_vm<L: Lookup>() -> Option<u64> {
+    vma::mm_field::<L>(vma::current_mm::<L>()?, config!(mm_total_vm))
 }
 
 /// Fills `walk.pending` for a call about to run; None when the call is of no interest.
@@ -176,13 +174,13 @@ fn on_enter<L: Lookup>(nr: u64, process: &ProcessKey, walk: &mut Walk) -> Option
             // MAP_FIXED unmaps whatever it lands on.
             let len = page_align(arg1);
             walk.pending.len = len;
-            walk.pending.before = total_vm()?;
+            walk.pending.before = total_vm::<L>()?;
             walk.run::<L>(addr, addr + len, NO_PROT);
         }
         syscall_nr::MUNMAP => {
             let len = page_align(arg1);
             walk.pending.len = len;
-            walk.pending.before = total_vm()?;
+            walk.pending.before = total_vm::<L>()?;
             out_of_mapping::<L>(process, addr, len, walk, true);
         }
         syscall_nr::MPROTECT => {
@@ -200,7 +198,7 @@ fn on_enter<L: Lookup>(nr: u64, process: &ProcessKey, walk: &mut Walk) -> Option
         }
         _ => {
             // brk: the break before the call, from the mm itself (the process may predate us).
-            walk.pending.before = read_kernel::<u64>(vma::current_mm()?, config!(mm_brk))?;
+            walk.pending.before = vma::mm_field::<L>(vma::current_mm::<L>()?, config!(mm_brk))?;
         }
     }
     Some(())
@@ -341,7 +339,7 @@ fn on_return<L: Lookup>(
             if pending.args[3] & MAP_FIXED != 0 {
                 mappings::invalidate(process);
                 apply_out(pending, flows, Flow::Unmapped);
-                check_attributed(pending, pending.len);
+                check_attributed::<L>(pending, pending.len);
             }
             on_new_mapping::<L>(nr, ret, &pending.args, process, flows);
         }
@@ -351,7 +349,7 @@ fn on_return<L: Lookup>(
                 mappings::invalidate(process);
             }
             apply_out(pending, flows, Flow::Unmapped);
-            check_attributed(pending, 0);
+            check_attributed::<L>(pending, 0);
         }
         syscall_nr::MPROTECT => {
             mappings::invalidate(process);
@@ -407,8 +405,8 @@ fn apply_out(pending: &Pending, flows: &mut ProcessFlows, kind: Flow) {
 
 /// munmap and MAP_FIXED: compare what the walk attributed with what total_vm says left.
 /// `added` is what the call mapped at the same time (the new MAP_FIXED mapping).
-fn check_attributed(pending: &Pending, added: u64) {
-    let Some(after) = total_vm() else { return };
+fn check_attributed<L: Lookup>(pending: &Pending, added: u64) {
+    let Some(after) = total_vm::<L>() else { return };
     let removed = (pending.before * PAGE_SIZE + added).saturating_sub(after * PAGE_SIZE);
     if pending.out_total() < removed {
         count_lost(LostReason::VmaUnattributed);

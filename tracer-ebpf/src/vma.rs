@@ -79,17 +79,39 @@ pub struct Heap {
     end: u64,
 }
 
-pub fn current_mm() -> Option<u64> {
-    let task = current_task();
-    read_kernel::<u64>(task, config!(task_mm)).filter(|mm| *mm != 0)
+/// The current process's `mm_struct`; None for a task without one.
+///
+/// Where the lookup's kernels lend the running task BTF-typed ([`Lookup::BTF_TASK`]), the mm
+/// and then its fields ([`mm_field`]) are plain loads the verifier checks against the kernel's
+/// types; before that they are probe reads, each a helper call.
+#[inline(always)]
+pub fn current_mm<L: Lookup>() -> Option<u64> {
+    let mm = if L::BTF_TASK {
+        // SAFETY: the helper takes no arguments and returns the running task, BTF-typed.
+        let task = unsafe { bpf_get_current_task_btf() } as u64;
+        btf_field(task, config!(task_mm))
+    } else {
+        read_kernel::<u64>(current_task(), config!(task_mm))?
+    };
+    (mm != 0).then_some(mm)
 }
 
-pub fn current_heap() -> Heap {
-    let Some(mm) = current_mm() else {
+/// A field of the mm [`current_mm`] returned, read the same way.
+#[inline(always)]
+pub fn mm_field<L: Lookup>(mm: u64, offset: u32) -> Option<u64> {
+    if L::BTF_TASK {
+        Some(btf_field(mm, offset))
+    } else {
+        read_kernel(mm, offset)
+    }
+}
+
+pub fn current_heap<L: Lookup>() -> Heap {
+    let Some(mm) = current_mm::<L>() else {
         return Heap { start: 0, end: 0 };
     };
-    let start = read_kernel::<u64>(mm, config!(mm_start_brk)).unwrap_or(0);
-    let brk = read_kernel::<u64>(mm, config!(mm_brk)).unwrap_or(0);
+    let start = mm_field::<L>(mm, config!(mm_start_brk)).unwrap_or(0);
+    let brk = mm_field::<L>(mm, config!(mm_brk)).unwrap_or(0);
     Heap {
         start,
         end: page_align(brk),
@@ -156,6 +178,9 @@ pub trait Lookup {
     /// Whether kernels of this lookup's era also have `bpf_task_pt_regs` (5.15; `bpf_find_vma`
     /// came in 5.17), so syscall arguments can be read at return (see `syscalls`).
     const TASK_PT_REGS: bool;
+    /// Whether kernels of this lookup's era have `bpf_get_current_task_btf` (5.11), so the
+    /// task's mm is read by plain loads (see [`current_mm`]).
+    const BTF_TASK: bool;
     /// The VMA containing `addr`, or None in a hole (or, counted, when it cannot be read).
     fn find(addr: u64) -> Option<Vma>;
     /// Steps `walk` over its range, VMA by VMA, until it ends, meets a hole or gives up.
@@ -191,6 +216,7 @@ impl FindVma {
 
 impl Lookup for FindVma {
     const TASK_PT_REGS: bool = true;
+    const BTF_TASK: bool = true;
 
     fn find(addr: u64) -> Option<Vma> {
         let mut vma = Vma::default();
@@ -251,7 +277,9 @@ pub struct RbTree;
 impl RbTree {
     /// The VMA containing `addr`, as a kernel pointer; 0 in a hole. `find_vma()`'s descent.
     fn containing(addr: u64) -> u64 {
-        let Some(mm) = current_mm() else { return 0 };
+        let Some(mm) = current_mm::<Self>() else {
+            return 0;
+        };
         let mut node: u64 = read_kernel(mm, config!(mm_rb)).unwrap_or(0);
         for _ in 0..MAX_RB_DEPTH {
             if node == 0 {
@@ -291,6 +319,7 @@ impl RbTree {
 
 impl Lookup for RbTree {
     const TASK_PT_REGS: bool = false;
+    const BTF_TASK: bool = false;
 
     fn find(addr: u64) -> Option<Vma> {
         match Self::containing(addr) {
@@ -319,7 +348,7 @@ impl Lookup for RbTree {
 
 /// The class of the memory at `addr`, if any is mapped there.
 pub fn class_at<L: Lookup>(addr: u64) -> Option<usize> {
-    let heap = current_heap();
+    let heap = current_heap::<L>();
     L::find(addr).map(|vma| classify(vma.flags, vma.file_kind, vma.start, vma.end, &heap))
 }
 
@@ -370,7 +399,7 @@ impl Walk {
         self.end = end;
         self.has_new_prot = (new_prot != NO_PROT) as u64;
         self.new_prot = new_prot & VM_ACCESS;
-        self.heap = current_heap();
+        self.heap = current_heap::<L>();
         L::walk(self);
         if self.stopped == 0 && self.cur < self.end {
             count_lost(LostReason::VmaWalkTruncated);
