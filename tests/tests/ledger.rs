@@ -366,8 +366,15 @@ fn a_reused_pid_never_mixes_two_processes_counters() {
 /// `mm_contention ARGS` traced, with MALLOC_ARENA_MAX=1 (so that glibc makes no
 /// timing-dependent number of arenas): the fixture process, and the bytes it says it unmapped.
 fn contention(scratch: &Scratch, args: &[&str]) -> (Process, u64) {
-    let json = scratch.path(&format!("{}.json", args.join("")));
+    contention_with(scratch, args, &[])
+}
+
+/// `contention` with more environment for leaktrace.
+fn contention_with(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> (Process, u64) {
+    let name = env.iter().map(|(_, v)| *v).chain(args.iter().copied());
+    let json = scratch.path(&format!("{}.json", name.collect::<String>()));
     let output = Command::new(leaktrace())
+        .envs(env.iter().copied())
         .env("MALLOC_ARENA_MAX", "1")
         .args(["run", "-q", "-o", json.to_str().unwrap(), "--"])
         .arg(fixture("mm_contention"))
@@ -453,5 +460,30 @@ fn under_mmap_lock_contention_totals_stay_exact_and_nearly_all_is_attributed() {
         unattributed.unmapped > 0 && halves.class_split_partial(),
         "no walk failed: {:?}",
         halves.address_space
+    );
+}
+
+/// The kernel stashes each thread's call between entry and return in a slot chosen by its tid,
+/// and two threads that share one (where pid_max exceeds the slots) fall back to a hash map.
+/// With a single slot, 200 threads mapping and unmapping at once share it nearly always: every
+/// byte must still be counted and attributed as with a slot each.
+#[test]
+fn threads_sharing_a_stash_slot_lose_nothing() {
+    if !require_root("threads_sharing_a_stash_slot_lose_nothing") {
+        return;
+    }
+    let scratch = Scratch::new("shared-slot");
+    let one_slot = [("LEAKTRACE_STASH_SLOTS", "1")];
+    let (base, _) = contention_with(&scratch, &["--rounds", "0"], &one_slot);
+    let (traced, unmapped) = contention_with(&scratch, &["--rounds", "500"], &one_slot);
+    assert_eq!(unmapped, 100_000 * 64 * 1024, "the fixture's own count");
+    assert_total_exact(&traced, &base, unmapped);
+    // And each call's record went through intact: its class with it.
+    let anon = |p: &Process| p.address_space["anon"].unmapped;
+    let attributed = anon(&traced) - anon(&base);
+    assert!(
+        attributed * 100 >= unmapped * 99,
+        "only {attributed} of {unmapped} unmapped bytes attributed to anon: {:?}",
+        traced.address_space
     );
 }

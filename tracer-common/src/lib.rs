@@ -244,6 +244,9 @@ pub struct KernelConfig {
     pub rb_right: u32,
     /// 1 when MAP_NORESERVE makes a VM_NORESERVE mapping (vm.overcommit_memory is not 2).
     pub noreserve_honoured: u32,
+    /// The syscall stash's slot count minus one (a power of two): a thread's slot is its tid
+    /// masked with this (see tracer-ebpf's `stash`).
+    pub stash_slot_mask: u32,
 }
 
 /// Syscall numbers of the x86_64 ABI (the loader checks them against libc's at start).

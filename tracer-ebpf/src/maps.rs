@@ -11,7 +11,6 @@ use tracer_common::{
 
 /// Processes (tgids) and threads followed at once.
 const MAX_PROCESSES: u32 = 65_536;
-pub const MAX_THREADS: u32 = 65_536;
 
 /// Set by the loader before load (`.rodata`), so the verifier treats every field as a constant.
 #[unsafe(no_mangle)]
@@ -45,6 +44,7 @@ static CONFIG: KernelConfig = KernelConfig {
     rb_left: 0,
     rb_right: 0,
     noreserve_honoured: 0,
+    stash_slot_mask: 0,
 };
 
 /// Reads one configuration field; volatile so the compiler cannot fold the zero initialiser.

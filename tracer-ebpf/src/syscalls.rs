@@ -23,8 +23,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    macros::{map, tracepoint},
-    maps::HashMap,
+    macros::tracepoint,
     programs::TracePointContext,
 };
 use tracer_common::{
@@ -34,8 +33,9 @@ use tracer_common::{
 
 use crate::{
     mappings,
-    maps::{MAX_THREADS, btf_field, config, count_lost, flows_of, flows_stopped, tracked},
+    maps::{btf_field, config, count_lost, flows_of, flows_stopped, tracked},
     pending::{Pending, bounded},
+    stash,
     vma::{self, FindVma, Lookup, NO_PROT, PAGE_SIZE, RbTree, Walk, page_align, scratch_walk},
 };
 
@@ -50,10 +50,6 @@ const PROT_ACCESS: u64 = 0x7;
 const MADV_DONTNEED: u64 = 4;
 const MADV_FREE: u64 = 8;
 const MADV_REMOVE: u64 = 9;
-
-/// What a thread's memory syscall looked like at entry, until its return: pid_tgid -> Pending.
-#[map]
-static STASH: HashMap<u64, Pending> = HashMap::with_max_entries(MAX_THREADS, 0);
 
 /// A field of the tracepoint's record, at a constant offset: a plain load from the context.
 #[inline(always)]
@@ -108,18 +104,10 @@ fn enter<L: Lookup>(ctx: &TracePointContext) -> Option<()> {
     walk.reset();
     walk.pending.generation = key.generation as u64;
     walk.pending.args = args;
-    if on_enter::<L>(nr, &key, walk).is_some() && stash(pid_tgid, &walk.pending).is_err() {
-        count_lost(LostReason::StashFull);
+    if on_enter::<L>(nr, &key, walk).is_some() {
+        stash::put(pid_tgid, &walk.pending);
     }
     None
-}
-
-/// Stashes `pending` for the call's return, copied from where it is: passed by value, the
-/// 200-byte record would be copied onto the stack first.
-#[allow(clippy::needless_borrows_for_generic_args)]
-#[inline(always)]
-fn stash(pid_tgid: u64, pending: &Pending) -> Result<(), i32> {
-    STASH.insert(pid_tgid, pending, 0)
 }
 
 /// mremap, or mmap without MAP_FIXED (which replaces what it lands on): only the new mapping
@@ -237,32 +225,27 @@ fn exit<L: Lookup>(ctx: &TracePointContext) -> u32 {
     // -4095..-1 are errors; brk reports failure by returning the old break, which counts nothing.
     let succeeded = !(-4095..0).contains(&ret);
     // Only a tracked thread's call was stashed at entry.
-    match STASH.get_ptr(pid_tgid) {
-        Some(pending) => {
-            // SAFETY: the stash's value for this thread, valid for this program's run; only this
-            // thread writes it, at its syscall's entry, which is over.
-            let pending = unsafe { &*pending };
-            let key = ProcessKey {
-                tgid,
-                generation: pending.generation as u32,
-            };
-            if succeeded && let Some(flows) = flows_of(&key) {
-                on_return::<L>(nr, ret as u64, pending, &key, flows);
-            }
-            let _ = STASH.remove(pid_tgid);
+    let mut stashed = false;
+    stash::take(pid_tgid, |pending| {
+        stashed = true;
+        let key = ProcessKey {
+            tgid,
+            generation: pending.generation as u32,
+        };
+        if succeeded && let Some(flows) = flows_of(&key) {
+            on_return::<L>(nr, ret as u64, pending, &key, flows);
         }
-        None => {
-            if L::TASK_PT_REGS
-                && succeeded
-                && (nr == syscall_nr::MMAP || nr == syscall_nr::MREMAP)
-                && let Some(key) = tracked(tgid)
-                && let Some(args) = args::<L>(ctx, nr)
-                && is_new_mapping(nr, args[3])
-                && let Some(flows) = flows_of(&key)
-            {
-                on_new_mapping::<L>(nr, ret as u64, &args, &key, flows);
-            }
-        }
+    });
+    if !stashed
+        && L::TASK_PT_REGS
+        && succeeded
+        && (nr == syscall_nr::MMAP || nr == syscall_nr::MREMAP)
+        && let Some(key) = tracked(tgid)
+        && let Some(args) = args::<L>(ctx, nr)
+        && is_new_mapping(nr, args[3])
+        && let Some(flows) = flows_of(&key)
+    {
+        on_new_mapping::<L>(nr, ret as u64, &args, &key, flows);
     }
     0
 }

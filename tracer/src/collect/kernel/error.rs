@@ -23,6 +23,12 @@ pub enum KernelError {
         "this leaktrace was built without its eBPF programs (the BPF toolchain was missing): run `cargo xtask setup`, rebuild, or pass --no-ebpf"
     )]
     NotBuilt,
+    #[error("{var}={value} is not valid: {wants}")]
+    BadEnv {
+        var: &'static str,
+        value: String,
+        wants: &'static str,
+    },
     #[error("cannot load the eBPF object")]
     Load(#[source] aya::EbpfError),
     #[error("cannot attach {} ({})", .hook.program, .hook.description)]

@@ -19,7 +19,8 @@ use aya::{
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use tracer_common::{
-    GENERATION_OF_LOADER, LOST_REASON_COUNT, LifecycleEvent, ProcessFlows, ProcessKey, Resident,
+    GENERATION_OF_LOADER, KernelConfig, LOST_REASON_COUNT, LifecycleEvent, ProcessFlows,
+    ProcessKey, Resident,
 };
 
 pub use self::{
@@ -50,6 +51,35 @@ pub struct Kernel {
     pub losses: Vec<String>,
 }
 
+/// Overrides the syscall stash's slot count (a power of two), so that tests can make threads
+/// share slots on a machine where none would.
+pub const STASH_SLOTS_ENV: &str = "LEAKTRACE_STASH_SLOTS";
+
+/// Most slots the stash gets: 65,536 of 224 bytes, 14 MiB of kernel memory.
+const MAX_STASH_SLOTS: u32 = 65_536;
+
+/// Slots of the kernel's syscall stash (tracer-ebpf's `stash`): one per pid up to pid_max, so
+/// that where pid_max is no larger than [`MAX_STASH_SLOTS`] no two threads share one (where it
+/// is, sharing threads fall back to a hash map, which costs time, not exactness).
+fn stash_slots() -> Result<u32, KernelError> {
+    if let Ok(value) = std::env::var(STASH_SLOTS_ENV) {
+        return value
+            .parse::<u32>()
+            .ok()
+            .filter(|n| n.is_power_of_two() && *n <= MAX_STASH_SLOTS)
+            .ok_or(KernelError::BadEnv {
+                var: STASH_SLOTS_ENV,
+                value,
+                wants: "a power of two up to 65536",
+            });
+    }
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .unwrap_or(MAX_STASH_SLOTS);
+    Ok(pid_max.next_power_of_two().clamp(1, MAX_STASH_SLOTS))
+}
+
 pub fn is_privileged() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -76,8 +106,14 @@ impl Kernel {
             return Err(KernelError::Unsupported(essential_missing.join("; ")));
         }
         raise_memlock_limit();
+        let slots = stash_slots()?;
+        let config = KernelConfig {
+            stash_slot_mask: slots - 1,
+            ..features.config
+        };
         let mut ebpf = EbpfLoader::new()
-            .override_global("CONFIG", &features.config, true)
+            .map_max_entries("SLOT_TABLE", slots)
+            .override_global("CONFIG", &config, true)
             .load(EBPF_OBJECT)
             .map_err(KernelError::Load)?;
         let btf = aya::Btf::from_sys_fs().map_err(|e| KernelError::Load(e.into()))?;
