@@ -281,6 +281,19 @@ pub struct ProcessKey {
     pub generation: u32,
 }
 
+/// A process's value in the tracked set (`TRACKED`, keyed by tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tracked {
+    /// See [`ProcessKey`].
+    pub generation: u32,
+    pub _pad: u32,
+    /// Moves on whenever the process's recorded mappings may have gone stale (tracer-ebpf's
+    /// `mappings`); starts from the boot-time clock, so a later process with the same key never
+    /// trusts an earlier one's records.
+    pub epoch: u64,
+}
+
 /// The generation of a process the loader tracks itself (the launched command, or an attached
 /// tree); the kernel never gives a forked child 0.
 pub const GENERATION_OF_LOADER: u32 = 0;
@@ -300,4 +313,6 @@ mod pod {
     unsafe impl aya::Pod for super::Resident {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Tracked {}
 }

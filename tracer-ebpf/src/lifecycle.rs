@@ -17,12 +17,13 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tracer_common::{LifecycleEvent, LifecycleKind, LostReason, ProcessKey};
+use tracer_common::{LifecycleEvent, LifecycleKind, LostReason, ProcessKey, Tracked};
 
 use crate::{
     mappings,
     maps::{
-        EVENTS, TRACKED, btf_field, config, count_lost, current_task, now_ns, read_kernel, tracked,
+        EVENTS, TRACKED, TrackedProcess, btf_field, config, count_lost, current_task, now_ns,
+        read_kernel, tracked,
     },
     resident,
 };
@@ -48,7 +49,12 @@ pub fn task_newtask(ctx: BtfTracePointContext) -> i32 {
         generation: now_ns() as u32 | 1,
     };
     // The child has not run yet (task_newtask fires in copy_process, before its first wake-up).
-    if TRACKED.insert(child.tgid, child.generation, 0).is_err() {
+    let entry = Tracked {
+        generation: child.generation,
+        _pad: 0,
+        epoch: now_ns(),
+    };
+    if TRACKED.insert(child.tgid, entry, 0).is_err() {
         count_lost(LostReason::TrackedSetFull);
         return 0;
     }
@@ -62,9 +68,10 @@ pub fn task_newtask(ctx: BtfTracePointContext) -> i32 {
 
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    if let Some(key) = tracked(current_tgid()) {
+    if let Some(mut process) = tracked(current_tgid()) {
         // A new address space: no record of the old one's mappings holds.
-        mappings::invalidate(&key);
+        mappings::invalidate(&mut process);
+        let key = process.key;
         let task = current_task();
         if let Some(mm) = read_kernel::<u64>(task, config!(task_mm)).filter(|mm| *mm != 0) {
             resident::start_from_mm(&key, |counter| read_kernel(mm, counter).unwrap_or(0));
@@ -76,7 +83,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    let Some(key) = tracked(current_tgid()) else {
+    let Some(TrackedProcess { key, .. }) = tracked(current_tgid()) else {
         return 0;
     };
     // The tracepoint fires for every thread; the process is gone when its last one goes.

@@ -7,6 +7,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     KernelConfig, LOST_REASON_COUNT, LostReason, ProcessFlows, ProcessKey, RSS_COUNTERS, Resident,
+    Tracked,
 };
 
 /// Processes (tgids) and threads followed at once.
@@ -65,9 +66,9 @@ pub fn read_config(field: &u32) -> u32 {
     unsafe { core::ptr::read_volatile(field) }
 }
 
-/// The tracked set: tgid -> its generation (see `ProcessKey`).
+/// The tracked set: tgid -> its generation (see `ProcessKey`) and its mappings' epoch.
 #[map]
-pub static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROCESSES, 0);
+pub static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(MAX_PROCESSES, 0);
 
 /// Per-process flows, per CPU so that updates need no atomics.
 #[map]
@@ -108,14 +109,25 @@ pub fn count_lost(reason: LostReason) {
     }
 }
 
-/// The key of a tracked process's entries, or None when `tgid` is not tracked.
-pub fn tracked(tgid: u32) -> Option<ProcessKey> {
+/// A tracked process: the key of its entries, and its own entry in the tracked set.
+pub struct TrackedProcess {
+    pub key: ProcessKey,
+    pub entry: &'static mut Tracked,
+}
+
+/// The tracked process `tgid`, or None when it is not tracked.
+pub fn tracked(tgid: u32) -> Option<TrackedProcess> {
     if tgid == config!(own_tgid) {
         return None;
     }
-    // SAFETY: a lookup in a map this program owns; the value is copied out at once.
-    let generation = *unsafe { TRACKED.get(tgid) }?;
-    Some(ProcessKey { tgid, generation })
+    // SAFETY: the map's value, valid for this program's run; only its epoch is written, by
+    // `mappings`, atomically.
+    let entry = unsafe { &mut *TRACKED.get_ptr_mut(tgid)? };
+    let key = ProcessKey {
+        tgid,
+        generation: entry.generation,
+    };
+    Some(TrackedProcess { key, entry })
 }
 
 /// The calling CPU's flows of a process, created on first use.
@@ -138,6 +150,23 @@ pub fn flows_of(key: &ProcessKey) -> Option<&'static mut ProcessFlows> {
             count_lost(LostReason::FlowMapFull);
             None
         }
+    }
+}
+
+/// Adds `delta` atomically: an XADD, the one atomic every kernel leaktrace runs on has (and
+/// the only one the BPF target offers without `-mcpu=v3`; Rust's `fetch_add` needs a
+/// compare-and-swap). On x86 it is a locked add, a full barrier.
+#[inline(always)]
+pub fn atomic_add(counter: &mut u64, delta: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: `counter` is a valid, aligned u64 in a map value; the instruction only adds to it.
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) counter as *mut u64, in(reg) delta);
+    }
+    // The host build only type-checks this crate.
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        *counter = counter.wrapping_add(delta);
     }
 }
 

@@ -21,9 +21,6 @@ pub struct Pending {
     pub into: [u64; CLASS_COUNT],
     /// The calling process's generation in the tracked set, found at entry.
     pub generation: u64,
-    /// 1 when the range is a whole mapping the process made (see `mappings`), attributed
-    /// without a walk.
-    pub recorded: u64,
 }
 
 impl Pending {

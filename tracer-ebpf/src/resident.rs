@@ -13,7 +13,7 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{ProcessKey, RSS_COUNTERS, Resident};
 
-use crate::maps::{RESIDENT, btf_field, config, read_kernel, tracked};
+use crate::maps::{RESIDENT, TrackedProcess, btf_field, config, read_kernel, tracked};
 
 #[btf_tracepoint(function = "rss_stat")]
 pub fn rss_stat(ctx: BtfTracePointContext) -> i32 {
@@ -24,7 +24,7 @@ pub fn rss_stat(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let tgid: u32 = btf_field(owner, config!(task_tgid));
-    let Some(key) = tracked(tgid) else {
+    let Some(TrackedProcess { key, .. }) = tracked(tgid) else {
         return 0;
     };
     if btf_field::<u64>(owner, config!(task_mm)) != mm {

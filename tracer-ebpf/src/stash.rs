@@ -16,7 +16,7 @@ use aya_ebpf::{
 use tracer_common::LostReason;
 
 use crate::{
-    maps::{config, count_lost},
+    maps::{atomic_add as add, config, count_lost},
     pending::Pending,
 };
 
@@ -53,23 +53,6 @@ fn slot(pid_tgid: u64) -> Option<&'static mut Slot> {
     SLOT_TABLE
         .get_ptr_mut(index)
         .map(|slot| unsafe { &mut *slot })
-}
-
-/// Adds `delta` atomically: an XADD, the one atomic every kernel leaktrace runs on has (and
-/// the only one the BPF target offers without `-mcpu=v3`; Rust's `fetch_add` needs a
-/// compare-and-swap). On x86 it is a locked add, a full barrier.
-#[inline(always)]
-fn add(counter: &mut u64, delta: u64) {
-    #[cfg(target_arch = "bpf")]
-    // SAFETY: `counter` is a valid, aligned u64 in a map value; the instruction only adds to it.
-    unsafe {
-        core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) counter as *mut u64, in(reg) delta);
-    }
-    // The host build only type-checks this crate.
-    #[cfg(not(target_arch = "bpf"))]
-    {
-        *counter = counter.wrapping_add(delta);
-    }
 }
 
 /// A load that sees every thread's atomic adds so far.

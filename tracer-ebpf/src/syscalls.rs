@@ -33,7 +33,7 @@ use tracer_common::{
 
 use crate::{
     mappings,
-    maps::{btf_field, config, count_lost, flows_of, flows_stopped, tracked},
+    maps::{TrackedProcess, btf_field, config, count_lost, flows_of, flows_stopped, tracked},
     pending::{Pending, bounded},
     stash,
     vma::{self, FindVma, Lookup, NO_PROT, PAGE_SIZE, RbTree, Walk, page_align, scratch_walk},
@@ -89,7 +89,7 @@ pub fn syscall_exit_rbtree(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn enter<L: Lookup>(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let key = tracked((pid_tgid >> 32) as u32)?;
+    let mut process = tracked((pid_tgid >> 32) as u32)?;
     if flows_stopped() {
         return None;
     }
@@ -102,9 +102,9 @@ fn enter<L: Lookup>(ctx: &TracePointContext) -> Option<()> {
     }
     let walk = scratch_walk()?;
     walk.reset();
-    walk.pending.generation = key.generation as u64;
+    walk.pending.generation = process.key.generation as u64;
     walk.pending.args = args;
-    if on_enter::<L>(nr, &key, walk).is_some() {
+    if on_enter::<L>(nr, &mut process, walk).is_some() {
         stash::put(pid_tgid, &walk.pending);
     }
     None
@@ -151,7 +151,7 @@ fn total_vm<L: Lookup>() -> Option<u64> {
 }
 
 /// Fills `walk.pending` for a call about to run; None when the call is of no interest.
-fn on_enter<L: Lookup>(nr: u64, process: &ProcessKey, walk: &mut Walk) -> Option<()> {
+fn on_enter<L: Lookup>(nr: u64, process: &mut TrackedProcess, walk: &mut Walk) -> Option<()> {
     let [addr, arg1, arg2, arg3] = walk.pending.args;
     match nr {
         syscall_nr::MMAP => {
@@ -160,6 +160,7 @@ fn on_enter<L: Lookup>(nr: u64, process: &ProcessKey, walk: &mut Walk) -> Option
                 return Some(());
             }
             // MAP_FIXED unmaps whatever it lands on.
+            mappings::invalidate(process);
             let len = page_align(arg1);
             walk.pending.len = len;
             walk.pending.before = total_vm::<L>()?;
@@ -172,11 +173,13 @@ fn on_enter<L: Lookup>(nr: u64, process: &ProcessKey, walk: &mut Walk) -> Option
             out_of_mapping::<L>(process, addr, len, walk, true);
         }
         syscall_nr::MPROTECT => {
+            mappings::invalidate(process);
             let len = page_align(arg1);
             let prot = arg2;
             walk.run::<L>(addr, addr + len, prot & PROT_ACCESS);
         }
-        syscall_nr::MREMAP => {}
+        // Only where mremap is stashed (see `is_new_mapping`).
+        syscall_nr::MREMAP => mappings::invalidate(process),
         syscall_nr::MADVISE => {
             let advice = arg2;
             if !matches!(advice, MADV_DONTNEED | MADV_FREE | MADV_REMOVE) {
@@ -193,10 +196,10 @@ fn on_enter<L: Lookup>(nr: u64, process: &ProcessKey, walk: &mut Walk) -> Option
 }
 
 /// munmap or madvise of `[addr, addr + len)`: from the record when it is a whole mapping the
-/// process made, else from a walk (after such a munmap returns, no record is trusted).
+/// process made, else from a walk (and after such a munmap, no record is trusted).
 #[inline(always)]
 fn out_of_mapping<L: Lookup>(
-    process: &ProcessKey,
+    process: &mut TrackedProcess,
     addr: u64,
     len: u64,
     walk: &mut Walk,
@@ -205,14 +208,18 @@ fn out_of_mapping<L: Lookup>(
     match mappings::recorded(process, addr, len) {
         Some(class) => {
             walk.pending.add_out(class, len);
-            walk.pending.recorded = 1;
             // Forgotten now, not at return: once the kernel has unmapped it, another thread's
             // mmap may get the same address, and its record must not be the one deleted.
             if unmaps {
-                mappings::forget(process, addr);
+                mappings::forget(&process.key, addr);
             }
         }
-        None => walk.run::<L>(addr, addr + len, NO_PROT),
+        None => {
+            if unmaps {
+                mappings::invalidate(process);
+            }
+            walk.run::<L>(addr, addr + len, NO_PROT);
+        }
     }
 }
 
@@ -240,26 +247,29 @@ fn exit<L: Lookup>(ctx: &TracePointContext) -> u32 {
         && L::TASK_PT_REGS
         && succeeded
         && (nr == syscall_nr::MMAP || nr == syscall_nr::MREMAP)
-        && let Some(key) = tracked(tgid)
+        && let Some(mut process) = tracked(tgid)
         && let Some(args) = args::<L>(ctx, nr)
         && is_new_mapping(nr, args[3])
-        && let Some(flows) = flows_of(&key)
+        && let Some(flows) = flows_of(&process.key)
     {
-        on_new_mapping::<L>(nr, ret as u64, &args, &key, flows);
+        on_new_mapping::<L>(nr, ret as u64, &args, Some(&mut process), flows);
     }
     0
 }
 
-/// mmap (the mapping part) and mremap, from their arguments.
+/// mmap (the mapping part) and mremap, from their arguments. `process` (its tracked-set entry)
+/// is for the records of mappings, which the flows do not need.
 fn on_new_mapping<L: Lookup>(
     nr: u64,
     addr: u64,
     args: &[u64; 4],
-    process: &ProcessKey,
+    process: Option<&mut TrackedProcess>,
     flows: &mut ProcessFlows,
 ) {
     if nr == syscall_nr::MREMAP {
-        mappings::invalidate(process);
+        if let Some(process) = process {
+            mappings::invalidate(process);
+        }
         let (old, new) = (args[1], args[2]);
         let (old, new) = (page_align(old), page_align(new));
         // The call succeeded, so there is a mapping at `addr`: only a busy lock hides it.
@@ -287,7 +297,9 @@ fn on_new_mapping<L: Lookup>(
         vma::class_at::<L>(addr).unwrap_or(RegionClass::Unattributed as usize)
     };
     let len = page_align(len);
-    mappings::record(process, addr, len, class);
+    if let Some(process) = process {
+        mappings::record(process, addr, len, class);
+    }
     let flow = &mut flows.classes[bounded(class)];
     flow.mapped += len;
     flow.calls += 1;
@@ -317,25 +329,22 @@ fn on_return<L: Lookup>(
     process: &ProcessKey,
     flows: &mut ProcessFlows,
 ) {
+    // The records were invalidated at entry where the call needs it (`on_enter`).
     match nr {
-        syscall_nr::MMAP => {
-            if pending.args[3] & MAP_FIXED != 0 {
-                mappings::invalidate(process);
+        syscall_nr::MMAP | syscall_nr::MREMAP => {
+            if nr == syscall_nr::MMAP && pending.args[3] & MAP_FIXED != 0 {
                 apply_out(pending, flows, Flow::Unmapped);
                 check_attributed::<L>(pending, pending.len);
             }
-            on_new_mapping::<L>(nr, ret, &pending.args, process, flows);
+            // A record needs the process's entry, which the stash does not carry.
+            let mut entry = tracked(process.tgid).filter(|entry| entry.key == *process);
+            on_new_mapping::<L>(nr, ret, &pending.args, entry.as_mut(), flows);
         }
-        syscall_nr::MREMAP => on_new_mapping::<L>(nr, ret, &pending.args, process, flows),
         syscall_nr::MUNMAP => {
-            if pending.recorded == 0 {
-                mappings::invalidate(process);
-            }
             apply_out(pending, flows, Flow::Unmapped);
             check_attributed::<L>(pending, 0);
         }
         syscall_nr::MPROTECT => {
-            mappings::invalidate(process);
             apply_out(pending, flows, Flow::Uncommitted);
             for class in 0..CLASS_COUNT {
                 let flow = &mut flows.classes[class];
