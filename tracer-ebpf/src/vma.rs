@@ -17,7 +17,7 @@
 //! 4. private anonymous MAP_NORESERVE -> `reserved`
 //! 5. overlapping the brk heap -> `heap`  6. grows down -> `stack`   7. otherwise -> `anon`
 
-use core::ffi::c_void;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
     helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_loop},
@@ -62,7 +62,7 @@ pub const fn page_align(len: u64) -> u64 {
 
 /// What classification needs of one VMA.
 #[repr(C)]
-#[derive(Default, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Vma {
     start: u64,
     end: u64,
@@ -70,6 +70,21 @@ pub struct Vma {
     file_kind: u64,
     /// Set by the `bpf_find_vma` callback once it ran.
     found: u64,
+}
+
+impl Vma {
+    /// Nothing found yet, zeroed in place word by word: `Vma::default()` compiles to a call of
+    /// a byte-by-byte memset (40 bytes, 40 steps), and one is made at every walk step.
+    #[inline(always)]
+    fn zeroed_in(slot: &mut MaybeUninit<Vma>) -> &mut Vma {
+        let words = slot.as_mut_ptr() as *mut u64;
+        for i in 0..size_of::<Vma>() / 8 {
+            // SAFETY: `i` < size_of::<Vma>() / 8: every write stays inside `slot`.
+            unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        }
+        // SAFETY: every field is a u64 and every word was written.
+        unsafe { slot.assume_init_mut() }
+    }
 }
 
 /// The current process's brk heap, `[start_brk, PAGE_ALIGN(brk))`.
@@ -219,8 +234,9 @@ impl Lookup for FindVma {
     const BTF_TASK: bool = true;
 
     fn find(addr: u64) -> Option<Vma> {
-        let mut vma = Vma::default();
-        (Self::find_into(addr, &mut vma) == 0 && vma.found != 0).then_some(vma)
+        let mut slot = MaybeUninit::uninit();
+        let vma = Vma::zeroed_in(&mut slot);
+        (Self::find_into(addr, vma) == 0 && vma.found != 0).then_some(*vma)
     }
 
     fn walk(walk: &mut Walk) {
@@ -256,9 +272,10 @@ unsafe extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
         walk.stopped = 1;
         return 1;
     }
-    let mut vma = Vma::default();
-    let ret = FindVma::find_into(walk.cur, &mut vma);
-    if ret == 0 && vma.found != 0 && walk.step(&vma) {
+    let mut slot = MaybeUninit::uninit();
+    let vma = Vma::zeroed_in(&mut slot);
+    let ret = FindVma::find_into(walk.cur, vma);
+    if ret == 0 && vma.found != 0 && walk.step(vma) {
         return 0;
     }
     if ret != 0 && ret != -ENOENT {
