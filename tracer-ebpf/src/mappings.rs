@@ -39,7 +39,13 @@ pub struct Mapping {
     class: u64,
     /// The process's epoch when it was made.
     epoch: u64,
+    /// mmap's flags for a private anonymous mapping, whose class follows from them and the
+    /// protection alone (see `reprotect`); [`NOT_ANONYMOUS`] for any other.
+    anonymous_flags: u64,
 }
+
+/// `Mapping::anonymous_flags` of a mapping whose class needs its VMA (file-backed, shared).
+pub const NOT_ANONYMOUS: u64 = u64::MAX;
 
 #[map]
 static MAPPINGS: LruHashMap<MappingKey, Mapping> = LruHashMap::with_max_entries(MAX_MAPPINGS, 0);
@@ -49,12 +55,13 @@ pub fn invalidate(process: &mut TrackedProcess) {
     atomic_add(&mut process.entry.epoch, 1);
 }
 
-/// Remembers a mapping mmap just made.
-pub fn record(process: &TrackedProcess, addr: u64, len: u64, class: usize) {
+/// Remembers a mapping mmap just made (`anonymous_flags`: see [`Mapping`]).
+pub fn record(process: &TrackedProcess, addr: u64, len: u64, class: usize, anonymous_flags: u64) {
     let mapping = Mapping {
         len,
         class: class as u64,
         epoch: process.entry.epoch,
+        anonymous_flags,
     };
     let _ = MAPPINGS.insert(
         MappingKey {
@@ -76,6 +83,34 @@ pub fn recorded(process: &TrackedProcess, addr: u64, len: u64) -> Option<usize> 
     // SAFETY: a lookup in a map this program owns; the value is read at once.
     let mapping = unsafe { MAPPINGS.get(key) }?;
     (mapping.len == len && mapping.epoch == process.entry.epoch).then_some(mapping.class as usize)
+}
+
+/// mprotect of `[addr, addr + len)` inside a private anonymous mapping the process made, from
+/// its start: the class those bytes had and the class they get (`class_with` its mmap flags),
+/// without a walk. Only that mapping changes, so the process's other records stay trusted; its
+/// own is dropped (split, or its class changed, or the call may yet fail).
+pub fn reprotect(
+    process: &TrackedProcess,
+    addr: u64,
+    len: u64,
+    class_with: impl FnOnce(u64) -> usize,
+) -> Option<(usize, usize)> {
+    let key = MappingKey {
+        process: process.key,
+        addr,
+    };
+    // SAFETY: a lookup in a map this program owns; the value is read at once.
+    let mapping = unsafe { MAPPINGS.get(key) }?;
+    let (mapping_len, class, flags) = (mapping.len, mapping.class, mapping.anonymous_flags);
+    if mapping.epoch != process.entry.epoch
+        || flags == NOT_ANONYMOUS
+        || len == 0
+        || len > mapping_len
+    {
+        return None;
+    }
+    forget(&process.key, addr);
+    Some((class as usize, class_with(flags)))
 }
 
 /// The mapping at `addr` is gone.

@@ -47,6 +47,9 @@ const MAP_GROWSDOWN: u64 = 0x0100;
 const MAP_NORESERVE: u64 = 0x4000;
 const PROT_EXEC: u64 = 0x4;
 const PROT_ACCESS: u64 = 0x7;
+/// PROT_GROWSDOWN | PROT_GROWSUP: mprotect extends the range to the VMA's end.
+const PROT_GROWS: u64 = 0x0300_0000;
+const MAP_HUGETLB: u64 = 0x0004_0000;
 const MADV_DONTNEED: u64 = 4;
 const MADV_FREE: u64 = 8;
 const MADV_REMOVE: u64 = 9;
@@ -173,10 +176,27 @@ fn on_enter<L: Lookup>(nr: u64, process: &mut TrackedProcess, walk: &mut Walk) -
             out_of_mapping::<L>(process, addr, len, walk, true);
         }
         syscall_nr::MPROTECT => {
-            mappings::invalidate(process);
             let len = page_align(arg1);
             let prot = arg2;
-            walk.run::<L>(addr, addr + len, prot & PROT_ACCESS);
+            // Inside a private anonymous mapping the process made, from its start, only its
+            // bytes change: their classes follow from the record, and no other record goes stale.
+            let reprotected = if prot & PROT_GROWS == 0 {
+                mappings::reprotect(process, addr, len, |flags| anonymous_class(prot, flags))
+            } else {
+                None
+            };
+            match reprotected {
+                Some((old, new)) => {
+                    if old != new {
+                        walk.pending.add_out(old, len);
+                        walk.pending.add_into(new, len);
+                    }
+                }
+                None => {
+                    mappings::invalidate(process);
+                    walk.run::<L>(addr, addr + len, prot & PROT_ACCESS);
+                }
+            }
         }
         // Only where mremap is stashed (see `is_new_mapping`).
         syscall_nr::MREMAP => mappings::invalidate(process),
@@ -289,16 +309,21 @@ fn on_new_mapping<L: Lookup>(
         return;
     }
     let [_, len, prot, map_flags] = *args;
-    let class = if map_flags & MAP_ANONYMOUS != 0 && map_flags & MAP_TYPE == MAP_PRIVATE {
-        anonymous_class(prot, map_flags)
+    // Private anonymous memory's class follows from the call; MAP_HUGETLB's lives in a
+    // hugetlbfs file, as the walks see it.
+    let anonymous = map_flags & (MAP_ANONYMOUS | MAP_HUGETLB) == MAP_ANONYMOUS
+        && map_flags & MAP_TYPE == MAP_PRIVATE;
+    let (class, anonymous_flags) = if anonymous {
+        (anonymous_class(prot, map_flags), map_flags)
     } else {
         // File-backed or shared: the VMA says whether it lives on shmem (and only a busy
         // lock hides the mapping the call just made).
-        vma::class_at::<L>(addr).unwrap_or(RegionClass::Unattributed as usize)
+        let class = vma::class_at::<L>(addr).unwrap_or(RegionClass::Unattributed as usize);
+        (class, mappings::NOT_ANONYMOUS)
     };
     let len = page_align(len);
     if let Some(process) = process {
-        mappings::record(process, addr, len, class);
+        mappings::record(process, addr, len, class, anonymous_flags);
     }
     let flow = &mut flows.classes[bounded(class)];
     flow.mapped += len;
