@@ -7,8 +7,9 @@
 //! length it was given: looked up here by (process, address), its class is known lock-free.
 //!
 //! A record is only trusted while nothing has changed the process's mappings in a way the
-//! records cannot follow: every mprotect, mremap, MAP_FIXED mmap, exec, and munmap that is not
-//! of a whole recorded mapping moves the process's epoch on (kept in its tracked-set entry, which
+//! records cannot follow: every mprotect (but one inside a recorded private anonymous mapping,
+//! from its start: that record alone is dropped, see `reprotect`), mremap, MAP_FIXED mmap, exec,
+//! and munmap that is not of a whole recorded mapping moves the process's epoch on (kept in its tracked-set entry, which
 //! every program has looked up already), and a record made at an older epoch is ignored. The
 //! calls move it at entry, where they have that entry at hand (mremap, which has no entry hook
 //! where the kernel lends the registers at return, at return): a record made meanwhile, of a
