@@ -71,8 +71,8 @@ pub fn put(pid_tgid: u64, pending: &Pending) {
             return;
         }
         add(&mut slot.claims, 1);
-        // Each claimant's add happens before its load, so exactly one sees 1: the first to come
-        // while no one held it. The others back off to the hash map.
+        // Each claimant's add happens before its load, so at most one sees 1 (none, when two
+        // come at once): the one that found it free. The others back off to the hash map.
         if load(&slot.claims) == 1 {
             copy(pending, &mut slot.pending);
             slot.owner = pid_tgid;
