@@ -20,13 +20,15 @@
 //! interleaved rather than run in blocks, and the order within a round changes every round: each
 //! variant runs first, second and third equally often, so a slow minute lands on all of them
 //! instead of making one look worse. The ratio is median over median, which one outlier cannot
-//! move. Speed is measured here and never asserted in tests.
+//! move. Each run starts once the run before has left the kernel (`settle`): a run right after
+//! a traced one would still pay the tracepoints' slow path. Speed is measured here and never
+//! asserted in tests.
 
 use std::{
     env,
     path::{Path, PathBuf},
     process::{Command, Output},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -191,6 +193,7 @@ fn worker(workspace: &Path, bins: &Bins, rounds: usize) -> Result<()> {
                 1 => traced("auto"),
                 _ => traced("off"),
             };
+            settle(bins);
             let started = Instant::now();
             let out = command.output()?;
             ensure!(
@@ -332,6 +335,7 @@ fn bystander(bins: &Bins, script: &str, rounds: usize) -> Result<()> {
     let mut ns: [Vec<f64>; 3] = Default::default();
     for round in 0..rounds {
         for index in ORDERS[round % ORDERS.len()] {
+            settle(bins);
             let sample = match VARIANTS[index] {
                 Variant::Untraced => run_loop()?,
                 Variant::Leaktrace => traced(
@@ -421,7 +425,9 @@ fn build(workspace: &Path) -> Result<Bins> {
     for bin in [&bins.storm, &bins.leaktrace, &bins.cycler] {
         ensure!(bin.is_file(), "the build did not produce {}", bin.display());
     }
-    Ok(bins)
+    // As /proc/PID/exe names it (see `settle`).
+    let leaktrace = bins.leaktrace.canonicalize()?;
+    Ok(Bins { leaktrace, ..bins })
 }
 
 /// Counts the storm's memory syscalls at entry and at exit, per pid, filtered to the child
@@ -444,6 +450,7 @@ fn bpftrace_script() -> String {
 }
 
 fn measure(variant: Variant, bins: &Bins, script: &str) -> Result<Sample> {
+    settle(bins);
     let mut command = match variant {
         Variant::Untraced => Command::new(&bins.storm),
         Variant::Leaktrace => {
@@ -507,6 +514,33 @@ fn check_output(variant: Variant, command: &Command, out: &Output) -> Result<()>
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+/// Waits until the previous run's tracer has left the kernel: no process runs the bench's
+/// leaktrace (the copy of it that holds its links until it has exited, see the README's "The
+/// tail") or bpftrace, then a moment more. Until then every syscall on the host still takes the
+/// tracepoints' slow path, and whatever runs next, traced or not, would pay for the run before.
+fn settle(bins: &Bins) {
+    const POLL: Duration = Duration::from_millis(50);
+    const GIVE_UP: Duration = Duration::from_secs(10);
+    const DETACH: Duration = Duration::from_millis(300);
+    let started = Instant::now();
+    while tracer_running(&bins.leaktrace) && started.elapsed() < GIVE_UP {
+        std::thread::sleep(POLL);
+    }
+    std::thread::sleep(DETACH);
+}
+
+fn tracer_running(leaktrace: &Path) -> bool {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    processes.flatten().any(|process| {
+        let path = process.path();
+        std::fs::read_link(path.join("exe")).is_ok_and(|exe| exe == leaktrace)
+            || std::fs::read_to_string(path.join("comm"))
+                .is_ok_and(|comm| comm.trim() == "bpftrace")
+    })
 }
 
 /// `storm: <calls> syscalls in <secs> s` → (calls, secs).
