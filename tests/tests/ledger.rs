@@ -413,6 +413,18 @@ fn assert_total_exact(traced: &Process, base: &Process, bytes: u64) {
     );
 }
 
+/// At least 99% of the `unmapped` bytes the fixture unmapped beyond the baseline were
+/// attributed to anon (from the records of its mappings, or walks that got the lock).
+fn assert_nearly_all_anon(traced: &Process, base: &Process, unmapped: u64) {
+    let anon = |p: &Process| p.address_space["anon"].unmapped;
+    let attributed = anon(traced) - anon(base);
+    assert!(
+        attributed * 100 >= unmapped * 99,
+        "only {attributed} of {unmapped} unmapped bytes attributed to anon: {:?}",
+        traced.address_space
+    );
+}
+
 /// Whether this kernel's VMA walks go through `bpf_find_vma` (5.17+), which only tries the mm's
 /// lock; before, leaktrace walks `mm_rb` without it, and never finds it busy.
 fn walks_take_the_lock() -> bool {
@@ -441,13 +453,7 @@ fn under_mmap_lock_contention_totals_stay_exact_and_nearly_all_is_attributed() {
     let (whole, unmapped) = contention(&scratch, &["--rounds", "2000"]);
     assert_eq!(unmapped, 400_000 * 64 * 1024, "the fixture's own count");
     assert_total_exact(&whole, &base, unmapped);
-    let anon = |p: &Process| p.address_space["anon"].unmapped;
-    let attributed = anon(&whole) - anon(&base);
-    assert!(
-        attributed * 100 >= unmapped * 99,
-        "only {attributed} of {unmapped} unmapped bytes attributed to anon: {:?}",
-        whole.address_space
-    );
+    assert_nearly_all_anon(&whole, &base, unmapped);
 
     if !walks_take_the_lock() {
         return;
@@ -479,11 +485,5 @@ fn threads_sharing_a_stash_slot_lose_nothing() {
     assert_eq!(unmapped, 100_000 * 64 * 1024, "the fixture's own count");
     assert_total_exact(&traced, &base, unmapped);
     // And each call's record went through intact: its class with it.
-    let anon = |p: &Process| p.address_space["anon"].unmapped;
-    let attributed = anon(&traced) - anon(&base);
-    assert!(
-        attributed * 100 >= unmapped * 99,
-        "only {attributed} of {unmapped} unmapped bytes attributed to anon: {:?}",
-        traced.address_space
-    );
+    assert_nearly_all_anon(&traced, &base, unmapped);
 }
