@@ -74,6 +74,18 @@ fn folded_key(role: &Role) -> (u32, u64) {
 const MAX_EXITED: usize = 512;
 const KEEP_EXITED: usize = 256;
 
+/// How long after its start a process's role may still change without an exec, and is looked
+/// at again at every sample: the zygote's children set their command line right after the
+/// fork. Past it, /proc is not read again for the role (cmdline takes the process's mmap lock,
+/// and the worker's own role was read at every boundary of a fast worker).
+const ROLE_SETTLES_S: f64 = 5.0;
+
+/// Seconds since boot at `at_ns` (now when 0: a reading without a time).
+fn boot_s(at_ns: u64) -> f64 {
+    let ns = if at_ns > 0 { at_ns } else { sampler::boot_ns() };
+    ns as f64 / 1e9
+}
+
 impl ProcessTable {
     pub fn new(root_pid: u32) -> ProcessTable {
         ProcessTable {
@@ -345,9 +357,10 @@ impl ProcessTable {
                 continue;
             };
             // Chromium's children can be told apart only once their command line is set (the
-            // zygote's children never exec); other Chromium roles stay, and an exec is an
-            // event of its own.
+            // zygote's children never exec, and set it right after the fork); other Chromium
+            // roles stay, and an exec is an event of its own.
             if self.role_may_be_stale(index)
+                && boot_s(at_ns) - process.info.start_time < ROLE_SETTLES_S
                 && let Some(role) = self.current_role(index)
             {
                 self.processes[index].role = role;
@@ -850,19 +863,6 @@ pub(crate) mod tests {
             .spawn()
             .unwrap();
         let (browser, child) = (4_100_000, gpu.id());
-        let mut table = ProcessTable::new(browser);
-        for (pid, ppid) in [(browser, 0), (child, browser)] {
-            let info = ProcInfo {
-                pid,
-                ppid,
-                comm: "chromium".into(),
-                start_time: 0.0,
-            };
-            table.add(info, 0);
-            table.processes.last_mut().unwrap().role = Role::Browser;
-        }
-        let mut reading = Reading::default();
-        reading.samples.insert(child, ProcSample::default());
         // spawn() returns as the exec closes the parent's pipe, before the kernel has set the
         // new command line (/proc/PID/cmdline reads empty for a moment): wait for it, as the
         // table itself would at its next sample.
@@ -871,11 +871,30 @@ pub(crate) mod tests {
             assert!(up.elapsed().as_secs() < 5, "the child's command line");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        table.sample_with(1.0, &reading);
+        // Started now, and long ago: only a young process's role is read again.
+        let roles = |start_time: f64| {
+            let mut table = ProcessTable::new(browser);
+            for (pid, ppid) in [(browser, 0), (child, browser)] {
+                let info = ProcInfo {
+                    pid,
+                    ppid,
+                    comm: "chromium".into(),
+                    start_time,
+                };
+                table.add(info, 0);
+                table.processes.last_mut().unwrap().role = Role::Browser;
+            }
+            let mut reading = Reading::default();
+            reading.samples.insert(child, ProcSample::default());
+            table.sample_with(1.0, &reading);
+            let roles: Vec<Role> = table.processes.iter().map(|p| p.role.clone()).collect();
+            roles
+        };
+        let (young, settled) = (roles(boot_s(0)), roles(boot_s(0) - ROLE_SETTLES_S - 1.0));
         let _ = gpu.kill();
         let _ = gpu.wait();
-        let roles: Vec<&str> = table.processes.iter().map(|p| p.role.as_str()).collect();
-        assert_eq!(roles, ["browser", "gpu"]);
+        assert_eq!(young, [Role::Browser, Role::Gpu]);
+        assert_eq!(settled, [Role::Browser, Role::Browser]);
     }
 
     #[test]
