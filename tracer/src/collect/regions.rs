@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 /// The share of the trace's time region readings may take: a Chromium tree's smaps is read in
 /// tens of milliseconds, under each process's mmap lock.
-pub const SHARE: f64 = 0.02;
+pub const SHARE: f64 = 0.01;
 /// Readings kept per process besides the latest: when more come, every other one goes, so
 /// they thin out over a long trace while the early ones (where the fitted window starts) stay
 /// close together.
