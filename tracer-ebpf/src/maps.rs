@@ -12,6 +12,12 @@ use tracer_common::{
 
 /// Processes (tgids) and threads followed at once.
 const MAX_PROCESSES: u32 = 65_536;
+/// Processes with flows at once (an exited process's are taken out by the loader). Fewer than
+/// the tracked set: the kernel allocates every entry of a per-CPU map up front, one per-CPU
+/// allocation each (392 bytes on every CPU: 25 MiB a CPU, and ~60 ms of the start, at 65,536);
+/// a browser's tree is tens to hundreds of processes. One that finds the map full counts as
+/// `flow_map_full`.
+const MAX_FLOWING: u32 = 8_192;
 
 /// Set by the loader before load (`.rodata`), so the verifier treats every field as a constant.
 #[unsafe(no_mangle)]
@@ -73,7 +79,7 @@ pub static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(MAX_PROCES
 /// Per-process flows, per CPU so that updates need no atomics.
 #[map]
 pub static FLOWS: PerCpuHashMap<ProcessKey, ProcessFlows> =
-    PerCpuHashMap::with_max_entries(MAX_PROCESSES, 0);
+    PerCpuHashMap::with_max_entries(MAX_FLOWING, 0);
 
 /// A zeroed `ProcessFlows` to insert from: the value is too large for the 512-byte stack.
 #[map]
