@@ -130,9 +130,10 @@ pub enum Depth {
     /// Every process's smaps_rollup: the start and the end of the trace (PSS can move without
     /// the resident counters, when another process starts or stops sharing pages).
     Full,
-    /// smaps_rollup where the resident counters moved or the figures are older than
-    /// [`ROLLUP_MAX_AGE`], stalest first, within [`ROLLUP_SHARE`] (PSS estimated elsewhere):
-    /// cycle ends, and the samples every `--interval` while no cycles are cut.
+    /// smaps_rollup where the resident counters moved and the process's wait is over (see
+    /// [`Rollup::wait`]) or the figures are older than [`ROLLUP_MAX_AGE`], stalest first, within
+    /// [`ROLLUP_SHARE`] (PSS estimated elsewhere): cycle ends, and the samples every
+    /// `--interval` while no cycles are cut.
     Budgeted,
     /// The resident counters alone (status), PSS estimated from them: phase boundaries.
     Counters,
@@ -143,9 +144,9 @@ pub enum Depth {
 ///
 /// smaps_rollup walks every page table of a process under its mmap lock (~2 ms a renderer,
 /// ~6 ms a browser process; 83% of leaktrace's CPU on a fast Chromium worker when it was read
-/// at every boundary). So it is read for a process only when its resident counters moved, and
-/// only within a budget: at most [`ROLLUP_SHARE`] of one core over the trace, after a first
-/// [`ROLLUP_BURST`]. Where it is not read, PSS is estimated from the last reading and the
+/// at every boundary). So it is read for a process only when its resident counters moved, less
+/// often while the estimates keep matching what it reads, and only within a budget: at most
+/// [`ROLLUP_SHARE`] of one core over the trace, after a first [`ROLLUP_BURST`]. Where it is not read, PSS is estimated from the last reading and the
 /// change of the counters since (see [`estimate`]); the trace counts both (`tracer`).
 #[derive(Clone, Debug, Default)]
 pub struct TreeReader(Arc<Mutex<TreeState>>);
@@ -153,14 +154,60 @@ pub struct TreeReader(Arc<Mutex<TreeState>>);
 #[derive(Debug, Default)]
 struct TreeState {
     pids: Vec<u32>,
-    /// The last smaps_rollup of each process (with the counters of that moment), and when.
-    rollups: HashMap<u32, (ProcSample, Instant)>,
+    /// The last smaps_rollup of each process.
+    rollups: HashMap<u32, Rollup>,
     budget: RollupBudget,
+}
+
+/// A process's last smaps_rollup, and when to read it again.
+#[derive(Clone, Copy, Debug)]
+struct Rollup {
+    /// Its figures, with the counters of that moment.
+    sample: ProcSample,
+    at: Instant,
+    /// How long the next reading waits when the counters move: nothing at first; doubled (from
+    /// [`ROLLUP_FIRST_WAIT`] up to [`ROLLUP_MAX_AGE`]) at each reading that finds the estimate
+    /// held, back to nothing at one that finds it off. Most of a browser's processes fault
+    /// and free private memory at every cycle, where the estimate is exact, so their readings
+    /// (~6 ms for a browser process) thin out; a process whose pages are shared in ways the
+    /// counters do not show is read as often as the budget allows.
+    wait: Duration,
+}
+
+impl Rollup {
+    /// Whether the process is due a reading now that its counters read `now`.
+    fn due(&self, now: &ProcSample) -> bool {
+        let age = self.at.elapsed();
+        (!same_counters(&self.sample, now) && age >= self.wait) || age >= ROLLUP_MAX_AGE
+    }
+
+    /// The next reading: `read` (taken with the counters of `status`), and its wait from how
+    /// close this reading's estimate came.
+    fn next(&self, status: &ProcSample, read: ProcSample) -> Rollup {
+        let estimated = estimate(&self.sample, status);
+        let owned = |s: &ProcSample| s.pss_anon + s.pss_shmem;
+        let held =
+            owned(&estimated).abs_diff(owned(&read)) as f64 <= ESTIMATE_HELD * owned(&read) as f64;
+        Rollup {
+            sample: read,
+            at: Instant::now(),
+            wait: if held {
+                (self.wait * 2).clamp(ROLLUP_FIRST_WAIT, ROLLUP_MAX_AGE)
+            } else {
+                Duration::ZERO
+            },
+        }
+    }
 }
 
 /// How old a process's PSS figures may be when its resident counters have not moved: PSS can
 /// change without them (another process starts or stops sharing its pages).
 pub const ROLLUP_MAX_AGE: Duration = Duration::from_secs(10);
+/// The wait after the first reading that finds the estimate held (see [`Rollup::wait`]).
+const ROLLUP_FIRST_WAIT: Duration = Duration::from_millis(250);
+/// How close an estimate of a process's owned PSS (anonymous and shared memory) must come to
+/// the reading, as a share of it, to count as held: the zoo's leaks are told apart at 3%.
+const ESTIMATE_HELD: f64 = 0.01;
 /// The share of one core smaps_rollup may take, averaged over the trace.
 pub const ROLLUP_SHARE: f64 = 0.02;
 /// What smaps_rollup may take before the share applies: a short trace reads it at every cycle
@@ -236,7 +283,7 @@ impl TreeReader {
         let mut order: Vec<(Option<Instant>, usize)> = statuses
             .iter()
             .enumerate()
-            .map(|(i, (pid, ..))| (state.rollups.get(pid).map(|r| r.1), i))
+            .map(|(i, (pid, ..))| (state.rollups.get(pid).map(|r| r.at), i))
             .collect();
         order.sort();
         let mut samples = HashMap::with_capacity(statuses.len());
@@ -244,15 +291,12 @@ impl TreeReader {
             let (pid, status) = &statuses[i];
             let mut sample = *status;
             let last = state.rollups.get(pid).copied();
-            let moved = last.is_none_or(|(last, at)| {
-                !same_counters(&last, &sample) || at.elapsed() >= ROLLUP_MAX_AGE
-            });
-            let read = match depth {
-                Depth::Full => true,
+            let read = match (depth, &last) {
+                (Depth::Full, _) => true,
                 // A process never read has no figures to estimate from.
-                _ if last.is_none() => true,
-                Depth::Budgeted => moved && state.budget.allows(),
-                Depth::Counters => false,
+                (_, None) => true,
+                (Depth::Budgeted, Some(last)) => last.due(&sample) && state.budget.allows(),
+                (Depth::Counters, _) => false,
             };
             match last {
                 _ if read => {
@@ -262,16 +306,24 @@ impl TreeReader {
                     cost.seconds += thread_cpu_s() - started;
                     cost.reads += 1;
                     if ok {
-                        state.rollups.insert(*pid, (sample, Instant::now()));
+                        let rollup = match last {
+                            Some(last) => last.next(status, sample),
+                            None => Rollup {
+                                sample,
+                                at: Instant::now(),
+                                wait: Duration::ZERO,
+                            },
+                        };
+                        state.rollups.insert(*pid, rollup);
                         samples.insert(*pid, sample);
                     }
                 }
-                Some((last, _)) if moved => {
+                Some(last) if !same_counters(&last.sample, &sample) => {
                     state.budget.cost.estimates += 1;
-                    samples.insert(*pid, estimate(&last, &sample));
+                    samples.insert(*pid, estimate(&last.sample, &sample));
                 }
-                Some((last, _)) => {
-                    samples.insert(*pid, last);
+                Some(last) => {
+                    samples.insert(*pid, last.sample);
                 }
                 None => {}
             }
@@ -417,5 +469,94 @@ mod tests {
             actual.pss_anon
         );
         assert!(estimated.pss.abs_diff(actual.pss) < MIB);
+    }
+
+    /// A perl process that grows by 8 MiB of its own, touched memory, or forks a child that
+    /// shares its pages, at each line it is sent, and answers when it has.
+    struct Grower {
+        perl: std::process::Child,
+        answers: std::io::BufReader<std::process::ChildStdout>,
+    }
+
+    impl Grower {
+        const SCRIPT: &str = r#"
+            $| = 1; my @kept; my $parent = $$;
+            print "ready\n";
+            while (my $line = <STDIN>) {
+                if ($line =~ /grow/) { push @kept, "x" x (8 << 20); }
+                elsif (fork() == 0) {
+                    # Shares the parent's pages until the parent is gone.
+                    select(undef, undef, undef, 0.05) while getppid() == $parent;
+                    exit 0;
+                }
+                print "done\n";
+            }
+        "#;
+
+        fn start() -> Grower {
+            use std::process::{Command, Stdio};
+            let mut perl = Command::new("perl")
+                .args(["-e", Self::SCRIPT])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("perl");
+            let mut answers = std::io::BufReader::new(perl.stdout.take().unwrap());
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut answers, &mut line).unwrap();
+            assert_eq!(line, "ready\n");
+            Grower { perl, answers }
+        }
+
+        fn send(&mut self, what: &str) {
+            use std::io::Write;
+            writeln!(self.perl.stdin.as_mut().unwrap(), "{what}").unwrap();
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut self.answers, &mut line).unwrap();
+            assert_eq!(line, "done\n");
+        }
+    }
+
+    impl Drop for Grower {
+        fn drop(&mut self) {
+            let _ = self.perl.kill();
+            let _ = self.perl.wait();
+        }
+    }
+
+    #[test]
+    fn a_process_whose_estimates_hold_is_read_less_often() {
+        let mut grower = Grower::start();
+        let pid = grower.perl.id();
+        let reader = TreeReader::default();
+        reader.set_pids(vec![pid]);
+        let reads = |reader: &TreeReader| reader.cost().reads;
+        reader.read(0, Depth::Full);
+        // Private growth: the estimate holds, so the next reading waits ROLLUP_FIRST_WAIT.
+        grower.send("grow");
+        reader.read(0, Depth::Budgeted);
+        assert_eq!(reads(&reader), 2);
+        grower.send("grow");
+        let estimated = reader.read(0, Depth::Budgeted).samples[&pid];
+        assert_eq!(reads(&reader), 2, "read again within the wait");
+        let actual = sample(pid).expect("the grower's sample");
+        assert!(
+            estimated.pss_anon.abs_diff(actual.pss_anon) < actual.pss_anon / 100,
+            "estimated {estimated:?} against {actual:?}"
+        );
+        // The child shares the parent's pages: the parent's PSS halves, its counters stay, and
+        // the next reading finds the estimate off, so the one after does not wait.
+        grower.send("fork");
+        std::thread::sleep(ROLLUP_FIRST_WAIT);
+        grower.send("grow");
+        reader.read(0, Depth::Budgeted);
+        assert_eq!(reads(&reader), 3);
+        grower.send("grow");
+        reader.read(0, Depth::Budgeted);
+        assert_eq!(
+            reads(&reader),
+            4,
+            "read at once after an estimate that was off"
+        );
     }
 }
