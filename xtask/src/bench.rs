@@ -96,7 +96,7 @@ pub fn run(workspace: &Path, rounds: usize, long_cycles: &[u64]) -> Result<()> {
     check_bpftrace()?;
 
     let bins = build(workspace)?;
-    let script = bpftrace_script();
+    let script = bpftrace_script(true);
 
     // A warm-up round, not counted: it faults in the binaries and the kernel's BPF paths, and
     // fails fast if a variant does not work at all.
@@ -118,7 +118,7 @@ pub fn run(workspace: &Path, rounds: usize, long_cycles: &[u64]) -> Result<()> {
     }
 
     print_table(&samples, rounds);
-    bystander(&bins, &script, rounds)?;
+    bystander(&bins, rounds)?;
     worker(workspace, &bins, rounds)?;
     for &cycles in long_cycles {
         long_trace(&bins, cycles)?;
@@ -300,10 +300,18 @@ fn long_trace(bins: &Bins, cycles: u64) -> Result<()> {
 }
 
 /// The tax on a process leaktrace does not trace: a `getppid` loop (storm `--getppid`) alone,
-/// then while `leaktrace run -- sleep` traces something else, then while bpftrace runs the same
-/// script on its own `sleep`; alternated like the storm. Each tracer is given time to attach
-/// before the loop starts.
-fn bystander(bins: &Bins, script: &str, rounds: usize) -> Result<()> {
+/// then while `leaktrace run -- sleep` traces something else, while bpftrace runs the storm's
+/// script on its own `sleep`, and while it runs the entry half alone: once any syscall
+/// tracepoint is attached every syscall on the host takes the kernel's slow path, so that is the
+/// least any tracer on syscall tracepoints costs a bystander here. Rotated round by round; each
+/// tracer is given time to attach before the loop starts.
+fn bystander(bins: &Bins, rounds: usize) -> Result<()> {
+    const NAMES: [&str; 4] = [
+        "untraced",
+        "leaktrace",
+        "bpftrace",
+        "bpftrace, entries only",
+    ];
     // A full path: bpftrace -c refuses a name that matches two binaries (/bin and /usr/bin).
     const SLEEP: &str = "/usr/bin/sleep";
     const ATTACH: std::time::Duration = std::time::Duration::from_secs(3);
@@ -332,21 +340,27 @@ fn bystander(bins: &Bins, script: &str, rounds: usize) -> Result<()> {
         ensure!(running, "{tracer:?} ended before the bystander loop ran");
         result
     };
-    let mut ns: [Vec<f64>; 3] = Default::default();
+    // bpftrace takes its command as one string and splits it.
+    let bpftrace = |script: &str, seconds: &str| -> Result<f64> {
+        let command = format!("{SLEEP} {seconds}");
+        traced(
+            Command::new("bpftrace").args(["-e", script, "-c", &command]),
+            seconds,
+        )
+    };
+    let mut ns: [Vec<f64>; NAMES.len()] = Default::default();
     for round in 0..rounds {
-        for index in ORDERS[round % ORDERS.len()] {
+        for turn in 0..NAMES.len() {
+            let index = (round + turn) % NAMES.len();
             settle(bins);
-            let sample = match VARIANTS[index] {
-                Variant::Untraced => run_loop()?,
-                Variant::Leaktrace => traced(
+            let sample = match index {
+                0 => run_loop()?,
+                1 => traced(
                     Command::new(&bins.leaktrace).args(["run", "-q", "--", SLEEP, "600"]),
                     "600",
                 )?,
-                // bpftrace takes its command as one string and splits it.
-                Variant::Bpftrace => traced(
-                    Command::new("bpftrace").args(["-e", script, "-c", &format!("{SLEEP} 601")]),
-                    "601",
-                )?,
+                2 => bpftrace(&bpftrace_script(true), "601")?,
+                _ => bpftrace(&bpftrace_script(false), "602")?,
             };
             ns[index].push(sample);
         }
@@ -355,13 +369,9 @@ fn bystander(bins: &Bins, script: &str, rounds: usize) -> Result<()> {
         "\nbystander: a getppid loop outside the traced tree, ns per call (median of {rounds})"
     );
     let baseline = median(&mut ns[0].clone());
-    for (variant, samples) in VARIANTS.iter().zip(ns.iter_mut()) {
+    for (name, samples) in NAMES.iter().zip(ns.iter_mut()) {
         let med = median(samples);
-        println!(
-            "{:<12} {med:>8.1} ns {:>6.2}x",
-            variant.name(),
-            med / baseline
-        );
+        println!("{name:<24} {med:>8.1} ns {:>6.2}x", med / baseline);
     }
     Ok(())
 }
@@ -430,10 +440,10 @@ fn build(workspace: &Path) -> Result<Bins> {
     Ok(Bins { leaktrace, ..bins })
 }
 
-/// Counts the storm's memory syscalls at entry and at exit, per pid, filtered to the child
-/// bpftrace starts (`cpid`): roughly the work a syscall-counting tracer must do, done the
-/// simplest way.
-fn bpftrace_script() -> String {
+/// Counts the storm's memory syscalls at entry and (with `exits`) at exit, per pid, filtered to
+/// the child bpftrace starts (`cpid`): roughly the work a syscall-counting tracer must do, done
+/// the simplest way.
+fn bpftrace_script(exits: bool) -> String {
     let probes = |phase: &str| {
         SYSCALLS
             .iter()
@@ -441,12 +451,17 @@ fn bpftrace_script() -> String {
             .collect::<Vec<_>>()
             .join(",\n")
     };
-    format!(
-        "{}\n/pid == cpid/ {{ @calls[pid] = count(); }}\n\
-         {}\n/pid == cpid/ {{ @returns[pid] = count(); }}\n",
-        probes("enter"),
-        probes("exit")
-    )
+    let mut script = format!(
+        "{}\n/pid == cpid/ {{ @calls[pid] = count(); }}\n",
+        probes("enter")
+    );
+    if exits {
+        script += &format!(
+            "{}\n/pid == cpid/ {{ @returns[pid] = count(); }}\n",
+            probes("exit")
+        );
+    }
+    script
 }
 
 fn measure(variant: Variant, bins: &Bins, script: &str) -> Result<Sample> {
