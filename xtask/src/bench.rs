@@ -340,6 +340,7 @@ fn bystander(bins: &Bins, rounds: usize) -> Result<()> {
         ensure!(running, "{tracer:?} ended before the bystander loop ran");
         result
     };
+    let (both_script, entries_script) = (bpftrace_script(true), bpftrace_script(false));
     // bpftrace takes its command as one string and splits it.
     let bpftrace = |script: &str, seconds: &str| -> Result<f64> {
         let command = format!("{SLEEP} {seconds}");
@@ -359,8 +360,8 @@ fn bystander(bins: &Bins, rounds: usize) -> Result<()> {
                     Command::new(&bins.leaktrace).args(["run", "-q", "--", SLEEP, "600"]),
                     "600",
                 )?,
-                2 => bpftrace(&bpftrace_script(true), "601")?,
-                _ => bpftrace(&bpftrace_script(false), "602")?,
+                2 => bpftrace(&both_script, "601")?,
+                _ => bpftrace(&entries_script, "602")?,
             };
             ns[index].push(sample);
         }

@@ -146,8 +146,9 @@ pub enum Depth {
 /// ~6 ms a browser process; 83% of leaktrace's CPU on a fast Chromium worker when it was read
 /// at every boundary). So it is read for a process only when its resident counters moved, less
 /// often while the estimates keep matching what it reads, and only within a budget: at most
-/// [`ROLLUP_SHARE`] of one core over the trace, after a first [`ROLLUP_BURST`]. Where it is not read, PSS is estimated from the last reading and the
-/// change of the counters since (see [`estimate`]); the trace counts both (`tracer`).
+/// [`ROLLUP_SHARE`] of one core over the trace, after a first [`ROLLUP_BURST`]. Where it is not
+/// read, PSS is estimated from the last reading and the change of the counters since (see
+/// [`estimate`]); the trace counts both (`tracer`).
 #[derive(Clone, Debug, Default)]
 pub struct TreeReader(Arc<Mutex<TreeState>>);
 
@@ -175,6 +176,15 @@ struct Rollup {
 }
 
 impl Rollup {
+    /// A process's first reading: nothing to compare it with, so no wait.
+    fn first(sample: ProcSample) -> Rollup {
+        Rollup {
+            sample,
+            at: Instant::now(),
+            wait: Duration::ZERO,
+        }
+    }
+
     /// Whether the process is due a reading now that its counters read `now`.
     fn due(&self, now: &ProcSample) -> bool {
         let age = self.at.elapsed();
@@ -306,14 +316,10 @@ impl TreeReader {
                     cost.seconds += thread_cpu_s() - started;
                     cost.reads += 1;
                     if ok {
-                        let rollup = match last {
-                            Some(last) => last.next(status, sample),
-                            None => Rollup {
-                                sample,
-                                at: Instant::now(),
-                                wait: Duration::ZERO,
-                            },
-                        };
+                        let rollup = last.map_or_else(
+                            || Rollup::first(sample),
+                            |last| last.next(status, sample),
+                        );
                         state.rollups.insert(*pid, rollup);
                         samples.insert(*pid, sample);
                     }
